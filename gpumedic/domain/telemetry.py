@@ -1,0 +1,98 @@
+"""What a sweep knows about one node and its GPUs at one moment.
+
+`None` always means "not reported" (the tool printed N/A, the field does not exist
+on this GPU generation, or the source could not say). It never means zero: the
+assessment treats a missing value as missing evidence, not as good news.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+
+
+@dataclass(frozen=True, slots=True)
+class XidEvent:
+    """One `NVRM: Xid (PCI:0000:3b:00): 79, pid=..., ...` kernel log line."""
+
+    code: int
+    pci_bus_id: str | None  # normalised "0000:3b:00.0" form where it could be read
+    time: datetime | None  # None when the log line carried no parsable timestamp
+    text: str  # the whole message after the code, for the human and for Xid 154
+
+
+@dataclass(frozen=True, slots=True)
+class NvLinkState:
+    link: int
+    active: bool | None
+    crc_errors: int | None = None  # flit + data CRC errors since the last reset
+    replay_errors: int | None = None
+    recovery_errors: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RowRemapBanks:
+    """Bank Remap Availability Histogram: how many banks have how many spare rows left."""
+
+    max: int | None = None
+    high: int | None = None
+    partial: int | None = None
+    low: int | None = None
+    none: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class GpuTelemetry:
+    index: int
+    uuid: str | None = None
+    serial: str | None = None
+    pci_bus_id: str | None = None
+    name: str | None = None
+
+    temperature_c: float | None = None
+    temp_slowdown_c: float | None = None  # absolute; T.Limit-relative readings are converted
+    temp_shutdown_c: float | None = None
+    power_w: float | None = None
+    power_limit_w: float | None = None
+    sm_clock_mhz: float | None = None
+    # Active clock event ("throttle") reasons, canonical snake_case names such as
+    # "hw_slowdown", "hw_thermal_slowdown", "sw_thermal_slowdown", "hw_power_brake_slowdown",
+    # "sw_power_cap", "gpu_idle".
+    throttle_reasons: frozenset[str] = frozenset()
+
+    ecc_sbe_volatile: int | None = None
+    ecc_dbe_volatile: int | None = None
+    ecc_sbe_aggregate: int | None = None
+    ecc_dbe_aggregate: int | None = None
+
+    retired_pages_sbe: int | None = None  # pre-Ampere page retirement
+    retired_pages_dbe: int | None = None
+    retired_pages_pending: bool | None = None
+
+    remapped_rows_correctable: int | None = None  # Ampere and later row remapping
+    remapped_rows_uncorrectable: int | None = None
+    row_remap_pending: bool | None = None
+    row_remap_failure: bool | None = None
+    remap_banks: RowRemapBanks | None = None
+
+    nvlinks: tuple[NvLinkState, ...] = ()
+    pcie_replay: int | None = None
+    # The driver's own recommendation (R570+ `gpu_recovery_action`): "None", "Reset",
+    # "Reboot", "Drain_P2P", "Drain_And_Reset"...; None when the driver has no such field.
+    recovery_action: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class NodeTelemetry:
+    node: str
+    collected_at: datetime
+    source: str  # "ssh", "exporter", "dcgm", ...
+    gpus: tuple[GpuTelemetry, ...] = ()
+    expected_gpu_count: int | None = None
+    xid_events: tuple[XidEvent, ...] = ()
+    # Problems met while collecting (unreachable, auth failure, unparsable output).
+    # Any entry makes the data untrustworthy: the assessment reports `unknown`.
+    collection_errors: tuple[str, ...] = field(default=())
+
+    def gpu(self, index: int) -> GpuTelemetry | None:
+        return next((g for g in self.gpus if g.index == index), None)

@@ -1,0 +1,90 @@
+"""Verdicts and recommended actions, and how they combine."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+
+class Verdict(StrEnum):
+    HEALTHY = "healthy"
+    WATCH = "watch"
+    DEGRADED = "degraded"
+    FAILED = "failed"
+    UNKNOWN = "unknown"
+
+    @property
+    def rank(self) -> int:
+        # `unknown` ranks between degraded and failed: it must never hide a known
+        # failure, and never be mistaken for health.
+        return _VERDICT_RANK[self]
+
+
+_VERDICT_RANK = {
+    Verdict.HEALTHY: 0,
+    Verdict.WATCH: 1,
+    Verdict.DEGRADED: 2,
+    Verdict.UNKNOWN: 3,
+    Verdict.FAILED: 4,
+}
+
+
+class Action(StrEnum):
+    """Recommended action, in increasing order of severity."""
+
+    NONE = "none"
+    MONITOR = "monitor"
+    RESTART_APP = "restart_app"
+    RESET_GPU = "reset_gpu"
+    REBOOT = "reboot"
+    INSPECT = "inspect"  # out of service, to a human, no automated repair
+    REPLACE = "replace"
+
+    @property
+    def rank(self) -> int:
+        return list(Action).index(self)
+
+    @property
+    def needs_remediation(self) -> bool:
+        """True when the node must be taken out of service (a remediation workflow)."""
+        return self.rank >= Action.RESET_GPU.rank
+
+
+def worst_verdict(verdicts: "list[Verdict] | tuple[Verdict, ...]") -> Verdict:
+    return max(verdicts, key=lambda v: v.rank, default=Verdict.HEALTHY)
+
+
+def worst_action(actions: "list[Action] | tuple[Action, ...]") -> Action:
+    return max(actions, key=lambda a: a.rank, default=Action.NONE)
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    """One reason behind a verdict: what was seen, and what it implies."""
+
+    verdict: Verdict
+    action: Action
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class GpuAssessment:
+    index: int
+    verdict: Verdict
+    action: Action
+    reasons: tuple[str, ...]
+    uuid: str | None = None
+    serial: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class NodeAssessment:
+    node: str
+    verdict: Verdict
+    action: Action
+    reasons: tuple[str, ...]  # node-level reasons (collection, missing GPUs, unattributed Xids)
+    gpus: tuple[GpuAssessment, ...]
+
+    @property
+    def needs_remediation(self) -> bool:
+        return self.action.needs_remediation
