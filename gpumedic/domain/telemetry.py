@@ -7,8 +7,29 @@ assessment treats a missing value as missing evidence, not as good news.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from datetime import datetime
+
+_PCI_ID = re.compile(
+    r"^(?:PCI:)?(?:([0-9a-fA-F]{1,8}):)?([0-9a-fA-F]{1,2}):([0-9a-fA-F]{1,2})(?:\.([0-7]))?$"
+)
+
+
+def canonical_pci_bus_id(bus_id: str | None) -> str | None:
+    """One spelling for one GPU: `0000:3b:00.0`.
+
+    nvidia-smi prints `00000000:3B:00.0`, the kernel's Xid line `PCI:0000:3b:00`, DCGM
+    `00000000:3B:00.0`. The domain is kept: Azure NDv4 puts each GPU on bus 00 of its
+    own domain (0001..0008), so dropping it would merge eight GPUs into one.
+    """
+    if not bus_id:
+        return None
+    match = _PCI_ID.match(bus_id.strip())
+    if not match:
+        return None
+    domain, bus, device, function = match.groups()
+    return f"{int(domain or '0', 16):04x}:{int(bus, 16):02x}:{int(device, 16):02x}.{int(function or '0')}"
 
 
 @dataclass(frozen=True, slots=True)

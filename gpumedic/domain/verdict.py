@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -50,11 +51,11 @@ class Action(StrEnum):
         return self.rank >= Action.RESET_GPU.rank
 
 
-def worst_verdict(verdicts: "list[Verdict] | tuple[Verdict, ...]") -> Verdict:
+def worst_verdict(verdicts: Iterable[Verdict]) -> Verdict:
     return max(verdicts, key=lambda v: v.rank, default=Verdict.HEALTHY)
 
 
-def worst_action(actions: "list[Action] | tuple[Action, ...]") -> Action:
+def worst_action(actions: Iterable[Action]) -> Action:
     return max(actions, key=lambda a: a.rank, default=Action.NONE)
 
 
