@@ -217,6 +217,7 @@ class SimulatedFleet:
                 "name": "simulated",
                 "source": "ssh",
                 "gpus_per_node": self._gpus_per_node(),
+                "store_url": f"sqlite:///{self.root / 'telemetry.db'}",
                 "ssh": {
                     "user": getpass.getuser(),
                     "key_file": str(self.client_key),

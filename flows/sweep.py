@@ -1,0 +1,85 @@
+"""The fleet sweep, as the runbook reads: inventory, collect, assess, record, report, alert."""
+
+from __future__ import annotations
+
+import math
+import time
+import uuid
+from datetime import UTC, datetime
+from typing import Any, cast
+from uuid import UUID
+
+from prefect import flow, get_run_logger
+from prefect.artifacts import create_progress_artifact, update_progress_artifact
+from prefect.futures import as_completed
+from prefect.task_runners import ThreadPoolTaskRunner
+
+from gpumedic.adapters.targets import NodeTarget
+from gpumedic.collection import Depth
+from gpumedic.config import FleetSettings
+from gpumedic.domain.telemetry import NodeTelemetry
+from gpumedic.inventory import resolve_fleet
+from gpumedic.reporting import summary_line, sweep_document
+from tasks.sweep import (
+    assess_fleet,
+    collect_shard,
+    emit_unhealthy_events,
+    load_previous,
+    publish_reports,
+    record_telemetry,
+)
+
+
+def _shards(targets: list[NodeTarget], size: int) -> list[list[NodeTarget]]:
+    return [targets[i : i + size] for i in range(0, len(targets), size)]
+
+
+@flow(
+    name="fleet-sweep",
+    description="Sweep the GPU fleet: collect telemetry, assess every GPU, report, and raise remediation events.",
+    task_runner=ThreadPoolTaskRunner(max_workers=4),  # type: ignore[arg-type]
+    log_prints=True,
+)
+def fleet_sweep(fleet_file: str, depth: Depth = "full", emit_events: bool = True) -> dict[str, Any]:
+    """Returns the sweep document: `{sweep_id, started, nodes: [{node, verdict, action, reasons, gpus}]}`."""
+    logger = get_run_logger()
+    started = datetime.now(UTC)
+    clock = time.monotonic()
+    sweep_id = f"sweep-{started:%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:6]}"
+    fleet, targets = resolve_fleet(fleet_file)
+    logger.info("sweep %s: %d nodes (%s, %s sweep)", sweep_id, len(targets), fleet.source, depth)
+
+    policy = fleet.health_policy()
+    previous, prior_xids = load_previous(
+        fleet.store_url, [t.name for t in targets], started, policy.xid_repeat_window_hours
+    )
+    since = {node: snap.collected_at for node, snap in previous.items()}
+
+    shards = _shards(targets, fleet.shard_size)
+    per_shard = max(1, min(fleet.shard_size, math.ceil(fleet.concurrency / max(1, min(len(shards), 4)))))
+    progress = cast(UUID, create_progress_artifact(0.0, key="fleet-sweep-progress",
+                                                   description=f"Collecting {len(targets)} nodes"))
+    futures = [
+        collect_shard.submit(fleet, shard, {t.name: since[t.name] for t in shard if t.name in since}, depth, per_shard)
+        for shard in shards
+    ]
+    telemetry: list[NodeTelemetry] = []
+    for future in as_completed(futures):
+        telemetry += future.result()
+        update_progress_artifact(progress, 100.0 * len(telemetry) / max(1, len(targets)))
+        logger.info("collected %d/%d nodes", len(telemetry), len(targets))
+    order = {t.name: i for i, t in enumerate(targets)}
+    telemetry.sort(key=lambda t: order[t.node])
+
+    assessments = assess_fleet(fleet, telemetry, previous, prior_xids)
+    document = sweep_document(sweep_id, started, assessments)
+    record_telemetry(fleet.store_url, telemetry, sweep_id, started, {"summary": summary_line(assessments)})
+    publish_reports(sweep_id, started, assessments, time.monotonic() - clock)
+    if emit_events:
+        emitted = emit_unhealthy_events(sweep_id, assessments)
+        logger.info("remediation requested for %d nodes: %s", len(emitted), ", ".join(emitted) or "none")
+    logger.info("sweep %s done: %s", sweep_id, summary_line(assessments))
+    return document
+
+
+__all__ = ["FleetSettings", "fleet_sweep"]

@@ -1,0 +1,171 @@
+"""The telemetry history store (SQLAlchemy): a SQLite file by default, PostgreSQL in production.
+
+Tables:
+- `samples`: long-form history (`time, node, gpu, field, value`), the forecaster's input and
+  the same shape as the backtest's HISTORY.csv;
+- `snapshots`: each node's last good telemetry, so the next sweep can compute *rates*
+  (counter deltas per hour) and read the kernel log only since then;
+- `sweeps`: one row per sweep with its summary.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import (
+    Column,
+    Float,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    create_engine,
+    event,
+    select,
+)
+from sqlalchemy.engine import Engine
+
+from gpumedic.adapters.telemetry_codec import telemetry_from_json, telemetry_to_json
+from gpumedic.domain.history import Sample, samples_from_telemetry
+from gpumedic.domain.telemetry import NodeTelemetry, canonical_pci_bus_id
+
+metadata = MetaData()
+
+samples = Table(
+    "samples",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("time", Float, nullable=False, index=True),
+    Column("node", String(253), nullable=False, index=True),
+    Column("gpu", Integer, nullable=True),
+    Column("field", String(64), nullable=False),
+    Column("value", Float, nullable=False),
+)
+
+snapshots = Table(
+    "snapshots",
+    metadata,
+    Column("node", String(253), primary_key=True),
+    Column("collected_at", Float, nullable=False),
+    Column("telemetry", Text, nullable=False),
+)
+
+# Xid events with the GPU's PCI bus id: a GPU that fell off the bus has no index to key on.
+xid_events = Table(
+    "xid_events",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("time", Float, nullable=False),
+    Column("node", String(253), nullable=False, index=True),
+    Column("pci_bus_id", String(32), nullable=True),
+    Column("code", Integer, nullable=False),
+    Column("text", Text, nullable=False),
+)
+
+sweeps = Table(
+    "sweeps",
+    metadata,
+    Column("sweep_id", String(64), primary_key=True),
+    Column("started", Float, nullable=False),
+    Column("summary", Text, nullable=False),
+)
+
+
+def default_store_url() -> str:
+    home = Path.home() / ".gpumedic"
+    home.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{home / 'telemetry.db'}"
+
+
+def _epoch(t: datetime) -> float:
+    return (t if t.tzinfo else t.replace(tzinfo=UTC)).timestamp()
+
+
+class TelemetryStore:
+    def __init__(self, url: str | None = None) -> None:
+        self.url = url or default_store_url()
+        self.engine: Engine = create_engine(self.url, future=True)
+        if self.url.startswith("sqlite"):
+            # Concurrent sweeps and forecasts share the file: WAL lets readers and a writer coexist.
+            @event.listens_for(self.engine, "connect")
+            def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+                cursor = dbapi_connection.cursor()
+                cursor.execute("PRAGMA journal_mode=WAL")
+                cursor.execute("PRAGMA busy_timeout=30000")
+                cursor.close()
+
+        metadata.create_all(self.engine)
+
+    def record(self, telemetry: Iterable[NodeTelemetry]) -> int:
+        """Append samples; replace a node's snapshot only when its collection was clean."""
+        rows: list[dict[str, Any]] = []
+        snaps: list[dict[str, Any]] = []
+        events: list[dict[str, Any]] = []
+        for t in telemetry:
+            events += [
+                {"time": _epoch(e.time or t.collected_at), "node": t.node,
+                 "pci_bus_id": canonical_pci_bus_id(e.pci_bus_id), "code": e.code, "text": e.text[:2000]}
+                for e in t.xid_events
+            ]
+            rows += [
+                {"time": _epoch(s.time), "node": s.node, "gpu": s.gpu, "field": s.field, "value": s.value}
+                for s in samples_from_telemetry(t)
+            ]
+            if not t.collection_errors:
+                snaps.append({"node": t.node, "collected_at": _epoch(t.collected_at),
+                              "telemetry": json.dumps(telemetry_to_json(t))})
+        with self.engine.begin() as conn:
+            if rows:
+                conn.execute(samples.insert(), rows)
+            if events:
+                conn.execute(xid_events.insert(), events)
+            if snaps:
+                conn.execute(snapshots.delete().where(snapshots.c.node.in_([s["node"] for s in snaps])))
+                conn.execute(snapshots.insert(), snaps)
+        return len(rows)
+
+    def last_snapshots(self, nodes: Iterable[str]) -> dict[str, NodeTelemetry]:
+        names = list(nodes)
+        out: dict[str, NodeTelemetry] = {}
+        with self.engine.connect() as conn:
+            for i in range(0, len(names), 500):
+                query = select(snapshots.c.telemetry).where(snapshots.c.node.in_(names[i : i + 500]))
+                for (text,) in conn.execute(query):
+                    snap = telemetry_from_json(json.loads(text))
+                    out[snap.node] = snap
+        return out
+
+    def prior_xids(self, nodes: Iterable[str], before: datetime, window: timedelta) -> dict[str, dict[str, set[int]]]:
+        """node -> PCI bus id -> Xid codes seen in `[before - window, before)` (repeat-offender rules)."""
+        names = list(nodes)
+        out: dict[str, dict[str, set[int]]] = {}
+        with self.engine.connect() as conn:
+            for i in range(0, len(names), 500):
+                query = select(xid_events.c.node, xid_events.c.pci_bus_id, xid_events.c.code).where(
+                    xid_events.c.time < _epoch(before),
+                    xid_events.c.time >= _epoch(before - window),
+                    xid_events.c.node.in_(names[i : i + 500]),
+                    xid_events.c.pci_bus_id.is_not(None),
+                )
+                for node, bus, code in conn.execute(query):
+                    out.setdefault(node, {}).setdefault(bus, set()).add(int(code))
+        return out
+
+    def iter_samples(self, since: datetime | None = None) -> Iterator[Sample]:
+        query = select(samples.c.time, samples.c.node, samples.c.gpu, samples.c.field, samples.c.value)
+        if since is not None:
+            query = query.where(samples.c.time >= _epoch(since))
+        with self.engine.connect() as conn:
+            for time, node, gpu, field, value in conn.execute(query.order_by(samples.c.time)):
+                yield Sample(datetime.fromtimestamp(time, UTC), node, gpu, field, value)
+
+    def record_sweep(self, sweep_id: str, started: datetime, summary: dict[str, Any]) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(sweeps.delete().where(sweeps.c.sweep_id == sweep_id))
+            conn.execute(sweeps.insert(), [{"sweep_id": sweep_id, "started": _epoch(started),
+                                            "summary": json.dumps(summary)}])

@@ -1,0 +1,185 @@
+"""The `gpumedic` command line: demo, sweep, sim, serve, forecast."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
+DEFAULT_SIM_DIR = Path(os.environ.get("GPUMEDIC_HOME", Path.home() / ".gpumedic")) / "sim"
+
+
+def _print_sweep(document: dict[str, Any]) -> None:
+    print(f"\nsweep {document['sweep_id']} ({document['started']})")
+    print(f"{'node':<16} {'verdict':<9} {'action':<12} reasons")
+    for node in document["nodes"]:
+        reasons = "; ".join(node["reasons"]) or "-"
+        print(f"{node['node']:<16} {node['verdict']:<9} {node['action']:<12} {reasons[:150]}")
+
+
+@contextlib.contextmanager
+def fleet_inventory(fleet_file: str) -> Iterator[str]:
+    """A sweepable fleet file: the file itself, or the inventory of a simulated fleet started for it."""
+    from gpumedic.config import load_fleet_file
+    from gpumedic.sim.fleet import SimulatedFleet
+
+    loaded = load_fleet_file(fleet_file)
+    if loaded.simulate is None:
+        yield fleet_file
+        return
+    with tempfile.TemporaryDirectory(prefix="gpumedic-sim-") as root:
+        fleet = SimulatedFleet(Path(root))
+        fleet.create(loaded.simulate)
+        print(f"starting a simulated fleet of {loaded.simulate.nodes} nodes (real sshd on 127.0.0.1)...",
+              file=sys.stderr)
+        fleet.start(exporter=loaded.simulate.exporter)
+        try:
+            yield str(fleet.inventory_file)
+        finally:
+            fleet.stop()
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from flows.sweep import fleet_sweep
+
+    with fleet_inventory(args.fleet) as inventory:
+        document = fleet_sweep(fleet_file=inventory, depth=args.depth, emit_events=not args.no_events)
+    _print_sweep(document)
+    if args.json:
+        Path(args.json).write_text(json.dumps(document, indent=2) + "\n")
+        print(f"\nwrote {args.json}")
+    return 0
+
+
+def cmd_sim_up(args: argparse.Namespace) -> int:
+    from gpumedic.config import load_fleet_file
+    from gpumedic.sim.fleet import SimulatedFleet
+
+    root = Path(args.dir).resolve()
+    if (root / "supervisor.ready").exists():
+        print(f"a simulated fleet is already running in {root}; `gpumedic sim down --dir {root}` first",
+              file=sys.stderr)
+        return 1
+    loaded = load_fleet_file(args.fleet)
+    if loaded.simulate is None:
+        print(f"{args.fleet}: no `simulate:` block", file=sys.stderr)
+        return 2
+    root.mkdir(parents=True, exist_ok=True)
+    SimulatedFleet(root).create(loaded.simulate)
+    log = open(root / "supervisor.log", "ab")  # noqa: SIM115 - handed to the detached supervisor
+    subprocess.Popen([sys.executable, "-m", "gpumedic.sim.fleet", str(root)], stdout=log, stderr=log,
+                     stdin=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 60
+    while not (root / "supervisor.ready").exists():
+        if time.monotonic() > deadline:
+            print(f"the simulated fleet did not start; see {root / 'supervisor.log'}", file=sys.stderr)
+            return 1
+        time.sleep(0.1)
+    print(f"simulated fleet of {loaded.simulate.nodes} nodes is up")
+    print(f"inventory:   {root / 'inventory.yaml'}")
+    print(f"known_hosts: {root / 'known_hosts'}")
+    print(f"sweep it:    gpumedic sweep --fleet {root / 'inventory.yaml'}")
+    return 0
+
+
+def cmd_sim_down(args: argparse.Namespace) -> int:
+    root = Path(args.dir).resolve()
+    ready = root / "supervisor.ready"
+    if not ready.exists():
+        print(f"no simulated fleet is running in {root}")
+        return 0
+    pid = int(ready.read_text())
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + 20
+    while ready.exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    print("simulated fleet stopped" if not ready.exists() else f"supervisor {pid} did not stop in time")
+    return 0 if not ready.exists() else 1
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from deployments.serve import main as serve_main
+
+    serve_main(["--fleet", args.fleet])
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from gpumedic.demo import run_demo
+
+    return run_demo(
+        auto_approve=args.auto_approve,
+        json_out=Path(args.json) if args.json else None,
+        fleet_file=Path(args.fleet) if args.fleet else None,
+        keep_running=args.keep_running if args.keep_running is not None else sys.stdin.isatty(),
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="gpumedic", description="GPU fleet health automation on Prefect")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    demo = sub.add_parser("demo", help="local Prefect server + simulated fleet: sweep, remediate, report")
+    demo.add_argument("--auto-approve", action="store_true", help="approve replacements without waiting for a human")
+    demo.add_argument("--json", metavar="OUT", help="write each node's final state, actions and tickets")
+    demo.add_argument("--fleet", help="simulated fleet file (default: the packaged example fleet)")
+    demo.add_argument("--keep-running", dest="keep_running", action="store_true", default=None,
+                      help="keep the server and deployments up after the demo (default when interactive)")
+    demo.add_argument("--exit", dest="keep_running", action="store_false", help="stop everything after the demo")
+    demo.set_defaults(func=cmd_demo)
+
+    sweep = sub.add_parser("sweep", help="run one fleet sweep and print each node's verdict")
+    sweep.add_argument("--fleet", required=True, help="fleet file, or a `simulate:` file to start and sweep")
+    sweep.add_argument("--json", metavar="OUT", help="write the sweep document as JSON")
+    sweep.add_argument("--depth", choices=("full", "quick"), default="full")
+    sweep.add_argument("--no-events", action="store_true", help="do not emit gpumedic.node.unhealthy events")
+    sweep.set_defaults(func=cmd_sweep)
+
+    sim = sub.add_parser("sim", help="start or stop a simulated fleet (real sshd per node)")
+    sim_sub = sim.add_subparsers(dest="sim_command", required=True)
+    up = sim_sub.add_parser("up", help="start a simulated fleet in the background")
+    up.add_argument("--fleet", required=True, help="fleet file with a `simulate:` block")
+    up.add_argument("--dir", default=str(DEFAULT_SIM_DIR), help=f"where its files live (default {DEFAULT_SIM_DIR})")
+    up.set_defaults(func=cmd_sim_up)
+    down = sim_sub.add_parser("down", help="stop the simulated fleet")
+    down.add_argument("--dir", default=str(DEFAULT_SIM_DIR))
+    down.set_defaults(func=cmd_sim_down)
+
+    serve = sub.add_parser("serve", help="serve all deployments (schedules, triggers) in this process")
+    serve.add_argument("--fleet", required=True)
+    serve.set_defaults(func=cmd_serve)
+
+    with contextlib.suppress(ImportError):
+        from gpumedic.cli_forecast import add_forecast_commands
+
+        add_forecast_commands(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from gpumedic.config import ConfigError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except ConfigError as err:
+        print(f"gpumedic: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

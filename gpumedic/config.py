@@ -1,0 +1,137 @@
+"""The fleet file: one YAML document that says which nodes to sweep and how.
+
+A real fleet names its nodes (or a Kubernetes label selector), the SSH user, key and
+known_hosts, and the telemetry source. A `simulate:` block instead describes a
+simulated fleet that gpumedic starts itself. Errors name the file and the field.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from gpumedic.sim.fleet import FleetSimulation
+
+
+class ConfigError(ValueError):
+    """A fleet file is unreadable or invalid; the message names the file and the field."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SshConfig(_Strict):
+    user: str = "root"
+    key_file: Path = Field(description="private key for key authentication (no passwords)")
+    known_hosts: Path = Field(description="known_hosts file used for strict host-key checking")
+    port: int = Field(default=22, ge=1, le=65535)
+    connect_timeout_s: float = Field(default=10.0, gt=0)
+    command_timeout_s: float = Field(default=60.0, gt=0)
+    strict_host_keys: bool = Field(default=True, description="refuse unknown or changed host keys")
+    jump_host: str | None = Field(default=None, description="bastion as user@host[:port]")
+
+
+class NodeEntry(_Strict):
+    name: str
+    host: str | None = Field(default=None, description="address to SSH to (default: the name)")
+    port: int | None = Field(default=None, ge=1, le=65535)
+    exporter_url: str | None = Field(default=None, description="dcgm-exporter /metrics URL")
+    gpus: int | None = Field(default=None, ge=0, description="expected GPU count, overrides gpus_per_node")
+
+
+class KubernetesInventory(_Strict):
+    label_selector: str = "nvidia.com/gpu.present=true"
+    kubeconfig: Path | None = None
+    context: str | None = None
+
+
+Source = Literal["ssh", "exporter", "dcgm"]
+
+
+class FleetSettings(_Strict):
+    name: str = "fleet"
+    source: Source = Field(default="ssh", description="ssh (nvidia-smi + kernel log), exporter, or dcgm")
+    gpus_per_node: int | None = Field(default=None, ge=0, description="expected GPUs per node")
+    ssh: SshConfig | None = None
+    nodes: list[NodeEntry] = Field(default_factory=list)
+    kubernetes: KubernetesInventory | None = None
+    exporter_port: int = Field(default=9400, ge=1, le=65535)
+    exporter_timeout_s: float = Field(default=10.0, gt=0)
+    concurrency: int = Field(default=32, ge=1, le=1024, description="nodes collected at once")
+    shard_size: int = Field(default=25, ge=1, description="nodes per Prefect task")
+    kernel_log_lookback_h: float = Field(default=24.0, gt=0, description="Xid window on a node's first sweep")
+    store_url: str | None = Field(default=None, description="SQLAlchemy URL of the telemetry store")
+    policy: dict[str, Any] = Field(default_factory=dict, description="HealthPolicy overrides")
+
+    @model_validator(mode="after")
+    def _source_needs_its_settings(self) -> FleetSettings:
+        if self.source == "ssh" and self.ssh is None:
+            raise ValueError("source 'ssh' needs an `ssh:` block (user, key_file, known_hosts)")
+        if not self.nodes and self.kubernetes is None:
+            raise ValueError("name the nodes (`nodes:`) or a Kubernetes label selector (`kubernetes:`)")
+        return self
+
+    @field_validator("policy")
+    @classmethod
+    def _policy_is_valid(cls, value: dict[str, Any]) -> dict[str, Any]:
+        from gpumedic.domain.policy import HealthPolicy
+
+        HealthPolicy.model_validate(value)
+        return value
+
+    def health_policy(self) -> Any:
+        from gpumedic.domain.policy import HealthPolicy
+
+        return HealthPolicy.model_validate(self.policy)
+
+
+class FleetFile(_Strict):
+    fleet: FleetSettings | None = None
+    simulate: FleetSimulation | None = None
+
+    @model_validator(mode="after")
+    def _one_of(self) -> FleetFile:
+        if self.fleet is None and self.simulate is None:
+            raise ValueError("a fleet file needs a `fleet:` block (real fleet) or a `simulate:` block")
+        return self
+
+
+def _resolve_paths(data: Any, base: Path) -> Any:
+    """Relative key/known_hosts/kubeconfig paths are relative to the fleet file."""
+    if isinstance(data, dict):
+        out = {}
+        for key, value in data.items():
+            if key in ("key_file", "known_hosts", "kubeconfig") and isinstance(value, str):
+                path = Path(os.path.expanduser(value))
+                out[key] = str(path if path.is_absolute() else (base / path))
+            else:
+                out[key] = _resolve_paths(value, base)
+        return out
+    if isinstance(data, list):
+        return [_resolve_paths(v, base) for v in data]
+    return data
+
+
+def load_fleet_file(path: str | Path) -> FleetFile:
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError as err:
+        raise ConfigError(f"{path}: no such fleet file") from err
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from err
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping with `fleet:` or `simulate:` at the top")
+    try:
+        return FleetFile.model_validate(_resolve_paths(raw, path.resolve().parent))
+    except ValidationError as err:
+        problems = []
+        for e in err.errors():
+            where = ".".join(str(p) for p in e["loc"]) or "(top level)"
+            problems.append(f"  {where}: {e['msg']}")
+        raise ConfigError(f"{path}: invalid fleet file:\n" + "\n".join(problems)) from err

@@ -1,0 +1,22 @@
+"""Resolve a fleet file into the settings and the list of nodes to visit."""
+
+from __future__ import annotations
+
+from gpumedic.adapters.targets import NodeTarget, targets_from_settings
+from gpumedic.config import ConfigError, FleetSettings, load_fleet_file
+
+
+def resolve_fleet(fleet_file: str) -> tuple[FleetSettings, list[NodeTarget]]:
+    """A `fleet:` file (real fleet, or the inventory a simulated fleet writes)."""
+    loaded = load_fleet_file(fleet_file)
+    if loaded.fleet is None:
+        raise ConfigError(
+            f"{fleet_file}: a `simulate:` file describes a fleet to start, not one to sweep; "
+            "run `gpumedic sim up --fleet FILE` and sweep its inventory, or use `gpumedic sweep`"
+        )
+    fleet = loaded.fleet
+    if fleet.kubernetes is not None and not fleet.nodes:
+        from gpumedic.adapters.kube_inventory import nodes_from_kubernetes
+
+        fleet = fleet.model_copy(update={"nodes": nodes_from_kubernetes(fleet.kubernetes)})
+    return fleet, targets_from_settings(fleet)
