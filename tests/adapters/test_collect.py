@@ -1,0 +1,91 @@
+"""Collectors against the simulated fleet: real sshd, real HTTP, real parsers."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import httpx
+
+from gpumedic.adapters.collect_exporter import collect_from_exporter
+from gpumedic.adapters.collect_ssh import collect_over_ssh, composite_command, split_sections, tool_commands
+from gpumedic.adapters.targets import ssh_settings
+from gpumedic.inventory import resolve_fleet
+from gpumedic.sim import node_state
+from gpumedic.sim.fleet import SimulatedFleet
+
+
+def _targets(fleet: SimulatedFleet):  # type: ignore[no-untyped-def]
+    settings, targets = resolve_fleet(str(fleet.inventory_file))
+    return settings, {t.name: t for t in targets}
+
+
+def test_healthy_node_reports_every_gpu_with_its_thresholds(example_fleet: SimulatedFleet) -> None:
+    settings, targets = _targets(example_fleet)
+    t = collect_over_ssh(targets["gpu-node-00"], ssh_settings(settings), since=None,  # type: ignore[arg-type]
+                         lookback=timedelta(hours=24))
+    assert t.collection_errors == ()
+    assert [g.index for g in t.gpus] == list(range(8))
+    state = node_state.load(example_fleet.state_file("gpu-node-00"))
+    for gpu, truth in zip(t.gpus, state["gpus"], strict=True):
+        assert gpu.uuid == truth["uuid"]
+        assert gpu.temperature_c == truth["temp"]
+        assert gpu.temp_slowdown_c == truth["slowdown"]
+        assert gpu.remap_banks is not None and gpu.remap_banks.max == truth["banks"][0]
+        assert len(gpu.nvlinks) == 12 and all(link.active for link in gpu.nvlinks)
+        assert gpu.ecc_sbe_aggregate == truth["sbe_agg"]
+
+
+def test_xid_lines_are_collected_with_their_pci_id(example_fleet: SimulatedFleet) -> None:
+    settings, targets = _targets(example_fleet)
+    t = collect_over_ssh(targets["gpu-node-03"], ssh_settings(settings), since=None,  # type: ignore[arg-type]
+                         lookback=timedelta(hours=24))
+    assert [(e.code, e.pci_bus_id) for e in t.xid_events if e.code == 79][:1] == [(79, "0000:90:00.0")]
+    assert len(t.gpus) == 7  # the GPU that fell off the bus is gone from nvidia-smi
+
+
+def test_kernel_log_window_excludes_xids_before_the_last_sweep(example_fleet: SimulatedFleet) -> None:
+    settings, targets = _targets(example_fleet)
+    t = collect_over_ssh(targets["gpu-node-03"], ssh_settings(settings),  # type: ignore[arg-type]
+                         since=datetime.now(UTC) - timedelta(seconds=30), lookback=timedelta(hours=24))
+    assert t.collection_errors == ()
+    assert t.xid_events == ()
+
+
+def test_garbled_nvidia_smi_is_a_collection_error_not_data(example_fleet: SimulatedFleet) -> None:
+    settings, targets = _targets(example_fleet)
+    t = collect_over_ssh(targets["gpu-node-10"], ssh_settings(settings), since=None,  # type: ignore[arg-type]
+                         lookback=timedelta(hours=24))
+    assert t.gpus == ()
+    assert any("nvidia-smi --query-gpu" in e for e in t.collection_errors)
+
+
+def test_unreachable_node_is_a_collection_error(example_fleet: SimulatedFleet) -> None:
+    settings, targets = _targets(example_fleet)
+    t = collect_over_ssh(targets["gpu-node-09"], ssh_settings(settings), since=None,  # type: ignore[arg-type]
+                         lookback=timedelta(hours=24))
+    assert t.gpus == () and "connect" in t.collection_errors[0]
+
+
+def test_exporter_and_ssh_agree_on_the_same_node(example_fleet: SimulatedFleet) -> None:
+    settings, targets = _targets(example_fleet)
+    over_ssh = collect_over_ssh(targets["gpu-node-07"], ssh_settings(settings), since=None,  # type: ignore[arg-type]
+                                lookback=timedelta(hours=24))
+    with httpx.Client() as client:
+        scraped = collect_from_exporter(targets["gpu-node-07"], client=client, timeout_s=5)
+    assert scraped.collection_errors == ()
+    pairs = zip(over_ssh.gpus, scraped.gpus, strict=True)
+    assert all(a.uuid == b.uuid and a.ecc_dbe_volatile == b.ecc_dbe_volatile for a, b in pairs)
+    assert scraped.gpus[3].ecc_dbe_volatile == 2
+
+
+def test_a_failing_tool_does_not_hide_the_others() -> None:
+    text = ("0, GPU-x\n@@gpumedic:end:query:0\nNVIDIA-SMI has failed because it couldn't communicate with the "
+            "NVIDIA driver.\n@@gpumedic:end:q:9\n")
+    sections = split_sections(text)
+    assert sections["query"][0] == 0 and sections["q"] == (9, sections["q"][1])
+    assert "couldn't communicate" in sections["q"][1]
+
+
+def test_the_composite_command_carries_each_exit_status() -> None:
+    line = composite_command(tool_commands(datetime(2026, 1, 1, tzinfo=UTC), "quick"))
+    assert line.count("@@gpumedic:end:") == 3 and "$?" in line and "-q" not in line.split()

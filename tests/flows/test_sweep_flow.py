@@ -1,0 +1,59 @@
+"""The fleet_sweep flow under the Prefect test harness, against the simulated fleet."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from gpumedic.sim import node_state
+from gpumedic.sim.fleet import SimulatedFleet
+from tests.conftest import EXPECTED_EXAMPLE
+
+
+def _inventory_with_store(fleet: SimulatedFleet, tmp_path: Path, **policy: float) -> str:
+    data = yaml.safe_load(fleet.inventory_file.read_text())
+    data["fleet"]["policy"] = policy
+    data["fleet"]["store_url"] = f"sqlite:///{tmp_path / 'store.db'}"
+    data["fleet"]["shard_size"] = 5  # several shards, as in production
+    path = tmp_path / "inventory.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return str(path)
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_sweep_of_the_reference_fleet_gives_the_catalog_verdicts(example_fleet: SimulatedFleet, tmp_path: Path) -> None:
+    from prefect.artifacts import Artifact
+
+    from flows.sweep import fleet_sweep
+
+    document = fleet_sweep(fleet_file=_inventory_with_store(example_fleet, tmp_path), emit_events=True)
+    got = {n["node"]: (n["verdict"], n["action"]) for n in document["nodes"]}
+    assert got == EXPECTED_EXAMPLE
+    healthy = [n for n in document["nodes"] if n["verdict"] == "healthy"]
+    assert all(n["reasons"] == [] for n in healthy)
+    assert all(n["reasons"] for n in document["nodes"] if n["verdict"] != "healthy")
+    report = Artifact.get("fleet-health-report")
+    assert report is not None and "gpu-node-05" in str(report.data)
+    assert Artifact.get("fleet-unhealthy-nodes") is not None
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_second_sweep_uses_rates_not_totals(small_fleet: SimulatedFleet, tmp_path: Path) -> None:
+    from flows.sweep import fleet_sweep
+
+    # Sweeps seconds apart: let the policy compute rates over any interval.
+    inventory = _inventory_with_store(small_fleet, tmp_path, rate_min_interval_minutes=0)
+    with node_state.locked(small_fleet.state_file("gpu-node-00")) as state:
+        state["gpus"][0]["sbe_agg"] = 5000  # a large *total* from long ago is not an alarm
+    first = fleet_sweep(fleet_file=inventory, emit_events=False)
+    assert {n["node"]: n["verdict"] for n in first["nodes"]} == {"gpu-node-00": "healthy", "gpu-node-01": "healthy"}
+    with node_state.locked(small_fleet.state_file("gpu-node-01")) as state:
+        state["gpus"][2]["sbe_agg"] += 100_000  # a burst since the last sweep is
+        state["gpus"][2]["sbe_vol"] += 100_000
+    second = fleet_sweep(fleet_file=inventory, emit_events=False)
+    verdicts = {n["node"]: n for n in second["nodes"]}
+    assert verdicts["gpu-node-00"]["verdict"] == "healthy"
+    assert verdicts["gpu-node-01"]["verdict"] == "watch"
+    assert any("GPU 2" in r for r in verdicts["gpu-node-01"]["reasons"])
