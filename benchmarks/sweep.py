@@ -63,8 +63,8 @@ def run(sizes: list[int], gpus: int, concurrency: int) -> None:
                     unknown = sum(1 for n in document["nodes"] if n["verdict"] == "unknown")
                 finally:
                     fleet.stop()
-            print(f"{size:>6} {started:>8.2f} {plain_s:>8.2f} {size / plain_s:>10.1f} {flow_s:>8.2f} "
-                  f"{size / flow_s:>9.1f} {flow_s / plain_s:>10.2f}"
+            figures = (started, plain_s, size / plain_s, flow_s, size / flow_s, flow_s / plain_s)
+            print(f"{size:>10} " + " ".join(f"{f:>10.2f}" for f in figures)
                   + (f"   ({failed} plain / {unknown} flow nodes failed)" if failed or unknown else ""))
 
 

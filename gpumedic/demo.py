@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -16,7 +17,9 @@ import sys
 import time
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
+
+from prefect.client.schemas.objects import FlowRun
 
 from gpumedic.config import load_fleet_file
 from gpumedic.prefect_server import LocalPrefectServer, prefect_env, start_local_server
@@ -51,12 +54,11 @@ def _wait_for_deployment(name: str, timeout_s: float = 120) -> None:
 def run_sweep_deployment(timeout_s: float = 600) -> dict[str, Any]:
     from prefect.deployments import run_deployment
 
-    flow_run = run_deployment(SWEEP_DEPLOYMENT, timeout=timeout_s)
+    flow_run = cast(FlowRun, run_deployment(SWEEP_DEPLOYMENT, timeout=timeout_s))
     state = flow_run.state
     if state is None or not state.is_completed():
         raise RuntimeError(f"the sweep run {flow_run.name} ended in state {state}")
-    result: dict[str, Any] = state.result()  # type: ignore[assignment]
-    return result
+    return cast(dict[str, Any], state.result())
 
 
 def run_demo(*, auto_approve: bool, json_out: Path | None, fleet_file: Path | None, keep_running: bool) -> int:
@@ -89,11 +91,9 @@ def run_demo(*, auto_approve: bool, json_out: Path | None, fleet_file: Path | No
         document = run_sweep_deployment()
         _print_summary(document)
         outcome: dict[str, Any] = {"sweep": document, "nodes": {}}
-        try:
+        if importlib.util.find_spec("gpumedic.demo_remediation") is not None:
             from gpumedic.demo_remediation import remediate_demo_fleet
-        except ImportError:
-            remediate_demo_fleet = None  # type: ignore[assignment]
-        if remediate_demo_fleet is not None:
+
             outcome = remediate_demo_fleet(document, fleet=fleet, home=home, ui_url=server.ui_url,
                                            auto_approve=auto_approve)
         if json_out:

@@ -66,6 +66,8 @@ class Finding:
     verdict: Verdict
     action: Action
     reason: str
+    # Run field diagnostics after the action (Xid 48 with 63/64: drain, reset, then diagnose).
+    field_diagnostics: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +78,7 @@ class GpuAssessment:
     reasons: tuple[str, ...]
     uuid: str | None = None
     serial: str | None = None
+    field_diagnostics: bool = False  # see Finding.field_diagnostics
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +88,7 @@ class NodeAssessment:
     action: Action
     reasons: tuple[str, ...]  # node-level reasons (collection, missing GPUs, unattributed Xids)
     gpus: tuple[GpuAssessment, ...]
+    field_diagnostics: bool = False  # any GPU or node-level finding asks for field diagnostics
 
     @property
     def needs_remediation(self) -> bool:
