@@ -14,6 +14,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from gpumedic.domain.telemetry import canonical_pci_bus_id
 from gpumedic.sim import node_state
 
 Result = tuple[str, int]
@@ -42,7 +43,10 @@ def gpu_reset(path: Path, index: str | None) -> Result:
     with node_state.locked(path) as state:
         if index is None:
             return "A GPU must be specified with -i when resetting in the simulator.\n", 2
-        gpus = [g for g in state["gpus"] if str(g["index"]) == index]
+        # nvidia-smi -i takes an index, a UUID or a PCI bus id.
+        wanted = canonical_pci_bus_id(index) or index.lower()
+        gpus = [g for g in state["gpus"]
+                if wanted in (str(g["index"]), g["uuid"].lower(), canonical_pci_bus_id(g["bus_id"]))]
         if not gpus:
             return f"No GPU with index {index}\n", 6
         gpu = gpus[0]
@@ -60,7 +64,7 @@ def gpu_reset(path: Path, index: str | None) -> Result:
             )
         _clear_transients(gpu)
         _record(state, f"reset_gpu:{index}")
-        return f"GPU {gpu['bus_id']} was successfully reset.\nAll done.\n", 0
+        return f"GPU {gpu['bus_id']} was successfully reset.\n", 0
 
 
 def reboot(path: Path) -> Result:
