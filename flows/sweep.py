@@ -14,6 +14,7 @@ from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.futures import as_completed
 from prefect.task_runners import ThreadPoolTaskRunner
 
+from gpumedic.adapters.collect_exporter import new_gauge_xids
 from gpumedic.adapters.targets import NodeTarget
 from gpumedic.collection import Depth
 from gpumedic.config import FleetSettings
@@ -71,9 +72,10 @@ def fleet_sweep(fleet_file: str, depth: Depth = "full", emit_events: bool = True
     order = {t.name: i for i, t in enumerate(targets)}
     telemetry.sort(key=lambda t: order[t.node])
 
-    assessments = assess_fleet(fleet, telemetry, previous, prior_xids)
+    evidence = [new_gauge_xids(t, previous.get(t.node)) for t in telemetry]
+    assessments = assess_fleet(fleet, evidence, previous, prior_xids)
     document = sweep_document(sweep_id, started, assessments)
-    record_telemetry(fleet.store_url, telemetry, sweep_id, started, {"summary": summary_line(assessments)})
+    record_telemetry(fleet.store_url, telemetry, evidence, sweep_id, started, {"summary": summary_line(assessments)})
     publish_reports(sweep_id, started, assessments, time.monotonic() - clock)
     if emit_events:
         emitted = emit_unhealthy_events(sweep_id, assessments)

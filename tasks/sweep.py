@@ -59,10 +59,10 @@ def assess_fleet(
 
 
 @task(name="record-telemetry", cache_policy=NO_CACHE, retries=3, retry_delay_seconds=[1, 5, 15])
-def record_telemetry(store_url: str | None, telemetry: Sequence[NodeTelemetry], sweep_id: str, started: datetime,
-                     summary: dict[str, Any]) -> int:
+def record_telemetry(store_url: str | None, telemetry: Sequence[NodeTelemetry], evidence: Sequence[NodeTelemetry],
+                     sweep_id: str, started: datetime, summary: dict[str, Any]) -> int:
     store = TelemetryStore(store_url)
-    rows = store.record(telemetry)
+    rows = store.record(telemetry, evidence=evidence)
     store.record_sweep(sweep_id, started, summary)
     return rows
 

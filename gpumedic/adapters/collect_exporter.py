@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import UTC, datetime
 
 import httpx
 
 from gpumedic.adapters.collect_ssh import unreachable
 from gpumedic.adapters.targets import NodeTarget
-from gpumedic.domain.telemetry import NodeTelemetry, XidEvent
+from gpumedic.domain.telemetry import NodeTelemetry, XidEvent, canonical_pci_bus_id
 from gpumedic.parsers import ParseError
 from gpumedic.parsers.prometheus import parse_dcgm_exporter, parse_dcgm_exporter_xids
 
@@ -44,3 +45,16 @@ def collect_from_exporter(
         expected_gpu_count=target.expected_gpus,
         xid_events=events,
     )
+
+
+def new_gauge_xids(current: NodeTelemetry, previous: NodeTelemetry | None) -> NodeTelemetry:
+    """Keep only Xids the exporter's last-Xid gauge did not already show at the previous sweep.
+
+    DCGM_FI_DEV_XID_ERRORS keeps its value until the next Xid, so the same event would
+    otherwise count as new evidence (and trigger remediation) on every sweep.
+    """
+    if current.source != "exporter" or previous is None or previous.source != "exporter":
+        return current
+    seen = {(canonical_pci_bus_id(e.pci_bus_id), e.code) for e in previous.xid_events}
+    fresh = tuple(e for e in current.xid_events if (canonical_pci_bus_id(e.pci_bus_id), e.code) not in seen)
+    return dataclasses.replace(current, xid_events=fresh)

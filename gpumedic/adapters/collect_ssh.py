@@ -21,7 +21,7 @@ from gpumedic.parsers import ParseError
 from gpumedic.parsers.kernel_log import parse_kernel_log
 from gpumedic.parsers.nvidia_smi_csv import QUERY_GPU_FIELDS, parse_query_gpu_csv
 from gpumedic.parsers.nvidia_smi_q import parse_nvidia_smi_q
-from gpumedic.parsers.nvlink import parse_nvlink_errors, parse_nvlink_status
+from gpumedic.parsers.nvlink import NvLinkNotSupported, parse_nvlink_errors, parse_nvlink_status
 
 _MARK = "@@gpumedic"
 _END = re.compile(rf"^{_MARK}:end:(?P<name>[a-z_]+):(?P<rc>-?\d+)$")
@@ -123,9 +123,12 @@ def parse_sections(
             return None
         rc, text = sections[name]
         try:
-            if rc != 0:
+            if rc != 0 and not name.startswith("nvlink"):
                 raise ParseError(what, f"exited with status {rc}: {_first_line(text)}")
             return parser(text)
+        except NvLinkNotSupported:
+            # MIG mode and PCIe-only GPUs have no NVLink to report: no link data, not a fault.
+            return None
         except ParseError as err:
             errors.append(str(err))
             return None

@@ -101,12 +101,17 @@ class TelemetryStore:
 
         metadata.create_all(self.engine)
 
-    def record(self, telemetry: Iterable[NodeTelemetry]) -> int:
-        """Append samples; replace a node's snapshot only when its collection was clean."""
+    def record(self, telemetry: Iterable[NodeTelemetry], *, evidence: Iterable[NodeTelemetry] | None = None) -> int:
+        """Append history from `evidence` (default: `telemetry`); snapshot the raw `telemetry`.
+
+        A node's snapshot is replaced only when its collection was clean. `evidence` is the
+        telemetry with already-seen events removed (see collect_exporter.new_gauge_xids).
+        """
+        raw = list(telemetry)
         rows: list[dict[str, Any]] = []
         snaps: list[dict[str, Any]] = []
         events: list[dict[str, Any]] = []
-        for t in telemetry:
+        for t in (raw if evidence is None else list(evidence)):
             events += [
                 {"time": _epoch(e.time or t.collected_at), "node": t.node,
                  "pci_bus_id": canonical_pci_bus_id(e.pci_bus_id), "code": e.code, "text": e.text[:2000]}
@@ -116,6 +121,7 @@ class TelemetryStore:
                 {"time": _epoch(s.time), "node": s.node, "gpu": s.gpu, "field": s.field, "value": s.value}
                 for s in samples_from_telemetry(t)
             ]
+        for t in raw:
             if not t.collection_errors:
                 snaps.append({"node": t.node, "collected_at": _epoch(t.collected_at),
                               "telemetry": json.dumps(telemetry_to_json(t))})

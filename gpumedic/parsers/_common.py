@@ -18,7 +18,6 @@ _TOOL_ERRORS: tuple[re.Pattern[str], ...] = tuple(
     for p in (
         r"^NVIDIA-SMI has failed\b",
         r"^No devices were found\b",
-        r"^Unable to determine the device handle for GPU",
         r"^Failed to initialize NVML\b",
         r"^NVML library version mismatch\b",
         r"^Driver/library version mismatch\b",
@@ -190,6 +189,11 @@ def decode_throttle_mask(mask: int) -> frozenset[str]:
             unknown &= ~bit
         bit <<= 1
     return frozenset(names)
+
+
+def is_digits(text: str) -> bool:
+    """ASCII digits only: `str.isdigit` also accepts "²", which `int()` then rejects."""
+    return text.isascii() and text.isdigit()
 
 
 def snake_case(label: str) -> str:

@@ -28,7 +28,7 @@ from gpumedic.domain.diagnostics import (
     HealthIncident,
     HealthStatus,
 )
-from gpumedic.parsers._common import raise_if_tool_error, require_text
+from gpumedic.parsers._common import is_digits, raise_if_tool_error, require_text
 from gpumedic.parsers.errors import ParseError
 
 DIAG = "dcgmi diag"
@@ -313,7 +313,7 @@ def _diag_json(text: str) -> DiagReport:
     for entry in categories:
         if not isinstance(entry, dict):
             continue
-        for test in entry.get("tests") or []:
+        for test in _list(entry.get("tests")):
             if isinstance(test, dict):
                 tests.append(_json_test(test, entry.get("category")))
     if not tests:
@@ -330,7 +330,7 @@ def _json_test(test: Mapping[str, Any], category: Any) -> DiagTestResult:
     summary = test.get("test_summary")
     if isinstance(summary, dict) and summary.get("status"):
         builder.statuses.append(_status(str(summary["status"])))
-    for result in test.get("results") or []:
+    for result in _list(test.get("results")):
         if not isinstance(result, dict):
             continue
         status = _status(str(result.get("status", "")))
@@ -359,7 +359,7 @@ def _json_gpus(result: Mapping[str, Any]) -> list[int]:
         return []
     if isinstance(raw, int):
         return [raw]
-    return [int(part) for part in str(raw).split(",") if part.strip().isdigit()]
+    return [int(part) for part in str(raw).split(",") if is_digits(part.strip())]
 
 
 def _json_messages(raw: Any, key: str) -> list[str]:
@@ -375,8 +375,17 @@ def _json_messages(raw: Any, key: str) -> list[str]:
     return messages
 
 
+def _list(value: Any) -> list[Any]:
+    """`value` if the document put a list there; anything else reads as empty."""
+    return value if isinstance(value, list) else []
+
+
+def _dict(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
 def _is_int(value: Any) -> bool:
-    return isinstance(value, int) or (isinstance(value, str) and value.isdigit())
+    return isinstance(value, int) or (isinstance(value, str) and is_digits(value))
 
 
 def _opt_str(value: Any) -> str | None:
@@ -411,7 +420,7 @@ def parse_dcgmi_health(text: str) -> HealthCheck:
 def _health_json(text: str) -> HealthCheck:
     document = _load_json(HEALTH, text)
     body = document.get("body")
-    header = document.get("header") or []
+    header = _list(document.get("header"))
     if not isinstance(body, dict) or "Health Monitor Report" not in header:
         raise ParseError(HEALTH, "not a `Health Monitor Report` JSON document", text)
     overall_node = body.get("Overall Health")
@@ -422,15 +431,15 @@ def _health_json(text: str) -> HealthCheck:
     for group, group_node in body.items():
         if group == "Overall Health" or not isinstance(group_node, dict):
             continue
-        for entity, entity_node in (group_node.get("children") or {}).items():
-            if not isinstance(entity_node, dict) or not str(entity).isdigit():
+        for entity, entity_node in _dict(group_node.get("children")).items():
+            if not isinstance(entity_node, dict) or not is_digits(str(entity)):
                 continue
             entities.append((group, int(entity), _health(str(entity_node.get("value", "")))))
-            for kind_node in (entity_node.get("children") or {}).values():
-                for system, system_node in ((kind_node or {}).get("children") or {}).items():
+            for kind_node in _dict(entity_node.get("children")).values():
+                for system, system_node in _dict(_dict(kind_node).get("children")).items():
                     if not isinstance(system_node, dict):
                         continue
-                    overflow = system_node.get("overflow") or []
+                    overflow = _list(system_node.get("overflow"))
                     message = " ".join(" ".join(str(part) for part in overflow).split())
                     incidents.append(
                         HealthIncident(group, int(entity), system, _health(str(system_node.get("value", ""))), message)
@@ -479,7 +488,7 @@ def _health_table(text: str) -> HealthCheck:
                 group, entity = name, None
         elif level == 1:
             close_system()
-            if not name.isdigit():
+            if not is_digits(name):
                 raise ParseError(HEALTH, f"entity {name!r} under {group!r} is not an id", label)
             entity = int(name)
             entities.append((group, entity, _health(right)))
@@ -529,7 +538,7 @@ def parse_dcgmi_discovery(text: str) -> list[tuple[int, str]]:
         if left == "GPU ID":
             continue
         if left:
-            if not left.isdigit():
+            if not is_digits(left):
                 raise ParseError(DISCOVERY, f"GPU id {left!r} is not a number", left)
             current = int(left)
             gpus[current] = {}

@@ -27,7 +27,7 @@ from gpumedic.parsers._common import raise_if_tool_error
 SOURCE = "kernel log"
 
 # Xid 79 is what the driver reports when a GPU falls off the bus; newer drivers sometimes
-# print only the plain message, so one is inferred from it (see `_fallen_off`).
+# print only the plain message, so one is inferred from it (see `_FALLEN_OFF`).
 XID_FALLEN_OFF_BUS = 79
 
 _XID = re.compile(r"NVRM: Xid \((?:PCI:)?(?P<pci>[^)\s]*)[^)]*\): (?P<code>\d+),\s*(?P<text>.*)$")
@@ -39,20 +39,12 @@ _FALLEN_OFF = re.compile(
 
 # English, plus the abbreviations journalctl prints under a Polish (the corpus has `kwi`)
 # or German locale. A month not listed leaves the time unread, never wrong.
+_ENGLISH = ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec")
+_POLISH = ("sty", "lut", "mar", "kwi", "maj", "cze", "lip", "sie", "wrz", "paź", "lis", "gru")
 _MONTHS = {
-    **{
-        m: i
-        for i, m in enumerate(("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"), 1)
-    },
-    **{
-        m: i
-        for i, m in enumerate(("sty", "lut", "mar", "kwi", "maj", "cze", "lip", "sie", "wrz", "paź", "lis", "gru"), 1)
-    },
-    "mär": 3,
-    "mrz": 3,
-    "mai": 5,
-    "okt": 10,
-    "dez": 12,
+    **dict(zip(_ENGLISH, range(1, 13), strict=True)),
+    **dict(zip(_POLISH, range(1, 13), strict=True)),
+    **{"mär": 3, "mrz": 3, "mai": 5, "okt": 10, "dez": 12},  # German, where it differs
 }
 
 _FACILITY = re.compile(r"^\w+\s*:\w+\s*: ")  # dmesg --decode: "kern  :warn  : "

@@ -20,8 +20,9 @@ asked about. Fragments with no known section are refused.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from gpumedic.domain.telemetry import GpuTelemetry, RowRemapBanks, canonical_pci_bus_id
 from gpumedic.parsers._common import (
@@ -37,6 +38,8 @@ from gpumedic.parsers._common import (
 from gpumedic.parsers.errors import ParseError
 
 SOURCE = "nvidia-smi -q"
+
+_T = TypeVar("_T")
 
 _GPU_HEADER = re.compile(r"^GPU\s+([0-9A-Fa-f]{4,8}:[0-9A-Fa-f]{2}:[0-9A-Fa-f]{2}\.[0-7])$")
 # `Label   : value`. The separator is the first colon preceded by whitespace; values
@@ -149,27 +152,16 @@ def _tree(text: str) -> _Node:
     return root
 
 
+def _read(node: _Node | None, convert: Callable[[str, str, str], _T | None], where: str, *path: str) -> _T | None:
+    """The value at `path` under `node`, converted; None when the label is absent or N/A."""
+    raw = node.raw(*path) if node is not None else None
+    return None if raw is None else convert(SOURCE, raw, f"{where} {' / '.join(path)}")
+
+
 def _gpu(index: int, node: _Node) -> GpuTelemetry:
     where = f"GPU {index}"
-
-    def read_float(*path: str) -> float | None:
-        raw = node.raw(*path)
-        return None if raw is None else optional_float(SOURCE, raw, f"{where} {' / '.join(path)}")
-
-    def read_int(*path: str) -> int | None:
-        raw = node.raw(*path)
-        return None if raw is None else optional_int(SOURCE, raw, f"{where} {' / '.join(path)}")
-
-    def read_bool(*path: str) -> bool | None:
-        raw = node.raw(*path)
-        return None if raw is None else optional_bool(SOURCE, raw, f"{where} {' / '.join(path)}")
-
-    def read_str(*path: str) -> str | None:
-        raw = node.raw(*path)
-        return None if raw is None else optional_str(SOURCE, raw, f"{where} {' / '.join(path)}")
-
     header = _GPU_HEADER.match(node.key)
-    bus_id = read_str("pci", "bus id") or (header.group(1) if header else None)
+    bus_id = _read(node, optional_str, where, "pci", "bus id") or (header.group(1) if header else None)
     ecc = node.child("ecc errors")
     temperature = _temperatures(node.child("temperature"), where)
     sbe_vol, dbe_vol = _ecc_totals(ecc.child("volatile") if ecc else None, f"{where} volatile ECC")
@@ -178,40 +170,37 @@ def _gpu(index: int, node: _Node) -> GpuTelemetry:
     remap = node.child("remapped rows")
     return GpuTelemetry(
         index=index,
-        uuid=read_str("gpu uuid"),
-        serial=read_str("serial number"),
+        uuid=_read(node, optional_str, where, "gpu uuid"),
+        serial=_read(node, optional_str, where, "serial number"),
         pci_bus_id=canonical_pci_bus_id(bus_id),
-        name=read_str("product name"),
+        name=_read(node, optional_str, where, "product name"),
         temperature_c=temperature[0],
         temp_slowdown_c=temperature[1],
         temp_shutdown_c=temperature[2],
         power_w=_first_float(power, ("power draw", "average power draw", "instantaneous power draw"), where),
         power_limit_w=_first_float(power, ("current power limit", "power limit", "enforced power limit"), where),
-        sm_clock_mhz=read_float("clocks", "sm"),
+        sm_clock_mhz=_read(node, optional_float, where, "clocks", "sm"),
         throttle_reasons=_throttle(node.child("clocks event reasons", "clocks throttle reasons"), where),
         ecc_sbe_volatile=sbe_vol,
         ecc_dbe_volatile=dbe_vol,
         ecc_sbe_aggregate=sbe_agg,
         ecc_dbe_aggregate=dbe_agg,
-        retired_pages_sbe=read_int("retired pages", "single bit ecc"),
-        retired_pages_dbe=read_int("retired pages", "double bit ecc"),
+        retired_pages_sbe=_read(node, optional_int, where, "retired pages", "single bit ecc"),
+        retired_pages_dbe=_read(node, optional_int, where, "retired pages", "double bit ecc"),
         retired_pages_pending=_retired_pending(node.child("retired pages"), where),
-        remapped_rows_correctable=read_int("remapped rows", "correctable error"),
-        remapped_rows_uncorrectable=read_int("remapped rows", "uncorrectable error"),
-        row_remap_pending=read_bool("remapped rows", "pending"),
-        row_remap_failure=read_bool("remapped rows", "remapping failure occurred"),
+        remapped_rows_correctable=_read(node, optional_int, where, "remapped rows", "correctable error"),
+        remapped_rows_uncorrectable=_read(node, optional_int, where, "remapped rows", "uncorrectable error"),
+        row_remap_pending=_read(node, optional_bool, where, "remapped rows", "pending"),
+        row_remap_failure=_read(node, optional_bool, where, "remapped rows", "remapping failure occurred"),
         remap_banks=_banks(remap.child("bank remap availability histogram") if remap else None, where),
-        pcie_replay=read_int("pci", "replays since reset"),
-        recovery_action=read_str("gpu recovery action"),
+        pcie_replay=_read(node, optional_int, where, "pci", "replays since reset"),
+        recovery_action=_read(node, optional_str, where, "gpu recovery action"),
     )
 
 
 def _first_float(section: _Node | None, labels: tuple[str, ...], where: str) -> float | None:
-    if section is None:
-        return None
     for label in labels:
-        raw = section.raw(label)
-        value = None if raw is None else optional_float(SOURCE, raw, f"{where} {label}")
+        value = _read(section, optional_float, where, label)
         if value is not None:
             return value
     return None
@@ -226,21 +215,14 @@ def _temperatures(section: _Node | None, where: str) -> tuple[float | None, floa
     = T.Limit - its relative value. The driver rounds each reading to whole degrees, so
     a converted threshold can be off by 1 C. Missing any of the three inputs -> None.
     """
-    if section is None:
-        return None, None, None
-
-    def read(label: str) -> float | None:
-        raw = section.raw(label)
-        return None if raw is None else optional_float(SOURCE, raw, f"{where} {label}")
-
-    current = read("gpu current temp")
-    slowdown = read("gpu slowdown temp")
-    shutdown = read("gpu shutdown temp")
-    margin = read("gpu t.limit temp")
+    current = _read(section, optional_float, where, "gpu current temp")
+    slowdown = _read(section, optional_float, where, "gpu slowdown temp")
+    shutdown = _read(section, optional_float, where, "gpu shutdown temp")
+    margin = _read(section, optional_float, where, "gpu t.limit temp")
     if current is not None and margin is not None:
         t_limit = current + margin
-        relative_slowdown = read("gpu slowdown t.limit temp")
-        relative_shutdown = read("gpu shutdown t.limit temp")
+        relative_slowdown = _read(section, optional_float, where, "gpu slowdown t.limit temp")
+        relative_shutdown = _read(section, optional_float, where, "gpu shutdown t.limit temp")
         if slowdown is None and relative_slowdown is not None:
             slowdown = t_limit - relative_slowdown
         if shutdown is None and relative_shutdown is not None:
@@ -275,9 +257,7 @@ def _ecc_totals(section: _Node | None, where: str) -> tuple[int | None, int | No
     single = section.child("single bit")
     if single is not None:
         double = section.child("double bit")
-        sbe = _counter(single, "total", where)
-        dbe = _counter(double, "total", where) if double is not None else None
-        return sbe, dbe
+        return _read(single, optional_int, where, "total"), _read(double, optional_int, where, "total")
     uncorrectable: tuple[str, ...]
     if section.child("sram uncorrectable parity") or section.child("sram uncorrectable sec-ded"):
         uncorrectable = ("sram uncorrectable parity", "sram uncorrectable sec-ded", "dram uncorrectable")
@@ -289,19 +269,13 @@ def _ecc_totals(section: _Node | None, where: str) -> tuple[int | None, int | No
     )
 
 
-def _counter(section: _Node, label: str, where: str) -> int | None:
-    raw = section.raw(label)
-    return None if raw is None else optional_int(SOURCE, raw, f"{where} {label}")
-
-
 def _sum(section: _Node, labels: tuple[str, ...], where: str) -> int | None:
     total = 0
     reported = False
     for label in labels:
-        raw = section.raw(label)
-        if raw is None:
+        if section.raw(label) is None:
             return None
-        value = optional_int(SOURCE, raw, f"{where} {label}")
+        value = _read(section, optional_int, where, label)
         if value is not None:
             total += value
             reported = True
@@ -322,7 +296,7 @@ def _banks(section: _Node | None, where: str) -> RowRemapBanks | None:
     if section is None:
         return None
     counts = {
-        level: _counter(section, level, f"{where} bank remap histogram")
+        level: _read(section, optional_int, f"{where} bank remap histogram", level)
         for level in ("max", "high", "partial", "low", "none")
     }
     if all(v is None for v in counts.values()):

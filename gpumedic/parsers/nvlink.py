@@ -16,7 +16,13 @@ import re
 from collections.abc import Callable
 
 from gpumedic.domain.telemetry import NvLinkState
-from gpumedic.parsers._common import ELISION, raise_if_tool_error, require_complete_last_line, require_text
+from gpumedic.parsers._common import (
+    ELISION,
+    is_digits,
+    raise_if_tool_error,
+    require_complete_last_line,
+    require_text,
+)
 from gpumedic.parsers.errors import ParseError
 
 
@@ -130,7 +136,7 @@ def parse_dcgmi_nvlink_errors(text: str) -> dict[int, tuple[NvLinkState, ...]]:
         elif (match := _DCGMI_TABLE_COUNTER.match(label)) and gpu is not None and link is not None:
             if not raw.rstrip().endswith("|"):
                 raise ParseError(source, "a counter row is cut off before its closing border", raw)
-            if not value.isdigit():
+            if not is_digits(value):
                 raise ParseError(source, f"GPU {gpu} link {link} {match.group(1)} count is not a number", raw)
             per_gpu[gpu].append(NvLinkState(link=link, active=None, **_counter(match.group(1), int(value))))
     if not per_gpu:

@@ -25,6 +25,7 @@ from gpumedic.domain.telemetry import GpuTelemetry, NvLinkState, RowRemapBanks, 
 from gpumedic.parsers._common import (
     ELISION,
     decode_throttle_mask,
+    is_digits,
     raise_if_tool_error,
     require_complete_last_line,
     require_text,
@@ -115,7 +116,7 @@ def parse_dcgm_exporter(text: str) -> list[GpuTelemetry]:
     by_gpu: dict[int, list[Sample]] = {}
     for sample in samples:
         gpu = sample.labels.get("gpu")
-        if gpu is None or not gpu.isdigit():
+        if gpu is None or not is_digits(gpu):
             continue
         by_gpu.setdefault(int(gpu), []).append(sample)
     if not by_gpu:
@@ -132,7 +133,7 @@ def parse_dcgm_exporter_xids(text: str) -> dict[int, int]:
     result: dict[int, int] = {}
     for sample in _dcgm_samples(text):
         gpu = sample.labels.get("gpu")
-        if sample.name != "DCGM_FI_DEV_XID_ERRORS" or gpu is None or not gpu.isdigit():
+        if sample.name != "DCGM_FI_DEV_XID_ERRORS" or gpu is None or not is_digits(gpu):
             continue
         if not math.isfinite(sample.value) or _is_blank(sample.value, counter=True):
             continue
@@ -181,7 +182,7 @@ def _gpu(index: int, samples: list[Sample]) -> GpuTelemetry:
         elif match := _NVLINK_FIELD.match(name):
             link = match.group("link") or sample.labels.get("link")
             count = _count(value, sample)
-            if link is None or not link.isdigit() or count is None:
+            if link is None or not is_digits(link) or count is None:
                 continue
             kind = _NVLINK_COUNTERS[match.group("kind")]
             counters = links.setdefault(int(link), {})

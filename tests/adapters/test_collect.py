@@ -89,3 +89,34 @@ def test_a_failing_tool_does_not_hide_the_others() -> None:
 def test_the_composite_command_carries_each_exit_status() -> None:
     line = composite_command(tool_commands(datetime(2026, 1, 1, tzinfo=UTC), "quick"))
     assert line.count("@@gpumedic:end:") == 3 and "$?" in line and "-q" not in line.split()
+
+
+def test_the_exporters_last_xid_gauge_counts_once(example_fleet: SimulatedFleet) -> None:
+    from gpumedic.adapters.collect_exporter import new_gauge_xids
+    from gpumedic.domain.telemetry import XidEvent
+
+    _, targets = _targets(example_fleet)
+    with httpx.Client() as client:
+        first = collect_from_exporter(targets["gpu-node-00"], client=client, timeout_s=5)
+    xid = XidEvent(code=48, pci_bus_id="00000000:07:00.0", time=None, text="last Xid reported by DCGM")
+    import dataclasses
+
+    before = dataclasses.replace(first, xid_events=(xid,))
+    again = dataclasses.replace(first, xid_events=(xid,))
+    assert new_gauge_xids(before, None).xid_events == (xid,)
+    assert new_gauge_xids(again, before).xid_events == ()
+    other = XidEvent(code=79, pci_bus_id="00000000:07:00.0", time=None, text="last Xid reported by DCGM")
+    assert new_gauge_xids(dataclasses.replace(first, xid_events=(other,)), before).xid_events == (other,)
+
+
+def test_a_mig_node_without_nvlink_queries_is_not_unknown() -> None:
+    from gpumedic.adapters.collect_ssh import parse_sections
+    from tests.parsers.corpus import CORPUS_DIR  # the real-outputs corpus beside the repo
+
+    mig = (CORPUS_DIR / "nvidia-smi-nvlink-s_H200_MIG-enabled_not-supported_01.txt").read_text()
+    query = "0, GPU-1, 1, 00000000:83:00.0, NVIDIA H200, 30, 80.0, 700.0, 1980, 0x0000000000000001, " \
+            "0, 0, 0, 0, [N/A], [N/A], [N/A], 0, 0, No, No\n"
+    t = parse_sections("n", {"query": (0, query), "nvlink_status": (0, mig), "kernel_log": (0, "-- No entries --\n")},
+                       now=datetime.now(UTC), expected_gpus=1, expected=("query", "nvlink_status", "kernel_log"))
+    assert t.collection_errors == ()
+    assert t.gpus[0].nvlinks == ()

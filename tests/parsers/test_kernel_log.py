@@ -145,3 +145,23 @@ def test_dmesg_permission_failure_is_not_an_empty_log() -> None:
 
 def test_a_log_without_xids_is_empty() -> None:
     assert parse_kernel_log("[    0.000000] Linux version 6.8.0\n[    1.0] usb 1-1: new device\n") == []
+
+
+def test_journalctl_short_iso_with_host_prefix() -> None:
+    text = "2024-03-02T10:00:00+0100 gpu-node-7 kernel: NVRM: Xid (PCI:0000:3B:00): 74, pid=1, NVLink: fatal\n"
+    (event,) = parse_kernel_log(text)
+    assert (event.code, event.pci_bus_id) == (74, "0000:3b:00.0")
+    assert event.time == datetime(2024, 3, 2, 9, 0, tzinfo=UTC)
+
+
+def test_fallen_off_message_for_another_gpu_is_still_inferred() -> None:
+    text = (
+        "[  10.0] NVRM: Xid (PCI:0000:3b:00): 79, pid='<unknown>', name=<unknown>, GPU has fallen off the bus.\n"
+        "[  10.1] NVRM: GPU 0000:3b:00.0: GPU has fallen off the bus.\n"
+        "[  11.0] NVRM: GPU 0000:5e:00.0: GPU has fallen off the bus.\n"
+    )
+    events = parse_kernel_log(text)
+    assert [(e.code, e.pci_bus_id, e.text.startswith("inferred")) for e in events] == [
+        (79, "0000:3b:00.0", False),
+        (79, "0000:5e:00.0", True),
+    ]

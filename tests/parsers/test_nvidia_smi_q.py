@@ -277,3 +277,27 @@ def test_an_unterminated_last_line_is_not_read(corpus: Corpus) -> None:
     gpu = only(parse_nvidia_smi_q(cut))
     assert gpu.temperature_c is None
     assert gpu.remapped_rows_uncorrectable == 4
+
+
+def sections(text: str, *names: str) -> str:
+    """A `-q -d ...` style report: the header, the GPU line and only the named 4-space sections."""
+    kept: list[str] = []
+    keep = True
+    for line in text.splitlines():
+        if line.startswith("    ") and not line.startswith("     "):
+            keep = line.strip().split(" :")[0].strip() in names
+        elif not line.startswith(" "):
+            keep = True
+        if keep:
+            kept.append(line)
+    return "\n".join(kept) + "\n"
+
+
+def test_display_filtered_report_with_only_some_sections(corpus: Corpus) -> None:
+    text = sections(corpus(A10), "Remapped Rows", "Temperature", "Retired Pages")
+    assert "Product Name" not in text and "ECC Errors" not in text
+    gpu = only(parse_nvidia_smi_q(text))
+    assert gpu.pci_bus_id == "0000:07:00.0"
+    assert (gpu.remapped_rows_uncorrectable, gpu.row_remap_pending) == (4, True)
+    assert (gpu.temp_slowdown_c, gpu.temp_shutdown_c) == (98, 101)
+    assert gpu.name is None and gpu.ecc_dbe_volatile is None and gpu.power_w is None
