@@ -344,6 +344,8 @@ def _parse_jql(query: str) -> _Query:
             else:
                 op = "is"
                 i += 1
+        elif op_tok.text.lower() in ("was", "changed"):
+            raise unsupported(f"The operator '{op_tok.text.upper()}'")
         else:
             raise _jql_syntax(f"Expecting operator but got '{op_tok.text}'.", query)
         values: list[str | None] = []

@@ -65,9 +65,10 @@ What is emulated
   disruption left is 429 ``TooManyRequests`` "Cannot evict pod as it would violate the pod's
   disruption budget." with a ``DisruptionBudget`` cause ("The disruption budget X needs N
   healthy pods and has M currently"); an unready pod may go when the budget is otherwise
-  met; success is 201 with a ``Success`` Status, the pod gets the ``DisruptionTarget``
-  condition and a ``deletionTimestamp`` and disappears after ``min(grace period,
-  eviction_delay)`` seconds.
+  met; success is 201 with a ``Success`` Status (the API-initiated eviction page says "200
+  OK", but the apiserver's create handler answers 201: callers must accept any 2xx), the pod
+  gets the ``DisruptionTarget`` condition and a ``deletionTimestamp`` and disappears after
+  ``min(grace period, eviction_delay)`` seconds.
 * PDB status is computed on read, as if the disruption controller reacted instantly:
   healthy = pod is Ready and not terminating; ``minAvailable`` as an integer counts the
   selected pods, a percentage or ``maxUnavailable`` counts the replicas of the pods'
@@ -307,7 +308,9 @@ class _FieldError:
         if self.type == "NotSupported":
             return f"{self.path}: Unsupported value: {json.dumps(self.value)}: supported values: {self.detail}"
         if self.type == "Duplicate":
-            return f"{self.path}: Duplicate value: {json.dumps(self.value)}"
+            return f"{self.path}: Duplicate value: {json.dumps(self.value)}" + (
+                f": {self.detail}" if self.detail else ""
+            )
         return f"{self.path}: Invalid value: {json.dumps(self.value)}: {self.detail}"
 
     def cause(self) -> JsonObj:
@@ -1240,6 +1243,7 @@ class KubeApiEmulator:
         return self
 
     def stop(self) -> None:
+        """Stop serving and drop open connections; the state, port and CA are kept for :meth:`start`."""
         server = self._server
         if server is None:
             return
@@ -1264,12 +1268,6 @@ class KubeApiEmulator:
             self._ca_path = None
             self._port = 0
 
-    def __del__(self) -> None:
-        tmp = getattr(self, "_tmp", None)
-        if tmp is not None and getattr(self, "_server", None) is None:
-            with contextlib.suppress(Exception):
-                tmp.cleanup()
-
     def __enter__(self) -> KubeApiEmulator:
         return self.start()
 
@@ -1288,7 +1286,7 @@ class KubeApiEmulator:
 
     @property
     def ca_path(self) -> Path:
-        """PEM file of the CA that signed the server certificate (exists while started)."""
+        """PEM file of the CA that signed the server certificate (from :meth:`start` to :meth:`close`)."""
         if self._ca_path is None:
             raise RuntimeError("the emulator is not started")
         return self._ca_path
@@ -2009,8 +2007,7 @@ class KubeApiEmulator:
                         errors.append(_FieldError(f"{path}.effect", "NotSupported", effect,
                                                   '"NoExecute", "NoSchedule", "PreferNoSchedule"'))
                 if (key, str(effect)) in seen:
-                    errors.append(_FieldError(path, "Duplicate", taint))
-                    errors[-1] = _FieldError(path, "Invalid", taint, "taints must be unique by key and effect pair")
+                    errors.append(_FieldError(path, "Duplicate", taint, "taints must be unique by key and effect pair"))
                 seen.add((key, str(effect)))
         elif kind is _PODS:
             containers = spec.get("containers")

@@ -214,6 +214,8 @@ def test_search_results_can_be_limited_to_some_fields(jira: JIRA) -> None:
         ("project = GPU AND", "Error in the JQL Query: Expecting a field name but got end of query."),
         ("labels = ", "Error in the JQL Query: Expecting either a value, list or function but got end of query."),
         ("assignee = currentUser()", "Error in the JQL Query: The field 'assignee' is not supported"),
+        ("status WAS Done", "Error in the JQL Query: The operator 'WAS' is not supported"),
+        ("labels = gpumedic labels = x", "Error in the JQL Query: Expecting either 'OR' or 'AND' but got 'labels'."),
         ("nosuchfield = 1", "Field 'nosuchfield' does not exist or you do not have permission to view it."),
         ("project = NOPE", "The value 'NOPE' does not exist for the field 'project'."),
         ("status = Finished", "The value 'Finished' does not exist for the field 'status'."),
