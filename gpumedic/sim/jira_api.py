@@ -50,7 +50,6 @@ from __future__ import annotations
 import base64
 import contextlib
 import datetime as dt
-import fnmatch
 import hmac
 import json
 import logging
@@ -62,9 +61,11 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any, Literal
 from urllib.parse import parse_qs, unquote, urlsplit
+
+from gpumedic.sim._http import Fault, LoopbackServer
 
 __all__ = [
     "DEFAULT_ISSUE_TYPES",
@@ -421,30 +422,7 @@ class JiraRequestRecord:
     fault: str | None = None
 
 
-@dataclass
-class JiraFault:
-    """Like the Kubernetes emulator's ``Fault``: ``status`` (5xx), ``reset`` or ``delay``."""
-
-    pattern: str
-    mode: Literal["status", "reset", "delay"] = "status"
-    remaining: int | None = 1
-    status: int = 503
-    method: str | None = None
-    delay_s: float = 0.0
-    retry_after: int | None = None
-    hits: int = 0
-
-    def _take(self, method: str, path: str) -> bool:
-        if self.remaining is not None and self.remaining <= 0:
-            return False
-        if self.method is not None and self.method.upper() != method:
-            return False
-        if not fnmatch.fnmatchcase(path, self.pattern):
-            return False
-        if self.remaining is not None:
-            self.remaining -= 1
-        self.hits += 1
-        return True
+JiraFault = Fault  # the same fault model as the Kubernetes emulator's
 
 
 # --------------------------------------------------------------------------------------------
@@ -452,45 +430,9 @@ class JiraFault:
 # --------------------------------------------------------------------------------------------
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    allow_reuse_address = True
-    block_on_close = False
-
-    def __init__(self, app: JiraEmulator, port: int) -> None:
-        self.app = app
-        self._connections: set[socket.socket] = set()
-        self._connections_lock = threading.Lock()
-        super().__init__(("127.0.0.1", port), _Handler)
-
-    def finish_request(self, request: Any, client_address: Any) -> None:
-        # http.server writes headers and body separately; without TCP_NODELAY, Nagle's algorithm
-        # and the client's delayed ACK add ~40 ms to every response.
-        with contextlib.suppress(OSError):
-            request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        with self._connections_lock:
-            self._connections.add(request)
-        handler: Any = self.RequestHandlerClass
-        try:
-            handler(request, client_address, self)
-        finally:
-            with self._connections_lock:
-                self._connections.discard(request)
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        log.debug("jira emulator: connection from %s ended with an error", client_address, exc_info=True)
-
-    def drop_connections(self) -> None:
-        with self._connections_lock:
-            connections = list(self._connections)
-        for sock in connections:
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
-
-
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
-    server: _Server
+    server: LoopbackServer
     server_version = "gpumedic-jira-emulator"
     sys_version = ""
 
@@ -598,7 +540,7 @@ class JiraEmulator:
         self._outage: Literal["503", "refuse"] | None = None
         self._outage_retry_after: int | None = None
         self.request_log: list[JiraRequestRecord] = []
-        self._server: _Server | None = None
+        self._server: LoopbackServer | None = None
         self._thread: threading.Thread | None = None
         self._port = 0
         if default_project:
@@ -612,7 +554,7 @@ class JiraEmulator:
         return self
 
     def _listen(self) -> None:
-        self._server = _Server(self, self._port)
+        self._server = LoopbackServer(_Handler, self, None, self._port, name="jira emulator")
         self._port = int(self._server.server_address[1])
         self._thread = threading.Thread(
             target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, name="jira-emulator", daemon=True

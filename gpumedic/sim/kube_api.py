@@ -96,7 +96,6 @@ import base64
 import contextlib
 import copy
 import datetime as dt
-import fnmatch
 import hmac
 import ipaddress
 import json
@@ -115,7 +114,7 @@ import uuid
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -125,6 +124,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from gpumedic.sim._http import Fault, LoopbackServer
 
 if TYPE_CHECKING:
     from kubernetes.client import ApiClient
@@ -837,105 +838,14 @@ class EvictionRecord:
     message: str = ""
 
 
-@dataclass
-class Fault:
-    """A fault armed on requests whose path matches ``pattern`` (``fnmatch`` glob).
-
-    ``mode``: ``"status"`` answers ``status`` (5xx) with a Status body; ``"reset"`` drops the
-    connection with a TCP RST before any response; ``"delay"`` sleeps ``delay_s`` and then
-    serves the request normally. ``remaining`` counts down to 0 (``None``: forever).
-    """
-
-    pattern: str
-    mode: Literal["status", "reset", "delay"] = "status"
-    remaining: int | None = 1
-    status: int = 503
-    method: str | None = None
-    delay_s: float = 0.0
-    retry_after: int | None = None
-    hits: int = 0
-
-    def _take(self, method: str, path: str) -> bool:
-        if self.remaining is not None and self.remaining <= 0:
-            return False
-        if self.method is not None and self.method.upper() != method:
-            return False
-        if not fnmatch.fnmatchcase(path, self.pattern):
-            return False
-        if self.remaining is not None:
-            self.remaining -= 1
-        self.hits += 1
-        return True
-
-
 # --------------------------------------------------------------------------------------------
 # HTTP plumbing shared by the handler
 # --------------------------------------------------------------------------------------------
 
 
-class _LoopbackServer(ThreadingHTTPServer):
-    daemon_threads = True
-    allow_reuse_address = True
-    block_on_close = False
-
-    def __init__(
-        self,
-        handler: type[BaseHTTPRequestHandler],
-        app: KubeApiEmulator,
-        ssl_context: ssl.SSLContext | None,
-        port: int = 0,
-    ) -> None:
-        self.app = app
-        self.ssl_context = ssl_context
-        self._connections: set[socket.socket] = set()
-        self._connections_lock = threading.Lock()
-        super().__init__(("127.0.0.1", port), handler)
-
-    def finish_request(self, request: Any, client_address: Any) -> None:
-        # http.server writes headers and body separately; without TCP_NODELAY, Nagle's algorithm
-        # and the client's delayed ACK add ~40 ms to every response.
-        with contextlib.suppress(OSError):
-            request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        sock = request
-        if self.ssl_context is not None:
-            # The TLS handshake runs here, in the connection's own thread, so a client that
-            # never completes it cannot stall the accept loop.
-            try:
-                request.settimeout(10)
-                sock = self.ssl_context.wrap_socket(request, server_side=True)
-                sock.settimeout(None)
-            except (OSError, ValueError):
-                _close_quietly(request)
-                return
-        with self._connections_lock:
-            self._connections.add(sock)
-        handler: Any = self.RequestHandlerClass
-        try:
-            handler(sock, client_address, self)
-        finally:
-            with self._connections_lock:
-                self._connections.discard(sock)
-            _close_quietly(sock)
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        log.debug("kube-api emulator: connection from %s ended with an error", client_address, exc_info=True)
-
-    def drop_connections(self) -> None:
-        with self._connections_lock:
-            connections = list(self._connections)
-        for sock in connections:
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
-
-
-def _close_quietly(sock: Any) -> None:
-    with contextlib.suppress(OSError):
-        sock.close()
-
-
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
-    server: _LoopbackServer
+    server: LoopbackServer
     server_version = "gpumedic-kube-api-emulator"
     sys_version = ""
 
@@ -1203,7 +1113,7 @@ class KubeApiEmulator:
         self._faults: list[Fault] = []
         self.request_log: list[RequestRecord] = []
         self.eviction_log: list[EvictionRecord] = []
-        self._server: _LoopbackServer | None = None
+        self._server: LoopbackServer | None = None
         self._server_thread: threading.Thread | None = None
         self._reaper: threading.Thread | None = None
         self._stopping = threading.Event()
@@ -1231,7 +1141,7 @@ class KubeApiEmulator:
         context.load_cert_chain(cert_path, key_path)
         context.set_alpn_protocols(["http/1.1"])
         self._stopping.clear()
-        self._server = _LoopbackServer(_Handler, self, context, self._port)
+        self._server = LoopbackServer(_Handler, self, context, self._port)
         self._port = int(self._server.server_address[1])
         self._server_thread = threading.Thread(
             target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
