@@ -50,6 +50,18 @@ class KubernetesInventory(_Strict):
     context: str | None = None
 
 
+class JiraConfig(_Strict):
+    """Where replacement tickets go. Credentials never live in the fleet file: the API token is
+    read from the environment variable named here (or GPUMEDIC_JIRA_TOKEN_FILE)."""
+
+    url: str = Field(description="Jira base URL, e.g. https://jira.example.com")
+    user: str = Field(description="the bot account that files tickets")
+    token_env: str = Field(default="GPUMEDIC_JIRA_TOKEN", description="environment variable holding the API token")
+    project: str = "GPU"
+    replacement_issue_type: str = "Hardware Replacement"
+    forecast_issue_type: str = "Order Replacement"
+
+
 Source = Literal["ssh", "exporter", "dcgm"]
 
 
@@ -67,6 +79,8 @@ class FleetSettings(_Strict):
     kernel_log_lookback_h: float = Field(default=24.0, gt=0, description="Xid window on a node's first sweep")
     store_url: str | None = Field(default=None, description="SQLAlchemy URL of the telemetry store")
     policy: dict[str, Any] = Field(default_factory=dict, description="HealthPolicy overrides")
+    remediation: dict[str, Any] = Field(default_factory=dict, description="RemediationPolicy overrides")
+    jira: JiraConfig | None = None
 
     @model_validator(mode="after")
     def _source_needs_its_settings(self) -> FleetSettings:
@@ -83,6 +97,19 @@ class FleetSettings(_Strict):
 
         HealthPolicy.model_validate(value)
         return value
+
+    @field_validator("remediation")
+    @classmethod
+    def _remediation_is_valid(cls, value: dict[str, Any]) -> dict[str, Any]:
+        from gpumedic.domain.budget import RemediationPolicy
+
+        RemediationPolicy.model_validate(value)
+        return value
+
+    def remediation_policy(self) -> Any:
+        from gpumedic.domain.budget import RemediationPolicy
+
+        return RemediationPolicy.model_validate(self.remediation)
 
     def health_policy(self) -> Any:
         from gpumedic.domain.policy import HealthPolicy
