@@ -1,0 +1,55 @@
+"""prefect.yaml and the serve entry point declare what the product promises."""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+
+import yaml
+
+from tests.conftest import REPO
+
+
+def _deployments() -> list[dict]:  # type: ignore[type-arg]
+    return list(yaml.safe_load((REPO / "prefect.yaml").read_text())["deployments"])
+
+
+def test_every_entrypoint_is_a_flow_that_takes_the_declared_parameters() -> None:
+    for deployment in _deployments():
+        module, _, name = deployment["entrypoint"].partition(":")
+        flow = getattr(importlib.import_module(module.removesuffix(".py").replace("/", ".")), name)
+        accepted = set(inspect.signature(flow.fn).parameters)
+        declared = set(deployment.get("parameters", {}))
+        for trigger in deployment.get("triggers", []):
+            declared |= set(trigger.get("parameters", {}))
+        assert declared <= accepted, (deployment["name"], declared - accepted)
+
+
+def test_nightly_full_sweep_at_two_with_a_timezone_and_a_quarter_hourly_quick_sweep() -> None:
+    by_name = {d["name"]: d for d in _deployments()}
+    nightly = by_name["nightly-full-sweep"]["schedules"][0]
+    assert nightly["cron"] == "0 2 * * *"
+    assert nightly["timezone"]
+    assert by_name["nightly-full-sweep"]["parameters"]["depth"] == "full"
+    assert by_name["quick-sweep"]["schedules"][0]["interval"] == 900
+    assert by_name["quick-sweep"]["parameters"]["depth"] == "quick"
+
+
+def test_remediation_is_triggered_by_the_sweeps_unhealthy_event() -> None:
+    from tasks.sweep import UNHEALTHY_EVENT
+
+    trigger = {d["name"]: d for d in _deployments()}["remediate-node"]["triggers"][0]
+    assert trigger["expect"] == [UNHEALTHY_EVENT]
+    assert trigger["parameters"]["node"] == "{{ event.payload.node }}"
+
+
+def test_serve_builds_the_same_schedules_without_a_work_pool() -> None:
+    from deployments.serve import build_deployments
+
+    built = {d.name: d for d in build_deployments("/tmp/fleet.yaml", timezone="Europe/Paris")}
+    nightly = built["nightly-full-sweep"].schedules[0].schedule
+    assert nightly.cron == "0 2 * * *"
+    assert nightly.timezone == "Europe/Paris"
+    assert built["quick-sweep"].schedules[0].schedule.interval.total_seconds() == 900
+    assert "remediate-node" in built
+    assert built["remediate-node"].triggers
