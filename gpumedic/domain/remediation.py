@@ -663,7 +663,9 @@ def _clip_reasons(reasons: Iterable[str]) -> tuple[str, ...]:
 
 
 def _reasons_of(assessment: NodeAssessment) -> tuple[str, ...]:
-    gpu_reasons = (f"GPU {g.index}: {r}" for g in assessment.gpus for r in g.reasons)
+    # The assessment already names the GPU in its reasons ("GPU 3: ..."); name it only where it does not.
+    gpu_reasons = (r if r.startswith(f"GPU {g.index}:") else f"GPU {g.index}: {r}"
+                   for g in assessment.gpus for r in g.reasons)
     return _clip_reasons((*assessment.reasons, *gpu_reasons))
 
 

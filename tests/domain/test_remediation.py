@@ -1324,3 +1324,15 @@ def test_annotations_of_a_worst_case_record_stay_far_below_the_kubernetes_limit(
     sizes = {k: len(k.encode()) + len(v.encode()) for k, v in record.to_annotations().items()}
     size = sum(sizes.values())
     assert size < 128 * 1024  # the API server allows 256 KiB for all of a Node's annotations
+
+
+def test_incident_reasons_name_each_gpu_once() -> None:
+    from gpumedic.domain.remediation import _reasons_of
+    from gpumedic.domain.verdict import Action, GpuAssessment, NodeAssessment, Verdict
+
+    assessment = NodeAssessment(
+        node="n", verdict=Verdict.FAILED, action=Action.RESET_GPU, reasons=(),
+        gpus=(GpuAssessment(3, Verdict.FAILED, Action.RESET_GPU, ("GPU 3: 2 volatile DBE errors",)),
+              GpuAssessment(4, Verdict.WATCH, Action.MONITOR, ("high SBE rate",))),
+    )
+    assert _reasons_of(assessment) == ("GPU 3: 2 volatile DBE errors", "GPU 4: high SBE rate")
