@@ -1,0 +1,174 @@
+"""Columnar telemetry history and failure records for the forecaster and the backtest.
+
+`Sample` rows (`gpumedic.domain.history`) are the exchange format; a fleet's history
+is millions of them, so the forecaster works on the same rows held as numpy columns:
+`HistoryFrame`. Times are integer seconds since the Unix epoch, UTC; a naive
+`datetime` is read as UTC.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from enum import StrEnum
+
+import numpy as np
+import numpy.typing as npt
+
+from gpumedic.domain.history import HISTORY_FIELDS, Sample
+
+FIELD_INDEX: dict[str, int] = {name: i for i, name in enumerate(HISTORY_FIELDS)}
+
+Key = tuple[str, int | None]  # (node, gpu); gpu None for node-level rows
+
+IntArray = npt.NDArray[np.int64]
+FloatArray = npt.NDArray[np.float64]
+
+
+def to_epoch(t: datetime) -> int:
+    """Whole seconds since the epoch; a naive datetime is taken as UTC."""
+    if t.tzinfo is None:
+        t = t.replace(tzinfo=UTC)
+    return int(t.timestamp() // 1)
+
+
+def from_epoch(seconds: float) -> datetime:
+    return datetime.fromtimestamp(float(seconds), tz=UTC)
+
+
+class FailureClass(StrEnum):
+    """Failure classes of the simulator and of the forecaster's explanations.
+
+    Real failure logs carry free-text kinds; those are kept as given (`Failure.kind`
+    is a plain string) and only these names get per-class meaning.
+    """
+
+    HBM = "hbm"  # HBM / row remapping exhaustion, uncorrectable memory errors
+    NVLINK = "nvlink"
+    THERMAL = "thermal"
+    PCIE = "pcie"
+    GSP = "gsp"  # GPU System Processor timeouts (Xid 119/120)
+    SRAM = "sram"
+    SDC = "sdc"  # silent data corruption, found by a job, not by telemetry
+    FALLEN_OFF_BUS = "fallen_off_bus"  # Xid 79
+
+    @property
+    def has_precursor(self) -> bool:
+        """True for the classes whose failures usually announce themselves in telemetry."""
+        return self in _PRECURSOR_CLASSES
+
+    @property
+    def why_unpredictable(self) -> str:
+        return _UNPREDICTABLE_REASON.get(self, "")
+
+
+_PRECURSOR_CLASSES = frozenset({FailureClass.HBM, FailureClass.NVLINK, FailureClass.THERMAL, FailureClass.PCIE})
+
+_UNPREDICTABLE_REASON = {
+    FailureClass.FALLEN_OFF_BUS: "Xid 79 (fallen off the bus) gives almost no numeric warning",
+    FailureClass.SDC: "silent data corruption leaves no telemetry trace until a job detects it",
+    FailureClass.GSP: "GSP timeouts (Xid 119/120) are preceded by a warning only sometimes",
+    FailureClass.SRAM: "SRAM uncorrectable errors rarely follow a correctable-error trend",
+}
+
+UNPREDICTABLE_CLASSES: tuple[FailureClass, ...] = tuple(c for c in FailureClass if not c.has_precursor)
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    """One failure (or replacement) record: FAILURES.csv `time,node,gpu,kind`."""
+
+    time: datetime
+    node: str
+    gpu: int | None  # None: the failure names the node, not one of its GPUs
+    kind: str
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryFrame:
+    """History rows as columns, sorted by time (stable), one key table.
+
+    `key[i]` indexes `keys`; `field[i]` indexes `HISTORY_FIELDS`.
+    """
+
+    keys: tuple[Key, ...]
+    time: IntArray
+    key: npt.NDArray[np.int32]
+    field: npt.NDArray[np.int16]
+    value: FloatArray
+
+    def __post_init__(self) -> None:
+        n = len(self.time)
+        if not (len(self.key) == len(self.field) == len(self.value) == n):
+            raise ValueError("HistoryFrame columns differ in length")
+
+    def __len__(self) -> int:
+        return len(self.time)
+
+    @classmethod
+    def build(
+        cls,
+        keys: Sequence[Key],
+        time: npt.ArrayLike,
+        key: npt.ArrayLike,
+        field: npt.ArrayLike,
+        value: npt.ArrayLike,
+    ) -> HistoryFrame:
+        t = np.asarray(time, dtype=np.int64)
+        order = np.argsort(t, kind="stable")
+        return cls(
+            keys=tuple(keys),
+            time=t[order],
+            key=np.asarray(key, dtype=np.int32)[order],
+            field=np.asarray(field, dtype=np.int16)[order],
+            value=np.asarray(value, dtype=np.float64)[order],
+        )
+
+    @classmethod
+    def empty(cls) -> HistoryFrame:
+        return cls.build((), [], [], [], [])
+
+    @classmethod
+    def from_samples(cls, samples: Iterable[Sample]) -> HistoryFrame:
+        key_index: dict[Key, int] = {}
+        times: list[int] = []
+        keys: list[int] = []
+        fields: list[int] = []
+        values: list[float] = []
+        epoch_cache: dict[datetime, int] = {}
+        for s in samples:
+            f = FIELD_INDEX.get(s.field)
+            if f is None:
+                raise ValueError(f"unknown history field {s.field!r}; expected one of {HISTORY_FIELDS}")
+            k = key_index.setdefault((s.node, s.gpu), len(key_index))
+            t = epoch_cache.get(s.time)
+            if t is None:
+                t = epoch_cache[s.time] = to_epoch(s.time)
+            times.append(t)
+            keys.append(k)
+            fields.append(f)
+            values.append(float(s.value))
+        return cls.build(tuple(key_index), times, keys, fields, values)
+
+    def to_samples(self) -> list[Sample]:
+        cache: dict[int, datetime] = {}
+        out: list[Sample] = []
+        for t, k, f, v in zip(
+            self.time.tolist(), self.key.tolist(), self.field.tolist(), self.value.tolist(), strict=True
+        ):
+            when = cache.get(t)
+            if when is None:
+                when = cache[t] = from_epoch(t)
+            node, gpu = self.keys[k]
+            out.append(Sample(when, node, gpu, HISTORY_FIELDS[f], v))
+        return out
+
+    def until(self, t: int) -> HistoryFrame:
+        """Rows with time <= t (seconds): what was known at t."""
+        end = int(np.searchsorted(self.time, t, side="right"))
+        return HistoryFrame(self.keys, self.time[:end], self.key[:end], self.field[:end], self.value[:end])
+
+    def since(self, t: int) -> HistoryFrame:
+        start = int(np.searchsorted(self.time, t, side="left"))
+        return HistoryFrame(self.keys, self.time[start:], self.key[start:], self.field[start:], self.value[start:])
