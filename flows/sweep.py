@@ -76,7 +76,7 @@ def fleet_sweep(fleet_file: str, depth: Depth = "full", emit_events: bool = True
     assessments = assess_fleet(fleet, evidence, previous, prior_xids)
     document = sweep_document(sweep_id, started, assessments)
     record_telemetry(fleet.store_url, telemetry, evidence, sweep_id, started, {"summary": summary_line(assessments)})
-    publish_reports(sweep_id, started, assessments, time.monotonic() - clock)
+    publish_reports(fleet.store_url, sweep_id, started, assessments, time.monotonic() - clock)
     if emit_events:
         emitted = emit_unhealthy_events(sweep_id, assessments)
         logger.info("remediation requested for %d nodes: %s", len(emitted), ", ".join(emitted) or "none")

@@ -7,10 +7,11 @@ all render the same thing.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
-from datetime import datetime
+from collections.abc import Mapping, Sequence
+from datetime import datetime, timedelta
 from typing import Any
 
+from gpumedic.domain.history import Sample
 from gpumedic.domain.verdict import Action, NodeAssessment, Verdict
 
 
@@ -39,8 +40,24 @@ def needs_attention(a: NodeAssessment) -> bool:
     return a.verdict is not Verdict.HEALTHY or a.action is not Action.NONE
 
 
-def table_rows(assessments: Sequence[NodeAssessment]) -> list[dict[str, str]]:
-    """One row per unhealthy or unknown node, most severe first."""
+def node_risk(risks: Mapping[tuple[str, int | None], float], node: str) -> tuple[int | None, float] | None:
+    """The riskiest GPU of `node` in the latest forecast, if it has one."""
+    mine = [(gpu, risk) for (name, gpu), risk in risks.items() if name == node]
+    return max(mine, key=lambda item: item[1]) if mine else None
+
+
+def _risk_text(risk: tuple[int | None, float] | None) -> str:
+    if risk is None:
+        return "-"
+    gpu, value = risk
+    return f"{value:.0%} (GPU {gpu})" if gpu is not None else f"{value:.0%}"
+
+
+def table_rows(
+    assessments: Sequence[NodeAssessment], risks: Mapping[tuple[str, int | None], float] | None = None
+) -> list[dict[str, str]]:
+    """One row per unhealthy or unknown node, most severe first, with its latest forecast risk."""
+    risks = risks or {}
     rows = []
     for a in sorted(assessments, key=lambda a: (-a.action.rank, -a.verdict.rank, a.node)):
         if not needs_attention(a):
@@ -52,12 +69,17 @@ def table_rows(assessments: Sequence[NodeAssessment]) -> list[dict[str, str]]:
             "verdict": str(a.verdict),
             "action": str(a.action),
             "gpus": gpus or "-",
+            "forecast risk (7 d)": _risk_text(node_risk(risks, a.node)),
             "reasons": "; ".join(reasons)[:500],
         })
     return rows
 
 
-def markdown_report(sweep_id: str, started: datetime, assessments: Sequence[NodeAssessment], elapsed_s: float) -> str:
+def markdown_report(
+    sweep_id: str, started: datetime, assessments: Sequence[NodeAssessment], elapsed_s: float,
+    risks: Mapping[tuple[str, int | None], float] | None = None,
+) -> str:
+    risks = risks or {}
     verdicts = Counter(a.verdict for a in assessments)
     actions = Counter(a.action for a in assessments)
     lines = [
@@ -75,6 +97,12 @@ def markdown_report(sweep_id: str, started: datetime, assessments: Sequence[Node
         *[f"| {a} | {actions[a]} |" for a in sorted(actions, key=lambda a: -a.rank)],
         "",
     ]
+    swept = {a.node for a in assessments}
+    riskiest = sorted(((r, n, g) for (n, g), r in risks.items() if n in swept), reverse=True)[:5]
+    if riskiest:
+        lines += ["Highest forecast risk of failure within 7 days (latest failure-forecast run):", ""]
+        lines += [f"- {n} {'node' if g is None else f'GPU {g}'}: {r:.0%}" for r, n, g in riskiest]
+        lines.append("")
     attention = [a for a in assessments if needs_attention(a)]
     if not attention:
         lines.append("All nodes are healthy.")
@@ -82,6 +110,8 @@ def markdown_report(sweep_id: str, started: datetime, assessments: Sequence[Node
     lines.append("## Nodes that need attention")
     for a in sorted(attention, key=lambda a: (-a.action.rank, a.node)):
         lines += ["", f"### {a.node}: **{a.verdict}**, recommended action **{a.action}**"]
+        if (risk := node_risk(risks, a.node)) is not None:
+            lines.append(f"- forecast risk of failure within 7 days: {_risk_text(risk)}")
         lines += [f"- {reason}" for reason in a.reasons]
         for g in a.gpus:
             lines += [f"- GPU {g.index} ({g.verdict}, {g.action}): {reason}" for reason in g.reasons]
@@ -92,3 +122,91 @@ def markdown_report(sweep_id: str, started: datetime, assessments: Sequence[Node
 def summary_line(assessments: Sequence[NodeAssessment]) -> str:
     verdicts = Counter(str(a.verdict) for a in assessments)
     return ", ".join(f"{count} {verdict}" for verdict, count in sorted(verdicts.items()))
+
+
+# -- failure forecasts ------------------------------------------------------------------------
+
+_BARS = "▁▂▃▄▅▆▇█"
+
+# The evidence drawn for each of the riskiest GPUs: daily increases of these counters.
+CHART_FIELDS: tuple[tuple[str, str], ...] = (
+    ("ecc_sbe_aggregate", "correctable ECC / day"),
+    ("remapped_rows_uncorrectable", "uncorrectable remapped rows / day"),
+    ("pcie_replay", "PCIe replays / day"),
+    ("nvlink_crc_errors", "NVLink CRC errors / day"),
+    ("xid", "Xid events / day"),
+)
+
+
+def sparkline(values: Sequence[float]) -> str:
+    """A text chart that renders in any markdown viewer, the Prefect UI included."""
+    top = max(values, default=0.0)
+    if top <= 0:
+        return _BARS[0] * len(values)
+    return "".join(_BARS[min(len(_BARS) - 1, int(v / top * (len(_BARS) - 1) + 0.5))] for v in values)
+
+
+def daily_increments(samples: Sequence[Sample], field: str, *, now: datetime, days: int) -> list[float]:
+    """Per-day increase of a cumulative counter (a drop is a counter reset, not negative errors);
+    for `xid`, the number of events per day."""
+    start = now - timedelta(days=days)
+    per_day = [0.0] * days
+    ordered = sorted((s for s in samples if s.field == field and start <= s.time <= now), key=lambda s: s.time)
+    previous: float | None = None
+    for s in ordered:
+        day = min(days - 1, int((s.time - start).total_seconds() // 86400))
+        if field == "xid":
+            per_day[day] += 1
+            continue
+        if previous is not None:
+            per_day[day] += s.value - previous if s.value >= previous else s.value
+        previous = s.value
+    return per_day
+
+
+def forecast_rows(forecasts: Sequence[Any], limit: int = 50) -> list[dict[str, str]]:
+    return [
+        {
+            "node": f.node,
+            "gpu": "-" if f.gpu is None else str(f.gpu),
+            "risk (horizon)": f"{f.risk:.1%}",
+            "alarm": "yes" if f.alarm else "",
+            "lead time": f"~{f.lead_time_hours:.0f} h" if f.lead_time_hours else "-",
+            "evidence": "; ".join(f.factors) or "-",
+        }
+        for f in forecasts[:limit]
+    ]
+
+
+def forecast_markdown(
+    forecasts: Sequence[Any], charts: dict[tuple[str, int | None], dict[str, list[float]]], *, now: datetime,
+    horizon_days: float, chart_days: int,
+) -> str:
+    alarms = [f for f in forecasts if f.alarm]
+    lines = [
+        f"# GPU failure forecast, {now:%Y-%m-%d %H:%M} UTC",
+        "",
+        f"{len(forecasts)} GPUs scored; {len(alarms)} above the alarm threshold "
+        f"(probability of failure within {horizon_days:g} days).",
+        "",
+    ]
+    if forecasts:
+        unseen = ", ".join(str(c) for c in forecasts[0].unpredictable_classes)
+        lines += [f"Not predictable from telemetry, so never in these risks: {unseen}.", ""]
+    for f in forecasts[: len(charts)]:
+        gpu = "node" if f.gpu is None else f"GPU {f.gpu}"
+        lines += [f"## {f.node} {gpu}: {f.risk:.1%}{' (alarm)' if f.alarm else ''}", ""]
+        lines += [f"- {factor}" for factor in f.factors] or ["- no single factor stands out"]
+        series = charts.get((f.node, f.gpu), {})
+        if series:
+            lines += ["", f"Last {chart_days} days, oldest first:", "", "```"]
+            for field, label in CHART_FIELDS:
+                values = series.get(field)
+                if values and any(values):
+                    lines.append(f"{label:<36} {sparkline(values)}  max {max(values):g}")
+            lines += ["```"]
+        lines.append("")
+    if alarms:
+        lines.append("Each alarm raises a proactive-maintenance request: a human approves or rejects an "
+                     "\"Order Replacement\" ticket in the Prefect UI.")
+    return "\n".join(lines) + "\n"

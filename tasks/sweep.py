@@ -68,16 +68,21 @@ def record_telemetry(store_url: str | None, telemetry: Sequence[NodeTelemetry], 
 
 
 @task(name="publish-reports", cache_policy=NO_CACHE)
-def publish_reports(sweep_id: str, started: datetime, assessments: Sequence[NodeAssessment], elapsed_s: float) -> None:
-    rows = table_rows(assessments)
+def publish_reports(
+    store_url: str | None, sweep_id: str, started: datetime, assessments: Sequence[NodeAssessment], elapsed_s: float
+) -> None:
+    latest = TelemetryStore(store_url).latest_forecasts(a.node for a in assessments)
+    risks = {key: f.risk for key, f in latest.items()}
+    rows = table_rows(assessments, risks)
     create_table_artifact(
         key="fleet-unhealthy-nodes",
-        table=rows or [{"node": "-", "verdict": "healthy", "action": "none", "gpus": "-", "reasons": "all healthy"}],
+        table=rows or [{"node": "-", "verdict": "healthy", "action": "none", "gpus": "-",
+                       "forecast risk (7 d)": "-", "reasons": "all healthy"}],
         description=f"Unhealthy or unknown nodes in sweep {sweep_id}, most severe first",
     )
     create_markdown_artifact(
         key="fleet-health-report",
-        markdown=markdown_report(sweep_id, started, assessments, elapsed_s),
+        markdown=markdown_report(sweep_id, started, assessments, elapsed_s, risks),
         description=f"Fleet health report for sweep {sweep_id}",
     )
 

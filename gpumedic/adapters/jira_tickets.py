@@ -142,14 +142,7 @@ class JiraSettings:
         """`<prefix>URL`, `<prefix>USER` and `<prefix>TOKEN` (or `<prefix>TOKEN_FILE`), `<prefix>CA_BUNDLE`."""
         env = os.environ if environ is None else environ
         missing = [f"{prefix}{n}" for n in ("URL", "USER") if not env.get(f"{prefix}{n}")]
-        token = env.get(f"{prefix}TOKEN")
-        token_file = env.get(f"{prefix}TOKEN_FILE")
-        if not token and token_file:
-            try:
-                with open(token_file, encoding="utf-8") as fh:
-                    token = fh.read().strip()
-            except OSError as err:
-                raise PermanentError(f"cannot read {prefix}TOKEN_FILE {token_file}: {err.strerror}") from None
+        token = read_token(f"{prefix}TOKEN", env)
         if not token:
             missing.append(f"{prefix}TOKEN")
         if missing:
@@ -160,6 +153,29 @@ class JiraSettings:
             api_token=token or "",
             verify=env.get(f"{prefix}CA_BUNDLE") or True,
         )
+
+    @classmethod
+    def from_config(
+        cls, server: str, user: str, token_env: str, environ: Mapping[str, str] | None = None
+    ) -> Self:
+        """The fleet file names the server and the user; the token comes from `token_env` (or `<token_env>_FILE`)."""
+        token = read_token(token_env, os.environ if environ is None else environ)
+        if not token:
+            raise PermanentError(f"no Jira API token: set the environment variable {token_env} or {token_env}_FILE")
+        return cls(server=server, user=user, api_token=token)
+
+
+def read_token(name: str, environ: Mapping[str, str]) -> str | None:
+    """A secret from the variable `name`, or from the file `<name>_FILE` names (never logged)."""
+    token = (environ.get(name) or "").strip()
+    token_file = environ.get(f"{name}_FILE")
+    if not token and token_file:
+        try:
+            with open(token_file, encoding="utf-8") as fh:
+                token = fh.read().strip()
+        except OSError as err:
+            raise PermanentError(f"cannot read {name}_FILE {token_file}: {err.strerror}") from None
+    return token or None
 
 
 def _translate(err: Exception, what: str) -> AdapterError:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -65,6 +66,20 @@ xid_events = Table(
     Column("pci_bus_id", String(32), nullable=True),
     Column("code", Integer, nullable=False),
     Column("text", Text, nullable=False),
+)
+
+# The latest forecast per GPU (written by the daily failure_forecast flow, read by sweeps and
+# approval forms): cheap to read, unlike re-scoring the whole history.
+forecasts = Table(
+    "forecasts",
+    metadata,
+    Column("node", String(253), primary_key=True),
+    Column("gpu", Integer, primary_key=True),  # -1: the node as a whole
+    Column("risk", Float, nullable=False),
+    Column("lead_time_h", Float, nullable=True),
+    Column("alarm", Integer, nullable=False),
+    Column("factors", Text, nullable=False),
+    Column("computed_at", Float, nullable=False),
 )
 
 sweeps = Table(
@@ -135,6 +150,15 @@ class TelemetryStore:
                 conn.execute(snapshots.insert(), snaps)
         return len(rows)
 
+    def append_samples(self, history: Iterable[Sample]) -> int:
+        """Append history rows as they are (e.g. a HISTORY.csv imported from another system)."""
+        rows = [{"time": _epoch(s.time), "node": s.node, "gpu": s.gpu, "field": s.field, "value": s.value}
+                for s in history]
+        with self.engine.begin() as conn:
+            for i in range(0, len(rows), 10_000):
+                conn.execute(samples.insert(), rows[i : i + 10_000])
+        return len(rows)
+
     def last_snapshots(self, nodes: Iterable[str]) -> dict[str, NodeTelemetry]:
         names = list(nodes)
         out: dict[str, NodeTelemetry] = {}
@@ -175,3 +199,40 @@ class TelemetryStore:
             conn.execute(sweeps.delete().where(sweeps.c.sweep_id == sweep_id))
             conn.execute(sweeps.insert(), [{"sweep_id": sweep_id, "started": _epoch(started),
                                             "summary": json.dumps(summary)}])
+
+    def record_forecasts(self, rows: Iterable[StoredForecast]) -> int:
+        values = [
+            {"node": r.node, "gpu": -1 if r.gpu is None else r.gpu, "risk": r.risk, "lead_time_h": r.lead_time_h,
+             "alarm": int(r.alarm), "factors": json.dumps(list(r.factors)), "computed_at": _epoch(r.computed_at)}
+            for r in rows
+        ]
+        with self.engine.begin() as conn:
+            if values:
+                conn.execute(forecasts.delete())
+                conn.execute(forecasts.insert(), values)
+        return len(values)
+
+    def latest_forecasts(self, nodes: Iterable[str]) -> dict[tuple[str, int | None], StoredForecast]:
+        names = list(nodes)
+        out: dict[tuple[str, int | None], StoredForecast] = {}
+        with self.engine.connect() as conn:
+            for i in range(0, len(names), 500):
+                for row in conn.execute(select(forecasts).where(forecasts.c.node.in_(names[i : i + 500]))):
+                    gpu = None if row.gpu < 0 else int(row.gpu)
+                    out[(row.node, gpu)] = StoredForecast(
+                        node=row.node, gpu=gpu, risk=row.risk, lead_time_h=row.lead_time_h, alarm=bool(row.alarm),
+                        factors=tuple(json.loads(row.factors)),
+                        computed_at=datetime.fromtimestamp(row.computed_at, UTC),
+                    )
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class StoredForecast:
+    node: str
+    gpu: int | None
+    risk: float
+    lead_time_h: float | None
+    alarm: bool
+    factors: tuple[str, ...]
+    computed_at: datetime

@@ -1,0 +1,37 @@
+"""The daily failure forecast, as the runbook reads: load history, score, record, report, request."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from prefect import flow, get_run_logger
+
+from gpumedic.config import ConfigError, load_fleet_file
+from tasks.forecast import emit_failure_predicted, load_history, publish_forecast, record_forecasts, score_gpus
+
+
+@flow(name="failure-forecast", description="Score every GPU's risk of failure within the horizon from its "
+      "telemetry history; report the riskiest with their evidence; raise proactive-maintenance requests.")
+def failure_forecast(
+    fleet_file: str, horizon_days: float = 7.0, lookback_days: float = 30.0, emit_events: bool = True,
+) -> dict[str, Any]:
+    logger = get_run_logger()
+    fleet = load_fleet_file(fleet_file).fleet
+    if fleet is None:
+        raise ConfigError(f"{fleet_file}: the forecast reads a fleet's telemetry store (a `fleet:` file)")
+    now = datetime.now(UTC)
+    samples = load_history(fleet.store_url, now - timedelta(days=lookback_days))
+    forecasts = score_gpus(samples, now, horizon_days)
+    new_alarms = record_forecasts(fleet.store_url, forecasts, now)
+    publish_forecast(forecasts, samples, now, horizon_days)
+    requested = emit_failure_predicted(new_alarms) if emit_events else []
+    logger.info("scored %d GPUs from %d samples: %d alarms (%d new)", len(forecasts), len(samples),
+                sum(f.alarm for f in forecasts), len(new_alarms))
+    return {
+        "computed_at": now.isoformat(),
+        "gpus": len(forecasts),
+        "alarms": [{"node": f.node, "gpu": f.gpu, "risk": f.risk, "factors": list(f.factors)}
+                   for f in forecasts if f.alarm],
+        "requested": requested,
+    }

@@ -1,0 +1,88 @@
+"""Prefect tasks of the failure forecast: read history, score, record, report, raise requests."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+from prefect import get_run_logger, task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.cache_policies import NO_CACHE
+from prefect.events import emit_event
+
+from gpumedic.adapters.store import StoredForecast, TelemetryStore
+from gpumedic.domain.forecast import GpuForecast, forecast_fleet
+from gpumedic.domain.history import Sample
+from gpumedic.reporting import CHART_FIELDS, daily_increments, forecast_markdown, forecast_rows
+
+FAILURE_PREDICTED_EVENT = "gpumedic.gpu.failure_predicted"
+
+
+@task(name="load-history", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5)
+def load_history(store_url: str | None, since: datetime) -> list[Sample]:
+    return list(TelemetryStore(store_url).iter_samples(since=since))
+
+
+@task(name="score-gpus", cache_policy=NO_CACHE)
+def score_gpus(samples: Sequence[Sample], now: datetime, horizon_days: float) -> list[GpuForecast]:
+    return forecast_fleet(samples, now, horizon=timedelta(days=horizon_days))
+
+
+@task(name="record-forecasts", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5)
+def record_forecasts(store_url: str | None, forecasts: Sequence[GpuForecast], now: datetime) -> list[GpuForecast]:
+    """Store the latest risk per GPU; returns the alarms that are new since the previous forecast."""
+    store = TelemetryStore(store_url)
+    before = store.latest_forecasts({f.node for f in forecasts})
+    store.record_forecasts(
+        StoredForecast(f.node, f.gpu, f.risk, f.lead_time_hours, f.alarm, f.factors, now) for f in forecasts
+    )
+    return [f for f in forecasts if f.alarm and not (before.get((f.node, f.gpu)) or _NO_ALARM).alarm]
+
+
+_NO_ALARM = StoredForecast("", None, 0.0, None, False, (), datetime.min)
+
+
+@task(name="publish-forecast", cache_policy=NO_CACHE)
+def publish_forecast(
+    forecasts: Sequence[GpuForecast], samples: Sequence[Sample], now: datetime, horizon_days: float,
+    chart_gpus: int = 5, chart_days: int = 14,
+) -> None:
+    riskiest = list(forecasts[:chart_gpus])
+    charts: dict[tuple[str, int | None], dict[str, list[float]]] = {}
+    for f in riskiest:
+        own = [s for s in samples if s.node == f.node and s.gpu == f.gpu]
+        charts[(f.node, f.gpu)] = {
+            field: daily_increments(own, field, now=now, days=chart_days) for field, _ in CHART_FIELDS
+        }
+    create_table_artifact(
+        key="gpu-failure-risk",
+        table=forecast_rows(forecasts) or [{"node": "-", "gpu": "-", "risk (horizon)": "-", "alarm": "",
+                                            "lead time": "-", "evidence": "no telemetry history yet"}],
+        description=f"Riskiest GPUs: probability of failure within {horizon_days:g} days",
+    )
+    create_markdown_artifact(
+        key="gpu-failure-forecast",
+        markdown=forecast_markdown(forecasts, charts, now=now, horizon_days=horizon_days, chart_days=chart_days),
+        description="Failure forecast with the evidence behind the riskiest GPUs",
+    )
+
+
+@task(name="emit-failure-predicted", cache_policy=NO_CACHE)
+def emit_failure_predicted(new_alarms: Sequence[GpuForecast]) -> list[str]:
+    """One event per GPU whose alarm is new: a proactive-maintenance request (approval, then ticket)."""
+    emitted = []
+    for f in new_alarms:
+        gpu = "node" if f.gpu is None else str(f.gpu)
+        payload: dict[str, Any] = {"node": f.node, "gpu": f.gpu, "risk": round(f.risk, 4),
+                                   "lead_time_hours": f.lead_time_hours, "factors": list(f.factors)}
+        emit_event(
+            event=FAILURE_PREDICTED_EVENT,
+            resource={"prefect.resource.id": f"gpumedic.gpu.{f.node}.{gpu}",
+                      "prefect.resource.name": f"{f.node}/{gpu}"},
+            payload=payload,
+        )
+        emitted.append(f"{f.node}/{gpu}")
+    get_run_logger().info("proactive-maintenance requests raised for %d GPUs: %s", len(emitted),
+                          ", ".join(emitted) or "none")
+    return emitted

@@ -1,0 +1,61 @@
+"""The daily failure_forecast flow under the Prefect harness, over a real telemetry store."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from gpumedic.adapters.store import TelemetryStore
+from gpumedic.domain.history import Sample
+
+
+def _degrading_history(now: datetime) -> list[Sample]:
+    """Node n1: GPU 3 runs out of spare rows (SBE burst, remaps, pending remap, Xid 63 then 64); the rest are quiet."""
+    rows = []
+    for h in range(24 * 20):
+        t = now - timedelta(hours=24 * 20 - h)
+        for gpu in range(4):
+            bad = gpu == 3
+            sbe = float(int(max(0, h - 300) ** 2 * 0.5)) if bad else 0.0
+            remapped = float(max(0, (h - 380) // 20)) if bad else 0.0
+            rows.append(Sample(t, "n1", gpu, "ecc_sbe_aggregate", sbe))
+            rows.append(Sample(t, "n1", gpu, "remapped_rows_uncorrectable", remapped))
+            rows.append(Sample(t, "n1", gpu, "row_remap_pending", float(bad and h > 450)))
+            rows.append(Sample(t, "n1", gpu, "temperature_c", 60.0))
+        if h in (400, 430, 455):
+            rows.append(Sample(t, "n1", 3, "xid", 63.0))
+        if h == 470:
+            rows.append(Sample(t, "n1", 3, "xid", 64.0))
+    return rows
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_forecast_alarms_once_on_the_degrading_gpu_and_reports_its_evidence(tmp_path: Path) -> None:
+    from prefect.artifacts import Artifact
+
+    from flows.forecast import failure_forecast
+
+    url = f"sqlite:///{tmp_path / 'store.db'}"
+    TelemetryStore(url).append_samples(_degrading_history(datetime.now(UTC)))
+    fleet = tmp_path / "fleet.yaml"
+    fleet.write_text(f"fleet:\n  source: exporter\n  nodes: [{{name: n1}}]\n  store_url: {url}\n")
+
+    first = failure_forecast(fleet_file=str(fleet))
+    assert first["gpus"] == 4
+    assert [(a["node"], a["gpu"]) for a in first["alarms"]] == [("n1", 3)]
+    assert first["requested"] == ["n1/3"]
+    assert any("remapped" in factor for factor in first["alarms"][0]["factors"])
+
+    second = failure_forecast(fleet_file=str(fleet))
+    assert second["requested"] == []  # the same alarm is not requested twice
+
+    stored = TelemetryStore(url).latest_forecasts(["n1"])
+    assert stored[("n1", 3)].alarm
+    assert not stored[("n1", 0)].alarm
+    report = Artifact.get("gpu-failure-forecast")
+    assert report is not None
+    assert "n1 GPU 3" in str(report.data)
+    assert "correctable ECC / day" in str(report.data)
+    assert Artifact.get("gpu-failure-risk") is not None

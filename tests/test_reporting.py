@@ -1,0 +1,52 @@
+"""The operator-facing renderings: sweep document, tables, markdown, forecast charts."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from gpumedic.domain.history import Sample
+from gpumedic.domain.verdict import Action, GpuAssessment, NodeAssessment, Verdict
+from gpumedic.reporting import (
+    daily_increments,
+    markdown_report,
+    sparkline,
+    sweep_document,
+    table_rows,
+)
+
+NOW = datetime(2026, 11, 20, tzinfo=UTC)
+SICK = NodeAssessment("n2", Verdict.FAILED, Action.RESET_GPU, (),
+                      (GpuAssessment(3, Verdict.FAILED, Action.RESET_GPU, ("GPU 3: 2 volatile DBE",)),))
+WELL = NodeAssessment("n1", Verdict.HEALTHY, Action.NONE, (), (GpuAssessment(0, Verdict.HEALTHY, Action.NONE, ()),))
+
+
+def test_sweep_document_lists_every_node_with_gpu_reasons_lifted_to_the_node() -> None:
+    document = sweep_document("s1", NOW, [WELL, SICK])
+    assert [n["node"] for n in document["nodes"]] == ["n1", "n2"]
+    assert document["nodes"][1]["reasons"] == ["GPU 3: 2 volatile DBE"]
+    assert document["nodes"][0]["reasons"] == []
+
+
+def test_table_shows_only_nodes_needing_attention_with_their_forecast_risk() -> None:
+    rows = table_rows([WELL, SICK], {("n2", 3): 0.42, ("n2", 1): 0.05, ("n1", 0): 0.9})
+    assert [r["node"] for r in rows] == ["n2"]
+    assert rows[0]["forecast risk (7 d)"] == "42% (GPU 3)"
+
+
+def test_markdown_report_names_the_riskiest_gpus_and_the_actions() -> None:
+    text = markdown_report("s1", NOW, [WELL, SICK], 1.5, {("n2", 3): 0.42})
+    assert "n2 GPU 3: 42%" in text
+    assert "recommended action **reset_gpu**" in text
+    assert "| healthy | 1 |" in text
+
+
+def test_sparkline_scales_to_the_largest_value() -> None:
+    assert sparkline([0, 4, 8]) == "▁▅█"
+    assert sparkline([0, 0]) == "▁▁"
+
+
+def test_daily_increments_treat_a_drop_as_a_counter_reset() -> None:
+    start = NOW - timedelta(days=3)
+    values = [(0, 10.0), (12, 30.0), (30, 5.0), (60, 9.0)]  # reset between hour 12 and 30
+    samples = [Sample(start + timedelta(hours=h), "n", 0, "ecc_sbe_aggregate", v) for h, v in values]
+    assert daily_increments(samples, "ecc_sbe_aggregate", now=NOW, days=3) == [20.0, 5.0, 4.0]
