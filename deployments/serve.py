@@ -38,11 +38,10 @@ def build_deployments(fleet_file: str, timezone: str | None = None) -> list[Any]
             tags=["gpumedic", "sweep"],
         ),
     ]
-    try:
-        from deployments.remediation import remediation_deployments
-    except ImportError:  # remediation not installed in this build
-        return deployments
-    return deployments + remediation_deployments(fleet_file)
+    from deployments.forecast import forecast_deployments
+    from deployments.remediation import remediation_deployments
+
+    return deployments + remediation_deployments(fleet_file) + forecast_deployments(fleet_file, tz)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -53,3 +53,15 @@ def test_serve_builds_the_same_schedules_without_a_work_pool() -> None:
     assert built["quick-sweep"].schedules[0].schedule.interval.total_seconds() == 900
     assert "remediate-node" in built
     assert built["remediate-node"].triggers
+
+
+def test_the_daily_forecast_follows_the_nightly_sweep_and_alarms_trigger_maintenance() -> None:
+    from deployments.serve import build_deployments
+    from tasks.forecast import FAILURE_PREDICTED_EVENT
+
+    by_name = {d["name"]: d for d in _deployments()}
+    assert by_name["daily-failure-forecast"]["schedules"][0]["cron"] == "0 3 * * *"
+    assert by_name["proactive-maintenance"]["triggers"][0]["expect"] == [FAILURE_PREDICTED_EVENT]
+    built = {d.name: d for d in build_deployments("/tmp/fleet.yaml")}
+    assert built["proactive-maintenance"].triggers
+    assert built["daily-failure-forecast"].schedules[0].schedule.cron == "0 3 * * *"

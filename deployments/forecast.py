@@ -1,0 +1,41 @@
+"""Deployments of the failure forecast: daily scoring, and proactive maintenance on each new alarm."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from prefect.events import DeploymentEventTrigger
+from prefect.schedules import Cron
+
+from flows.forecast import failure_forecast
+from flows.maintenance import proactive_maintenance
+from tasks.forecast import FAILURE_PREDICTED_EVENT
+
+DAILY_FORECAST_CRON = "0 3 * * *"  # after the nightly full sweep at 02:00
+
+
+def forecast_deployments(fleet_file: str, timezone: str = "UTC") -> list[Any]:
+    return [
+        failure_forecast.to_deployment(
+            name="daily-failure-forecast",
+            schedules=[Cron(DAILY_FORECAST_CRON, timezone=timezone)],
+            parameters={"fleet_file": fleet_file},
+            description="Score every GPU's 7-day failure risk from telemetry history; raise proactive requests.",
+            tags=["gpumedic", "forecast"],
+        ),
+        proactive_maintenance.to_deployment(
+            name="proactive-maintenance",
+            parameters={"fleet_file": fleet_file, "auto_approve": os.environ.get("GPUMEDIC_AUTO_APPROVE") == "1"},
+            description="Ask a human to approve ordering a replacement for a GPU the forecast expects to fail.",
+            tags=["gpumedic", "forecast"],
+            triggers=[
+                DeploymentEventTrigger(
+                    name="order-replacement-on-alarm",
+                    expect={FAILURE_PREDICTED_EVENT},
+                    match={"prefect.resource.id": "gpumedic.gpu.*"},
+                    parameters={"node": "{{ event.payload.node }}", "gpu": "{{ event.payload.gpu }}"},
+                )
+            ],
+        ),
+    ]

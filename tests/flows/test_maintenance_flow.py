@@ -1,0 +1,67 @@
+"""Proactive maintenance: forecast alarm -> approval -> one "Order Replacement" ticket per GPU (real jira client)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from gpumedic.adapters.store import TelemetryStore
+from gpumedic.domain.telemetry import GpuTelemetry, NodeTelemetry
+from gpumedic.sim.jira_api import JiraEmulator
+from tests.flows.test_forecast_flow import _degrading_history
+
+UUID3 = "GPU-3a7e0000-0000-4000-8000-000000000003"
+
+
+@pytest.fixture
+def jira(monkeypatch: pytest.MonkeyPatch) -> JiraEmulator:
+    with JiraEmulator() as emulator:
+        monkeypatch.setenv("GPUMEDIC_JIRA_TOKEN", emulator.password)
+        yield emulator  # type: ignore[misc]
+
+
+def _fleet(tmp_path: Path, jira: JiraEmulator) -> str:
+    url = f"sqlite:///{tmp_path / 'store.db'}"
+    store = TelemetryStore(url)
+    store.append_samples(_degrading_history(datetime.now(UTC)))
+    gpus = tuple(GpuTelemetry(index=i, uuid=UUID3 if i == 3 else f"GPU-{i}", serial=f"13200{i}") for i in range(4))
+    store.record([NodeTelemetry(node="n1", collected_at=datetime.now(UTC), source="exporter", gpus=gpus)])
+    path = tmp_path / "fleet.yaml"
+    path.write_text(
+        f"fleet:\n  source: exporter\n  nodes: [{{name: n1}}]\n  store_url: {url}\n"
+        f"  jira: {{url: '{jira.url}', user: {jira.username}, project: GPU}}\n"
+    )
+    return str(path)
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_an_approved_alarm_orders_one_replacement_for_that_gpu(tmp_path: Path, jira: JiraEmulator) -> None:
+    from flows.forecast import failure_forecast
+    from flows.maintenance import proactive_maintenance
+
+    fleet = _fleet(tmp_path, jira)
+    assert failure_forecast(fleet_file=fleet, emit_events=False)["alarms"]
+    first = proactive_maintenance(node="n1", gpu=3, fleet_file=fleet, auto_approve=True)
+    again = proactive_maintenance(node="n1", gpu=3, fleet_file=fleet, auto_approve=True)
+    assert first["outcome"] == again["outcome"] == "ticketed"
+    assert first["ticket"] == again["ticket"]
+    issues = jira.issues()
+    assert len(issues) == 1
+    fields = issues[0]["fields"]
+    assert fields["issuetype"]["name"] == "Order Replacement"
+    assert "gpumedic-gpu-" + UUID3.lower() in fields["labels"]
+    assert "n1" in fields["summary"]
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_a_gpu_below_the_alarm_threshold_orders_nothing(tmp_path: Path, jira: JiraEmulator) -> None:
+    from flows.forecast import failure_forecast
+    from flows.maintenance import proactive_maintenance
+
+    fleet = _fleet(tmp_path, jira)
+    failure_forecast(fleet_file=fleet, emit_events=False)
+    result = proactive_maintenance(node="n1", gpu=0, fleet_file=fleet, auto_approve=True)
+    assert result["outcome"] == "no longer at risk"
+    assert jira.issues() == []
