@@ -4,14 +4,21 @@ The sweep emits the event with `prefect.resource.id = gpumedic.node.<node>` and 
 its payload; the trigger starts one run per event, with the node and the sweep id as the
 incident hint. The same deployment can be run by hand from the UI with any parameters.
 
-`GPUMEDIC_KUBECONFIG` (default `~/.kube/config`) names the cluster; `GPUMEDIC_TICKETS` the
-ticket desk (the Jira outbox settings); `GPUMEDIC_REMEDIATION_TRIGGER=0` serves the
-deployment without its trigger (by hand only).
+Default parameters from the environment: `GPUMEDIC_KUBECONFIG` (default `~/.kube/config`)
+names the cluster; `GPUMEDIC_AUTO_APPROVE=1` approves every replacement by itself (for the
+demo only: it skips the human). Jira and the remediation policy come from the fleet file
+(`fleet.jira`, `fleet.remediation`), the Jira token from the variable `fleet.jira.token_env`
+names. `GPUMEDIC_REMEDIATION_TRIGGER=0` serves the deployment without its trigger (by hand
+only).
+
+Runs of this deployment wait for an approval suspended (no process held; see
+`flows.remediation`), and schedule their own approval-timeout check run on it.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from typing import Any
 
 from prefect.events import DeploymentEventTrigger
@@ -35,17 +42,23 @@ def remediation_trigger() -> DeploymentEventTrigger:
     )
 
 
+def default_parameters(fleet_file: str, environ: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """The deployment's parameters: the fleet file, and what the environment sets."""
+    env = os.environ if environ is None else environ
+    return {
+        "fleet_file": fleet_file,
+        "kubeconfig": env.get("GPUMEDIC_KUBECONFIG") or DEFAULT_KUBECONFIG,
+        "auto_approve": env.get("GPUMEDIC_AUTO_APPROVE", "0") == "1",
+    }
+
+
 def remediation_deployments(fleet_file: str) -> list[Any]:
     triggers: list[Any] = [] if os.environ.get("GPUMEDIC_REMEDIATION_TRIGGER", "1") == "0" else [remediation_trigger()]
     return [
         remediate_node.to_deployment(
             name="remediate-node",
             triggers=triggers,
-            parameters={
-                "fleet_file": fleet_file,
-                "kubeconfig": os.environ.get("GPUMEDIC_KUBECONFIG", DEFAULT_KUBECONFIG),
-                "tickets": os.environ.get("GPUMEDIC_TICKETS", "jira"),
-            },
+            parameters=default_parameters(fleet_file),
             description=(
                 "Remediate one GPU node: cordon, drain, reset or reboot, diagnose, readmit; or ask for a "
                 "replacement approval and file the ticket. Triggered by gpumedic.node.unhealthy."

@@ -4,27 +4,57 @@ readmitted, ticketed, or has to wait.
 
 The decisions are the pure state machine's (`gpumedic.domain.remediation.next_step`);
 this flow only fetches what it needs to decide, runs the step's task and persists the
-record on the Node (the source of truth a restarted run resumes from).
+record on the Node (the source of truth a restarted run resumes from). The policy is the
+fleet file's `fleet.remediation`, with the run's `policy` parameter merged on top.
 
-Human approval (replace, inspect, breaker override) runs in the subflow
-`request_replacement_approval`, which pauses for a `ReplacementDecision` form in the
-Prefect UI. Its final state is what the parent branches on: a pause that times out
-fails the subflow, never the parent (catching the timeout inside the paused flow itself
-would still fail that run).
+**The budget lock.** Deciding a `Cordon` and recording it happen under the Prefect global
+concurrency limit `gpumedic-budget` (one slot, created when missing): the fleet view is read
+again inside the lock, so two runs never both spend the last slot of the disruption budget.
+
+**Human approval** (replace, inspect, breaker override) is asked only after the record says
+`awaiting_approval` (the intent is persisted before the question), and waits in one of two ways:
+
+- *Suspension*, when this run is a top-level run of a deployment (the server refuses to
+  suspend subflows and runs without a deployment). The run calls `suspend_flow_run` with the
+  key `<incident>-<kind>` and its process exits: nothing is held while the human thinks. On
+  resume the run starts again from the top, reads the record from the Node, reaches the same
+  question and the same key, and `suspend_flow_run` returns the submitted `ReplacementDecision`
+  at once (the server remembers the fired key; the run's flow-run input holds the answer).
+- *Pause in a subflow* (`request_replacement_approval`), everywhere else (tests, the in-process
+  demo, a run called as a subflow). The subflow blocks, polling; a pause that times out fails the
+  subflow and never the parent, which treats it as the timeout (catching the timeout inside the
+  paused flow itself would still fail that run).
+
+**Timeouts.** A suspended run that nobody resumes before its timeout is failed by the server
+(its `FailExpiredPauses` service: "The flow was suspended and never resumed"); a resume after
+the deadline is refused (`FlowPauseTimeout`). None of our code runs then, so the timeout's
+outcome is applied by the next run for the node: when suspending, the run schedules one run of
+the same deployment just after the deadline (idempotency key `<incident>-<kind>-timeout`), and
+any other run for the node (the sweep raises `gpumedic.node.unhealthy` again while the node is
+still broken) does the same. A run that finds the request older than the approval timeout, and
+no live run still waiting for it, applies `ApprovalTimedOut`: a replace/inspect ticket is filed
+marked "awaiting decision"; a breaker override that timed out halts the node while the breaker
+stays open. A run that finds another run already waiting for the same decision does not ask a
+second time: it stops with `waiting = "approval: ..."`.
 """
 
 from __future__ import annotations
 
+import math
 import os
+import re
 import time
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Literal
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
-from prefect.flow_runs import pause_flow_run
+from prefect.client.schemas.objects import FlowRun
+from prefect.context import FlowRunContext
+from prefect.flow_runs import pause_flow_run, suspend_flow_run
 from prefect.input import RunInput
 from prefect.states import State
 
@@ -47,6 +77,7 @@ from gpumedic.domain.remediation import (
     RequestApproval,
     ResetGpus,
     RunDiagnostics,
+    Step,
     StepOutcome,
     Succeeded,
     VerifyRebooted,
@@ -63,18 +94,21 @@ from gpumedic.domain.remediation import (
 from tasks.remediation import (
     FreshEvidence,
     assess_node_now,
+    budget_lock,
     build_fleet_view,
     cancel_incident,
     capture_boot_id,
     cordon_node,
     drain_node,
     file_ticket,
+    find_waiting_approval,
     read_node_record,
     readmit_node,
     reboot_node,
+    remediation_policy,
     reset_gpus,
     run_diagnostics,
-    ticket_request,
+    schedule_approval_check,
     verify_rebooted,
     write_node_record,
 )
@@ -82,6 +116,9 @@ from tasks.remediation import (
 AUTO_APPROVER = "auto-approve (demo)"
 DEFAULT_KUBECONFIG = os.environ.get("GPUMEDIC_KUBECONFIG", os.path.expanduser("~/.kube/config"))
 MAX_STEPS = 60
+# The check run for an approval timeout starts this long after the deadline, once the
+# server has failed the expired suspension.
+APPROVAL_CHECK_GRACE = timedelta(seconds=30)
 
 # Test hook: called as hook(point, step_key) at "begun" (intent persisted), "executed" (the
 # step ran, outcome not applied) and "applied" (outcome persisted). A test raises from it
@@ -98,6 +135,13 @@ class ReplacementDecision(RunInput):
     rma_reference: str | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class StillWaiting:
+    """No decision yet, and this run is not the one waiting for it: stop, keep the record as it is."""
+
+    reason: str
+
+
 def _hook(point: str, key: str) -> None:
     if crash_hook is not None:
         crash_hook(point, key)
@@ -106,19 +150,20 @@ def _hook(point: str, key: str) -> None:
 # --------------------------------------------------------------------------- approval
 
 
-def evidence_markdown(record: NodeRecord, step: RequestApproval) -> str:
+def evidence_markdown(record: NodeRecord, step: RequestApproval | FileTicket) -> str:
     what = {ApprovalKind.REPLACE: "replace its GPU hardware (RMA ticket)",
             ApprovalKind.INSPECT: "hand it to a human for inspection (ticket)",
             ApprovalKind.BREAKER: "override the open circuit breaker for this incident"}[step.kind]
     diags = [h for h in record.history if h.step.startswith("diag:")]
+    title = "Approval needed" if isinstance(step, RequestApproval) else "Evidence"
     lines = [
-        f"# Approval needed: {record.node}",
+        f"# {title}: {record.node}",
         "",
         f"gpumedic proposes to **{what}**. Incident `{record.incident_id}`, state `{record.state}`, "
         f"repair rung `{record.repair}`, GPUs {list(record.gpus)}.",
         "",
         "## Evidence",
-        *[f"- {e}" for e in step.evidence],
+        *([f"- {e}" for e in step.evidence] or ["- (none recorded)"]),
         "",
         "## Diagnostics",
         *([f"- {h.time:%Y-%m-%d %H:%M:%S} {h.note}" for h in diags] or ["- none run in this incident"]),
@@ -128,53 +173,127 @@ def evidence_markdown(record: NodeRecord, step: RequestApproval) -> str:
         "|---|---|---|---|---|",
         *[f"| {h.time:%H:%M:%S} | {h.from_state} | {h.to_state} | {h.step} | {h.note} |" for h in record.history],
         "",
-        "Resume this run with **approve**, your name, a reason and (for a replacement) the RMA reference.",
     ]
+    if isinstance(step, RequestApproval):
+        lines.append("Resume this run with **approve**, your name, a reason and (for a replacement) the RMA "
+                     "reference.")
     return "\n".join(lines)
+
+
+def ticket_markdown(record: NodeRecord, step: FileTicket) -> str:
+    """The ticket's description: the evidence, then the decision (or that none came)."""
+    a = record.approval
+    if step.awaiting_decision or a is None:
+        decision = "**Awaiting decision**: nobody approved or rejected the request in time."
+    else:
+        decision = f"**{a.decision}** by {a.approver} at {a.time:%Y-%m-%d %H:%M:%S} UTC: {a.reason}" + (
+            f" (RMA {a.rma})" if a.rma else "")
+    return evidence_markdown(record, step) + "\n## Decision\n" + decision + "\n"
 
 
 @flow(name="request-replacement-approval", log_prints=True)
 def request_replacement_approval(
-    node: str, incident: str, kind: str, description: str, timeout_s: int, poll_interval_s: int = 5
+    node: str, incident: str, kind: str, description: str, timeout_s: int, poll_interval_s: int = 5,
+    key: str | None = None,
 ) -> dict[str, Any]:
     """Pause until a human submits a `ReplacementDecision`; fails when the pause times out."""
     logger = get_run_logger()
-    create_markdown_artifact(key=f"approval-{_slug(node)}", markdown=description,
-                             description=f"Evidence for the {kind} approval of {node} ({incident})")
     logger.info("node=%s incident=%s waiting up to %ss for a %s decision", node, incident, timeout_s, kind)
     decision = pause_flow_run(
         # Only the description: an initial value would make its field optional in the form's schema.
         wait_for_input=ReplacementDecision.with_initial_data(description=description),
-        timeout=timeout_s, poll_interval=poll_interval_s, key=f"{incident}-{kind}",
+        timeout=timeout_s, poll_interval=poll_interval_s, key=key or approval_key(incident, kind),
     )
     logger.info("node=%s incident=%s decision approve=%s by %s", node, incident, decision.approve, decision.approver)
     return {"approve": decision.approve, "approver": decision.approver, "reason": decision.reason,
             "rma": decision.rma_reference}
 
 
+def approval_key(incident: str, kind: str) -> str:
+    """The pause/suspension key of one decision: stable across runs (the server keys input by it)."""
+    return re.sub(r"[^a-z0-9-]+", "-", f"{incident}-{kind}".lower())  # input keys: lower case, digits, dashes
+
+
+def approval_wait_mode(flow_run: FlowRun | None) -> Literal["suspend", "pause"]:
+    """Suspend where the server allows it (a top-level run of a deployment), else pause in a subflow."""
+    if flow_run is not None and flow_run.deployment_id is not None and flow_run.parent_task_run_id is None:
+        return "suspend"
+    return "pause"
+
+
+def approval_requested_at(record: NodeRecord, key: str) -> datetime:
+    """When the pending approval `key` was asked for (its intent in the history)."""
+    return next((h.time for h in reversed(record.history) if h.step == key), record.updated_at)
+
+
+def _decision(d: ReplacementDecision) -> ApprovalReceived:
+    return ApprovalReceived(d.approver, bool(d.approve), d.reason, d.rma_reference)
+
+
 def _ask(record: NodeRecord, step: RequestApproval, *, auto_approve: bool, timeout_s: int | None,
-         poll_interval_s: int) -> StepOutcome:
+         poll_interval_s: int) -> StepOutcome | StillWaiting:
+    logger = get_run_logger()
     if auto_approve:
         return ApprovalReceived(AUTO_APPROVER, True, "demo run with --auto-approve", f"RMA-{record.incident_id}"
                                 if step.kind is ApprovalKind.REPLACE else None)
-    timeout = timeout_s if timeout_s is not None else int(step.timeout.total_seconds())
+    key = approval_key(record.incident_id, step.kind)
+    ctx = FlowRunContext.get()
+    this_run = ctx.flow_run if ctx is not None else None
+    mode = approval_wait_mode(this_run)
+    description = evidence_markdown(record, step)
+    if mode == "suspend" and this_run is not None and key in (this_run.empirical_policy.pause_keys or set()):
+        # Resumed: this run suspended for this decision and was resumed with the answer.
+        return _decision(suspend_flow_run(wait_for_input=ReplacementDecision.with_initial_data(
+            description=description), key=key))
+    timeout = timedelta(seconds=timeout_s) if timeout_s is not None else step.timeout
+    deadline = approval_requested_at(record, step.key) + timeout
+    waiting = find_waiting_approval(key, [remediate_node.name, request_replacement_approval.name],
+                                    exclude=str(this_run.id) if this_run else None)
+    if waiting is not None and waiting.resumed:
+        return StillWaiting(f"the {step.kind} decision was given to flow run {waiting.name}, which applies it")
+    if waiting is not None:
+        return StillWaiting(f"a {step.kind} decision is awaited in flow run {waiting.name} until "
+                            f"{(waiting.timeout or deadline):%Y-%m-%d %H:%M:%S} UTC")
+    remaining = (deadline - datetime.now(UTC)).total_seconds()
+    if remaining <= 0:
+        logger.warning("node=%s incident=%s no %s decision since %s: timed out", record.node, record.incident_id,
+                       step.kind, approval_requested_at(record, step.key).isoformat())
+        return ApprovalTimedOut()
+    create_markdown_artifact(key=f"approval-{_slug(record.node)}", markdown=description,
+                             description=f"Evidence for the {step.kind} approval of {record.node} "
+                                         f"({record.incident_id})")
+    if mode == "suspend" and this_run is not None and this_run.deployment_id is not None:
+        parameters = {**this_run.parameters, "incident": record.incident_id}
+        schedule_approval_check(str(this_run.deployment_id), parameters, deadline + APPROVAL_CHECK_GRACE,
+                                f"{key}-timeout")
+        logger.info("node=%s incident=%s suspending for a %s decision (key %s) until %s", record.node,
+                    record.incident_id, step.kind, key, deadline.isoformat())
+        # Raises `Pause` now (the process exits); returns the submitted input once resumed.
+        return _decision(suspend_flow_run(wait_for_input=ReplacementDecision.with_initial_data(
+            description=description), key=key, timeout=max(1, math.ceil(remaining))))
     state: State[Any] = request_replacement_approval(
-        record.node, record.incident_id, str(step.kind), evidence_markdown(record, step), timeout,
-        poll_interval_s, return_state=True,
+        record.node, record.incident_id, str(step.kind), description, max(1, math.ceil(remaining)), poll_interval_s,
+        key=key, return_state=True,
     )
     if state.is_completed():
         d = state.result()
         return ApprovalReceived(d["approver"], bool(d["approve"]), d["reason"], d["rma"])
-    get_run_logger().warning("node=%s incident=%s approval ended %s: treated as a timeout", record.node,
-                             record.incident_id, state.type)
-    return ApprovalTimedOut()
+    if datetime.now(UTC) >= deadline:  # the server fails a timed-out pause with its own message
+        logger.warning("node=%s incident=%s no %s decision by %s: timed out", record.node, record.incident_id,
+                       step.kind, deadline.isoformat())
+        return ApprovalTimedOut()
+    # It ended before its deadline without a decision (it could not pause, it was cancelled):
+    # not a timeout. The record still says awaiting approval; the next run asks again.
+    raise RuntimeError(f"the {step.kind} approval of {record.node} ended {state.type} before its deadline: "
+                       f"{state.message}")
 
 
 # --------------------------------------------------------------------------- one step
 
 
 def _execute(step: Any, record: NodeRecord, evidence: FreshEvidence, *, fleet_file: str, kubeconfig: str,
-             tickets: str, auto_approve: bool, approval_timeout_s: int | None, poll_interval_s: int) -> StepOutcome:
+             tickets: str, auto_approve: bool, approval_timeout_s: int | None, poll_interval_s: int
+             ) -> StepOutcome | StillWaiting:
     node = record.node
     match step:
         case Cordon():
@@ -199,7 +318,7 @@ def _execute(step: Any, record: NodeRecord, evidence: FreshEvidence, *, fleet_fi
             return _ask(record, step, auto_approve=auto_approve, timeout_s=approval_timeout_s,
                         poll_interval_s=poll_interval_s)
         case FileTicket():
-            return file_ticket(tickets, ticket_request(record, step))
+            return file_ticket(fleet_file, tickets, record, step, evidence.assessment, ticket_markdown(record, step))
         case CloseIncident():
             return Succeeded()
     raise TypeError(f"no task for {type(step).__name__}")
@@ -210,10 +329,6 @@ def _execute(step: Any, record: NodeRecord, evidence: FreshEvidence, *, fleet_fi
 
 def _slug(text: str) -> str:
     return "".join(c if c.isalnum() else "-" for c in text.lower()).strip("-")
-
-
-def _policy(overrides: dict[str, Any] | None) -> RemediationPolicy:
-    return RemediationPolicy.model_validate(overrides or {})
 
 
 @flow(name="remediate-node", log_prints=True)
@@ -234,11 +349,14 @@ def remediate_node(
     """Take `node` through its remediation incident as far as it can go now.
 
     Returns `{node, incident, final_state, outcome, waiting, actions, ticket}`. `waiting`
-    names what stopped the run short of a closed incident (budget, evidence, probation, a
-    halt), or is None. Re-running for the same node resumes from the record on the Node.
+    names what stopped the run short of a closed incident (budget, evidence, probation, an
+    approval awaited elsewhere, a halt), or is None. Re-running for the same node resumes
+    from the record on the Node. `policy` overrides the fleet file's `fleet.remediation`;
+    `approval_timeout_s` overrides its approval timeout; `tickets="jira"` files through the
+    outbox and the fleet file's `fleet.jira` (token from the environment variable it names).
     """
     logger = get_run_logger()
-    rules = _policy(policy)
+    rules = remediation_policy(fleet_file, policy)
     snapshot = read_node_record(kubeconfig, node)
     record, stored = snapshot.record, snapshot.record
     if dry_run and record is not None and not record.closed:
@@ -274,8 +392,7 @@ def remediate_node(
             logger.info("node=%s resuming the node's open incident %s (asked for %s)", node, record.incident_id,
                         incident)
 
-        step = next_step(record, latest=evidence.assessment, observed_at=evidence.observed_at, now=now,
-                         policy=rules, fleet=_with(fleet, record))
+        step = _decide(record, evidence, now, rules, fleet)
         if isinstance(step, Done):
             break
         if isinstance(step, WaitForEvidence):
@@ -298,18 +415,34 @@ def remediate_node(
             break
         evidence_misses = 0
 
-        record = begin_step(record, step, now=now)
-        stored = _persist(kubeconfig, record, stored, dry_run)
+        if isinstance(step, Cordon) and not dry_run:
+            # The budget is spent by the cordon's record: decide and record it one node at a
+            # time fleet-wide, on a fleet view read inside the lock.
+            with budget_lock():
+                now = datetime.now(UTC)
+                step = _decide(record, evidence, now, rules, build_fleet_view(kubeconfig))
+                if isinstance(step, Cordon):
+                    record = begin_step(record, step, now=now)
+                    stored = _persist(kubeconfig, record, stored, dry_run)
+            if not isinstance(step, Cordon):
+                logger.info("node=%s incident=%s the fleet changed while deciding: %s", node, record.incident_id,
+                            type(step).__name__)
+                continue  # the budget was spent meanwhile (or another wait): handled from the top
+        else:
+            record = begin_step(record, step, now=now)
+            stored = _persist(kubeconfig, record, stored, dry_run)
         _hook("begun", step.key)
         if dry_run:
             logger.info("node=%s incident=%s would do %s: %s", node, record.incident_id, step.key, step)
-            outcome = simulated_outcome(step)
+            outcome: StepOutcome | StillWaiting = simulated_outcome(step)
         else:
             logger.info("node=%s incident=%s step=%s %s", node, record.incident_id, step.key, type(step).__name__)
-            assert evidence is not None
             outcome = _execute(step, record, evidence, fleet_file=fleet_file, kubeconfig=kubeconfig, tickets=tickets,
                                auto_approve=auto_approve, approval_timeout_s=approval_timeout_s,
                                poll_interval_s=approval_poll_s)
+        if isinstance(outcome, StillWaiting):
+            waiting = f"approval: {outcome.reason}"
+            break
         _hook("executed", step.key)
         # The node's health may have changed: look again before the next decision.
         stale_evidence = stale_evidence or isinstance(step, ResetGpus | Reboot | VerifyRebooted | RunDiagnostics)
@@ -325,6 +458,12 @@ def remediate_node(
     logger.info("node=%s incident=%s state=%s outcome=%s waiting=%s", node, record.incident_id, record.state,
                 record.outcome, waiting)
     return _result(record, waiting, executed)
+
+
+def _decide(record: NodeRecord, evidence: FreshEvidence, now: datetime, rules: RemediationPolicy,
+            fleet: FleetView) -> Step:
+    return next_step(record, latest=evidence.assessment, observed_at=evidence.observed_at, now=now, policy=rules,
+                     fleet=_with(fleet, record))
 
 
 def _with(fleet: FleetView, record: NodeRecord) -> FleetView:

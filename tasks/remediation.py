@@ -8,26 +8,39 @@ the record on the Node (step intended, not done) is what the next run resumes fr
 
 No task result is cached: the ledger in the Node annotations (`steps_intended` /
 `steps_done`) is what makes a re-run skip what already took effect.
+
+Tickets go through the durable outbox (`OutboxDesk`) to Jira, as the fleet file's
+`fleet.jira` says; a missing `jira:` block or API token is `TicketDeskMisconfigured`,
+raised (not a `Failed` outcome) so the incident waits at its ticket step until it is fixed.
+The budget lock and the approval look-ups at the end speak to the Prefect API itself.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+import os
+import re
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any
 
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from gpumedic.adapters.errors import PermanentError, TransientError, is_transient
+from gpumedic.adapters.jira_tickets import Approval as JiraApproval
+from gpumedic.adapters.jira_tickets import JiraSettings, JiraTickets, gpu_dedup_key
+from gpumedic.adapters.jira_tickets import TicketRequest as JiraTicketRequest
 from gpumedic.adapters.kube_nodes import KubeNodes, NodeView, is_managed
 from gpumedic.adapters.node_actions import NodeActions
 from gpumedic.adapters.targets import ssh_settings
+from gpumedic.adapters.ticket_outbox import OutboxDesk, TicketOutbox
 from gpumedic.collection import collect_nodes
+from gpumedic.config import ConfigError, FleetSettings, JiraConfig, load_fleet_file
 from gpumedic.domain.assess import assess_node
-from gpumedic.domain.budget import FleetView, UnhealthyObservation
+from gpumedic.domain.budget import FleetView, RemediationPolicy, UnhealthyObservation
 from gpumedic.domain.remediation import (
     ANNOTATION_KEYS,
     ApprovalKind,
@@ -36,6 +49,7 @@ from gpumedic.domain.remediation import (
     CaptureBootId,
     Cordon,
     CorruptRecord,
+    Decision,
     DiagnosticsResult,
     Drain,
     Failed,
@@ -52,7 +66,7 @@ from gpumedic.domain.remediation import (
     TicketFiled,
     VerifyRebooted,
 )
-from gpumedic.domain.verdict import NodeAssessment
+from gpumedic.domain.verdict import GpuAssessment, NodeAssessment
 from gpumedic.inventory import resolve_fleet
 
 OPT_OUT_ANNOTATION = "gpumedic.io/opt-out"
@@ -338,80 +352,261 @@ def cancel_incident(kubeconfig: str, node: str, step: Cancel) -> StepOutcome:
     return Succeeded("our taint removed")
 
 
+# --------------------------------------------------------------------------- settings
+
+
+def fleet_settings(fleet_file: str) -> FleetSettings:
+    """The `fleet:` block of the fleet file (no inventory lookup: nothing is listed or contacted)."""
+    loaded = load_fleet_file(fleet_file)
+    if loaded.fleet is None:
+        raise ConfigError(f"{fleet_file}: remediation needs a `fleet:` file (a simulated fleet's inventory.yaml)")
+    return loaded.fleet
+
+
+def remediation_policy(fleet_file: str, overrides: Mapping[str, Any] | None = None) -> RemediationPolicy:
+    """The fleet file's `fleet.remediation` with `overrides` (a run's `policy` parameter) merged on top."""
+    return RemediationPolicy.model_validate({**fleet_settings(fleet_file).remediation, **(overrides or {})})
+
+
 # --------------------------------------------------------------------------- tickets
 
-
-@dataclass(frozen=True, slots=True)
-class TicketRequest:
-    node: str
-    incident: str
-    kind: ApprovalKind
-    summary: str
-    description: str
-    dedupe_key: str  # the incident id: the desk returns the existing ticket for it, if any
-    awaiting_decision: bool
-    labels: tuple[str, ...] = ()
-    rma: str | None = None
+NODE_DEDUP_PREFIX = "gpumedic-node-"
+_LABEL_UNSAFE = re.compile(r"[^a-z0-9._:-]+")
 
 
-class TicketDesk(Protocol):
-    """Where tickets go (the Jira outbox). `file` is idempotent by `dedupe_key`; returns the key.
+class TicketDeskMisconfigured(PermanentError):
+    """The fleet file or the environment does not say how to reach Jira: fix it, then re-run.
 
-    Raises `TransientError` while the desk cannot take the ticket (Jira down): the request
-    must then be kept (outbox) or the step retried later; never filed twice.
+    Raised out of `file_ticket` (not turned into a `Failed` outcome): the incident stays at
+    its ticket step and the next run files the ticket once the configuration is fixed.
     """
 
-    def file(self, request: TicketRequest) -> str: ...
+
+def _label(text: str) -> str:
+    return _LABEL_UNSAFE.sub("-", text.strip().lower()).strip("-")
 
 
-_desk_factories: dict[str, Callable[[], TicketDesk]] = {}
+def node_dedup_key(node: str) -> str:
+    """The dedup label of a ticket about a node whose failing GPU has no known UUID or serial."""
+    return NODE_DEDUP_PREFIX + _label(node)
 
 
-def register_ticket_desk(name: str, factory: Callable[[], TicketDesk]) -> None:
-    """Make a ticket desk available to `file_ticket` under `name` (the flow's `tickets` parameter)."""
-    _desk_factories[name] = factory
+def replaced_gpu(record: NodeRecord, assessment: NodeAssessment | None) -> GpuAssessment | None:
+    """The GPU a ticket is about: the incident's first GPU the fresh assessment finds failing,
+    else any failing GPU, else the incident's first GPU the assessment still lists."""
+    if assessment is None:
+        return None
+    by_index = {g.index: g for g in assessment.gpus}
+    failing = sorted(i for i, g in by_index.items() if g.action.needs_remediation)
+    ordered = [i for i in record.gpus if i in failing] + failing + list(record.gpus)
+    return next((by_index[i] for i in ordered if i in by_index), None)
 
 
-def ticket_desk(name: str) -> TicketDesk:
-    if name in _desk_factories:
-        return _desk_factories[name]()
-    try:  # the Jira adapter, when installed: a settings file path names it
-        from gpumedic.adapters import ticket_outbox
-    except ImportError as err:
-        raise PermanentError(f"no ticket desk {name!r}: the Jira outbox adapter is not installed") from err
-    opener = getattr(ticket_outbox, "desk_from_settings", None)
-    if opener is None:
-        raise PermanentError("gpumedic.adapters.ticket_outbox has no desk_from_settings(path)")
-    desk: TicketDesk = opener(name)
-    return desk
+def ticket_request(record: NodeRecord, step: FileTicket, assessment: NodeAssessment | None, *, project: str,
+                   issue_type: str, description: str) -> JiraTicketRequest:
+    """The Jira ticket for the domain's `FileTicket` step: deduplicated by the replaced GPU's label."""
+    gpu = replaced_gpu(record, assessment)
+    dedup: str | None = None
+    if gpu is not None:
+        try:
+            dedup = gpu_dedup_key(uuid=gpu.uuid, serial=gpu.serial)
+        except ValueError:  # neither a UUID nor a serial (a GPU off the bus): the node's key
+            dedup = None
+    what = "replacement" if step.kind is ApprovalKind.REPLACE else "inspection"
+    if gpu is not None:
+        ids = ", ".join(f"{n} {v}" for n, v in (("UUID", gpu.uuid), ("serial", gpu.serial)) if v)
+        summary = f"{record.node}: GPU {gpu.index}" + (f" ({ids})" if ids else "") + f" needs {what}"
+    else:
+        summary = f"{record.node}: GPU node needs {what}"
+    if step.awaiting_decision:
+        summary += " (awaiting decision)"
+    approval = None
+    if record.approval is not None and record.approval.decision is Decision.APPROVE:
+        a = record.approval
+        approval = JiraApproval(a.approver, a.reason, step.rma or a.rma)
+    labels = [f"gpumedic-{step.kind}", node_dedup_key(record.node)]
+    if step.awaiting_decision:
+        labels.append("gpumedic-awaiting-decision")
+    return JiraTicketRequest(
+        dedup_key=dedup or node_dedup_key(record.node), incident_id=record.incident_id, project=project,
+        issue_type=issue_type, summary=summary, description=description, node=record.node,
+        labels=tuple(labels), gpu_index=gpu.index if gpu else None, gpu_uuid=gpu.uuid if gpu else None,
+        gpu_serial=gpu.serial if gpu else None, approval=approval,
+    )
+
+
+def _jira_config(fleet_file: str) -> tuple[JiraConfig, str | None]:
+    try:
+        fleet = fleet_settings(fleet_file)
+    except ConfigError as err:
+        raise TicketDeskMisconfigured(str(err)) from None
+    if fleet.jira is None:
+        raise TicketDeskMisconfigured(f"{fleet_file}: no `fleet.jira` block: cannot file tickets")
+    return fleet.jira, fleet.store_url
+
+
+def _jira_token(jira: JiraConfig, fleet_file: str) -> str:
+    """The API token from the environment variable `jira.token_env` (or the file `<token_env>_FILE` names)."""
+    token = os.environ.get(jira.token_env, "").strip()
+    token_file = os.environ.get(f"{jira.token_env}_FILE")
+    if not token and token_file:
+        try:
+            with open(token_file, encoding="utf-8") as fh:
+                token = fh.read().strip()
+        except OSError as err:
+            raise TicketDeskMisconfigured(f"cannot read {jira.token_env}_FILE {token_file}: {err.strerror}") from None
+    if not token:
+        raise TicketDeskMisconfigured(
+            f"no Jira API token: set the environment variable {jira.token_env} "
+            f"(fleet.jira.token_env in {fleet_file}) or {jira.token_env}_FILE"
+        )
+    return token
 
 
 @task(name="file-ticket", cache_policy=NO_CACHE, retries=3, retry_delay_seconds=RETRY_DELAYS,
       retry_condition_fn=_transient_only, timeout_seconds=300)
-def file_ticket(tickets: str, request: TicketRequest) -> StepOutcome:
+def file_ticket(fleet_file: str, tickets: str, record: NodeRecord, step: FileTicket,
+                assessment: NodeAssessment | None, description: str) -> StepOutcome:
+    """File the incident's ticket through the durable outbox (`OutboxDesk`), then Jira.
+
+    While Jira is down the ticket stays pending in the outbox and this raises `TransientError`
+    (retried, then the run fails and the next run files it). A ticket Jira refuses is parked
+    in the outbox and answered `Failed`. The first request stored for an incident is the one
+    filed, so a re-run never files a second ticket under a different GPU label.
+    """
+    if tickets != "jira":
+        raise TicketDeskMisconfigured(f"unknown ticket desk {tickets!r}: the only desk is 'jira'")
+    jira, store_url = _jira_config(fleet_file)
+    settings = JiraSettings(server=jira.url, user=jira.user, api_token=_jira_token(jira, fleet_file))
+    request = ticket_request(record, step, assessment, project=jira.project,
+                             issue_type=jira.replacement_issue_type, description=description)
+    outbox = TicketOutbox(store_url)
     try:
-        key = ticket_desk(tickets).file(request)
+        with JiraTickets(settings) as client:
+            earlier = next((e.request for e in outbox.entries() if e.request.incident_id == record.incident_id), None)
+            key = OutboxDesk(outbox, client).file(earlier or request)
+    except TransientError:
+        raise
     except PermanentError as err:
         return Failed(str(err))
-    _log().info("node=%s incident=%s action=ticket key=%s", request.node, request.incident, key)
+    finally:
+        outbox.close()
+    _log().info("node=%s incident=%s action=ticket key=%s dedup=%s", record.node, record.incident_id, key,
+                (earlier or request).dedup_key)
     return TicketFiled(key)
 
 
-def ticket_request(record: NodeRecord, step: FileTicket) -> TicketRequest:
-    """The ticket for `step`: the evidence, the approval and the incident's history."""
-    lines = [f"Node: {record.node}", f"Incident: {record.incident_id}", f"GPUs: {list(record.gpus)}", "",
-             "Evidence:"]
-    lines += [f"- {e}" for e in step.evidence] or ["- (none recorded)"]
-    if record.approval is not None:
-        a = record.approval
-        lines += ["", f"Decision: {a.decision} by {a.approver or '-'} at {a.time.isoformat()}: {a.reason}"]
-    lines += ["", "History:"] + [f"- {h.time.isoformat()} {h.from_state} -> {h.to_state} [{h.step}] {h.note}"
-                                  for h in record.history]
-    return TicketRequest(
-        node=record.node, incident=record.incident_id, kind=step.kind, summary=step.summary,
-        description="\n".join(lines), dedupe_key=step.dedupe_key, awaiting_decision=step.awaiting_decision,
-        labels=("gpumedic", f"node-{record.node}", f"incident-{record.incident_id}"), rma=step.rma,
+# --------------------------------------------------------------------------- the budget lock
+
+BUDGET_LOCK = "gpumedic-budget"
+
+
+def ensure_budget_lock(name: str = BUDGET_LOCK) -> None:
+    """Make sure the global concurrency limit `name` exists, active, with one slot.
+
+    `concurrency(..., strict=False)` on a missing limit silently skips the lock, so the
+    limit is created here and then acquired with `strict=True`. A limit someone widened or
+    deactivated is refused: the budget is only safe one decision at a time.
+    """
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+    from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
+
+    with get_client(sync_client=True) as client:
+        try:
+            limit = client.read_global_concurrency_limit_by_name(name)
+        except ObjectNotFound:
+            with suppress(ObjectAlreadyExists):  # created by a run beside this one
+                client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=1, active=True))
+            limit = client.read_global_concurrency_limit_by_name(name)
+    if limit.limit != 1 or not limit.active:
+        raise PermanentError(
+            f"the global concurrency limit {name!r} must be active with limit 1 (it is limit={limit.limit}, "
+            f"active={limit.active}): set it back with `prefect gcl update {name} --limit 1 --enable`"
+        )
+
+
+@contextmanager
+def budget_lock(timeout_s: float = 600.0) -> Iterator[None]:
+    """Hold the fleet-wide budget lock: one cordon decision (and its record) at a time."""
+    from prefect.concurrency.sync import concurrency
+
+    ensure_budget_lock()
+    with concurrency(BUDGET_LOCK, occupy=1, timeout_seconds=timeout_s, strict=True):
+        yield
+
+
+# --------------------------------------------------------------------------- approvals
+
+
+@dataclass(frozen=True, slots=True)
+class WaitingRun:
+    """A flow run that holds the decision of one approval (by its pause key)."""
+
+    id: str
+    name: str
+    timeout: datetime | None  # when its pause or suspension expires
+    resumed: bool  # the decision was submitted; the run is on its way to apply it
+
+
+@task(name="find-waiting-approval", cache_policy=NO_CACHE, retries=3, retry_delay_seconds=RETRY_DELAYS,
+      timeout_seconds=60)
+def find_waiting_approval(pause_key: str, flow_names: list[str], exclude: str | None = None) -> WaitingRun | None:
+    """A live run of `flow_names` (not `exclude`) waiting for the decision `pause_key`, or resumed with it.
+
+    Paused or suspended with the key and not expired: the human may still answer there.
+    Resumed with it (the key is among its fired pause keys) and not finished yet: the
+    answer is on its way. Either way another run must not ask again, nor time it out.
+    """
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (
+        FlowFilter,
+        FlowFilterName,
+        FlowRunFilter,
+        FlowRunFilterState,
+        FlowRunFilterStateType,
     )
+    from prefect.client.schemas.objects import FlowRun, StateType
+
+    live = [StateType.PAUSED, StateType.SCHEDULED, StateType.PENDING, StateType.RUNNING]
+    runs: list[FlowRun] = []
+    with get_client(sync_client=True) as client:
+        while True:  # the API answers at most 200 runs a page
+            page = client.read_flow_runs(
+                flow_filter=FlowFilter(name=FlowFilterName(any_=flow_names)),
+                flow_run_filter=FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(any_=live))),
+                limit=200, offset=len(runs),
+            )
+            runs += page
+            if len(page) < 200:
+                break
+    now = utcnow()
+    for run in runs:
+        if run.state is None or str(run.id) == exclude:
+            continue
+        details = run.state.state_details
+        if run.state.is_paused():
+            if details.pause_key == pause_key and (details.pause_timeout is None or details.pause_timeout > now):
+                return WaitingRun(str(run.id), run.name, details.pause_timeout, resumed=False)
+        elif pause_key in (run.empirical_policy.pause_keys or set()):
+            return WaitingRun(str(run.id), run.name, None, resumed=True)
+    return None
+
+
+@task(name="schedule-approval-check", cache_policy=NO_CACHE, retries=3, retry_delay_seconds=RETRY_DELAYS,
+      timeout_seconds=60)
+def schedule_approval_check(deployment_id: str, parameters: dict[str, Any], at: datetime, key: str) -> str:
+    """A run of the deployment at `at` (once per `key`): it applies the timeout if nobody decided."""
+    from uuid import UUID
+
+    from prefect.client.schemas.objects import FlowRun
+    from prefect.deployments import run_deployment
+
+    run: FlowRun = run_deployment(  # type: ignore[assignment]  # sync call: a FlowRun, not a coroutine
+UUID(deployment_id), parameters=parameters, scheduled_time=at, timeout=0,
+                         as_subflow=False, idempotency_key=key, tags=["gpumedic", "approval-timeout-check"])
+    _log().info("approval check %s scheduled at %s (flow run %s)", key, at.isoformat(), run.name)
+    return str(run.id)
 
 
 def utcnow() -> datetime:
