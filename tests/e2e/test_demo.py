@@ -1,0 +1,154 @@
+"""`gpumedic demo --auto-approve --exit --json OUT` on a fresh machine: the issue's "Done when".
+
+One subprocess runs the whole product (Prefect server, served deployments, the simulated
+fleet over real sshd, the Kubernetes and Jira emulators); the assertions read the JSON it
+writes. Expected outcomes for the packaged example fleet, and why:
+
+- gpu-node-07 (volatile DBE) and gpu-node-08 (NVLink down): `reset_gpu`; the reset clears the
+  transient fault, `dcgmi diag` passes, the node is readmitted and closes after probation.
+- gpu-node-11 (a GPU missing, no hardware fault): `reboot`; the GPU is enumerated again, the
+  diagnostic passes, readmitted.
+- gpu-node-05 (row-remap failure): `replace` straight away; approval, one ticket.
+- gpu-node-03 (Xid 79, fallen off the bus): `reboot` brings the GPU back, but it carries a
+  hardware fault, so the diagnostic after the reboot fails and the ladder climbs to
+  `replace`: approval, one ticket.
+- gpu-node-06 (97 C, `inspect`): runs `ledger-0`, whose PodDisruptionBudget allows no
+  disruption. The drain is refused (HTTP 429) until its deadline, the pod is never evicted,
+  and the node is kept cordoned with the blocked pod as the reason: a human's call.
+- gpu-node-04 (`restart_app`) and gpu-node-09/10 (`unknown`) open no incident; 00-02 are healthy.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from typing import Any
+
+import pytest
+
+from tests.conftest import REPO, require_sshd
+
+READMITTED = ("gpu-node-07", "gpu-node-08", "gpu-node-11")
+REPLACED = ("gpu-node-03", "gpu-node-05")
+BLOCKED_DRAIN = "gpu-node-06"
+UNTOUCHED = ("gpu-node-00", "gpu-node-01", "gpu-node-02", "gpu-node-04", "gpu-node-09", "gpu-node-10")
+DEMO_TIMEOUT_S = 600
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    require_sshd()
+    tmp = tmp_path_factory.mktemp("demo")
+    out = tmp / "demo.json"
+    env = {**os.environ, "HOME": str(tmp), "GPUMEDIC_HOME": str(tmp / "gpumedic"),
+           "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    for inherited in ("PREFECT_API_URL", "PREFECT_HOME", "PREFECT_LOCAL_STORAGE_PATH", "GPUMEDIC_KUBECONFIG",
+                      "GPUMEDIC_AUTO_APPROVE", "GPUMEDIC_JIRA_TOKEN", "GPUMEDIC_TICKETS"):
+        env.pop(inherited, None)
+    started = time.monotonic()
+    proc = subprocess.run(
+        [sys.executable, "-m", "gpumedic.cli", "demo", "--auto-approve", "--exit", "--json", str(out)],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=DEMO_TIMEOUT_S,
+    )
+    logs = sorted((tmp / "gpumedic").glob("demo/*/serve.log"))
+    tail = proc.stdout[-6000:] + proc.stderr[-3000:] + (logs[-1].read_text()[-4000:] if logs else "")
+    assert proc.returncode == 0, tail
+    assert out.exists(), tail
+    report: dict[str, Any] = json.loads(out.read_text())
+    report["_stdout"] = proc.stdout
+    report["_tail"] = tail
+    report["_wall_s"] = time.monotonic() - started
+    return report
+
+
+def _why(demo: dict[str, Any], node: str) -> str:
+    return json.dumps(demo["nodes"][node], indent=1)[:3000] + "\n" + demo["_tail"][-3000:]
+
+
+def test_the_demo_runs_remediation_through_the_event_trigger(demo: dict[str, Any]) -> None:
+    assert demo["remediation"]["trigger"] == "event", demo["remediation"]
+    assert set(demo["remediation"]["flagged"]) == {*READMITTED, *REPLACED, BLOCKED_DRAIN}
+    assert not demo["remediation"]["timed_out"]
+    for node in demo["remediation"]["flagged"]:
+        first = demo["nodes"][node]["flow_runs"][0]
+        assert first["started_by"].startswith("event trigger"), _why(demo, node)
+
+
+@pytest.mark.parametrize("node", READMITTED)
+def test_a_repairable_node_is_readmitted_after_a_passing_diagnostic(demo: dict[str, Any], node: str) -> None:
+    n = demo["nodes"][node]
+    assert n["outcome"] == "readmitted", _why(demo, node)
+    assert n["readmitted_after_passing_diagnostic"] and n["in_service"], _why(demo, node)
+    assert n["final_state"] in ("readmitted", "in_service"), _why(demo, node)
+    assert not n["cordoned"] and not any(t.startswith("gpumedic.io/") for t in n["taints"]), _why(demo, node)
+    assert n["tickets"] == []
+    repair = "reset_gpu:" if n["action"] == "reset_gpu" else "reboot"
+    assert any(a.startswith(repair) for a in n["node_actions"]), _why(demo, node)
+    assert n["node_actions"][-1].startswith("diag:2"), _why(demo, node)  # the last word is a diagnostic
+    assert any("diagnostics passed" in a for a in n["actions"]), _why(demo, node)
+
+
+@pytest.mark.parametrize("node", REPLACED)
+def test_a_broken_gpu_is_ticketed_after_approval_and_stays_out_of_service(demo: dict[str, Any], node: str) -> None:
+    n = demo["nodes"][node]
+    assert n["outcome"] == "ticketed" and n["final_state"] == "ticketed", _why(demo, node)
+    assert n["approval"]["decision"] == "approve" and n["approval"]["kind"] == "replace", _why(demo, node)
+    assert len(n["tickets"]) == 1, _why(demo, node)
+    assert n["cordoned"] and not n["in_service"]
+    if node == "gpu-node-03":  # Xid 79: the reboot was tried, and the diagnostic after it failed
+        assert "reboot" in n["node_actions"], _why(demo, node)
+        assert any("diagnostics failed" in a for a in n["actions"]), _why(demo, node)
+    else:  # a row-remap failure needs no repair attempt
+        assert n["node_actions"] == [], _why(demo, node)
+
+
+def test_exactly_one_ticket_per_replaced_gpu(demo: dict[str, Any]) -> None:
+    tickets = demo["tickets"]
+    assert sorted(t["node"] for t in tickets) == sorted(REPLACED), tickets
+    assert len({t["key"] for t in tickets}) == len(tickets)
+    for ticket in tickets:
+        assert demo["nodes"][ticket["node"]]["tickets"] == [ticket["key"]]
+
+
+def test_a_drain_blocked_by_a_budget_keeps_the_node_out_of_service_with_the_reason(demo: dict[str, Any]) -> None:
+    n = demo["nodes"][BLOCKED_DRAIN]
+    assert n["outcome"] == "kept_out_of_service" and n["needs_human"], _why(demo, BLOCKED_DRAIN)
+    assert n["cordoned"] and not n["in_service"]
+    assert "ml/ledger-0" in n["drain_blocked"], _why(demo, BLOCKED_DRAIN)
+    assert "ml/ledger-0" not in n["evicted"]
+    assert any("ledger-0" in r for r in n["reasons"]), _why(demo, BLOCKED_DRAIN)
+    assert n["node_actions"] == [] and n["tickets"] == []
+
+
+@pytest.mark.parametrize("node", UNTOUCHED)
+def test_nodes_without_a_remediation_are_untouched(demo: dict[str, Any], node: str) -> None:
+    n = demo["nodes"][node]
+    assert n["outcome"] == "untouched" and n["final_state"] == "in_service", _why(demo, node)
+    assert n["in_service"] and not n["cordoned"] and n["taints"] == []
+    assert n["actions"] == [] and n["node_actions"] == [] and n["evicted"] == [] and n["tickets"] == []
+    assert n["flow_runs"] == [] and n["incident"] is None
+    assert n["reasons"], "every node says why it was left alone"
+    if n["verdict"] == "unknown":
+        assert n["needs_human"] and "needs a human" in n["reasons"][0]
+
+
+def test_no_pod_was_evicted_in_violation_of_its_budget(demo: dict[str, Any]) -> None:
+    assert demo["pdb_violations"] == []
+    assert demo["evictions"]["evicted"] > 0 and demo["evictions"]["refused_by_a_budget"] > 0
+
+
+def test_the_disruption_budget_was_never_exceeded(demo: dict[str, Any]) -> None:
+    budget = demo["budget"]
+    assert budget["limit"] == 4
+    assert 1 <= budget["max_out_at_once"] <= budget["limit"], budget
+    assert all(point["out"] <= budget["limit"] for point in budget["timeline"]), budget["timeline"]
+
+
+def test_the_demo_prints_its_progress_and_stays_reasonably_fast(demo: dict[str, Any]) -> None:
+    stdout = demo["_stdout"]
+    for text in ("gpumedic.node.unhealthy", "remediation outcome:", "disruption budget", "circuit breaker"):
+        assert text in stdout
+    assert demo["_wall_s"] < DEMO_TIMEOUT_S
