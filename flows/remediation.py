@@ -45,7 +45,7 @@ import os
 import re
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
@@ -58,6 +58,7 @@ from prefect.flow_runs import pause_flow_run, suspend_flow_run
 from prefect.input import RunInput
 from prefect.states import State
 
+from gpumedic.adapters.store import StoredForecast
 from gpumedic.domain.budget import FleetView, RemediationPolicy
 from gpumedic.domain.remediation import (
     ApprovalKind,
@@ -91,6 +92,7 @@ from gpumedic.domain.remediation import (
     should_open_incident,
     simulated_outcome,
 )
+from tasks.forecast import read_node_forecast
 from tasks.remediation import (
     FreshEvidence,
     assess_node_now,
@@ -150,7 +152,9 @@ def _hook(point: str, key: str) -> None:
 # --------------------------------------------------------------------------- approval
 
 
-def evidence_markdown(record: NodeRecord, step: RequestApproval | FileTicket) -> str:
+def evidence_markdown(
+    record: NodeRecord, step: RequestApproval | FileTicket, forecast: Sequence[StoredForecast] = ()
+) -> str:
     what = {ApprovalKind.REPLACE: "replace its GPU hardware (RMA ticket)",
             ApprovalKind.INSPECT: "hand it to a human for inspection (ticket)",
             ApprovalKind.BREAKER: "override the open circuit breaker for this incident"}[step.kind]
@@ -167,6 +171,12 @@ def evidence_markdown(record: NodeRecord, step: RequestApproval | FileTicket) ->
         "",
         "## Diagnostics",
         *([f"- {h.time:%Y-%m-%d %H:%M:%S} {h.note}" for h in diags] or ["- none run in this incident"]),
+        "",
+        "## Failure forecast (risk of failure within 7 days)",
+        *([f"- {'node' if f.gpu is None else f'GPU {f.gpu}'}: {f.risk:.0%}"
+           + (f" ({'; '.join(f.factors[:3])})" if f.factors else "")
+           + f", computed {f.computed_at:%Y-%m-%d %H:%M} UTC" for f in forecast[:8]]
+          or ["- no forecast for this node yet"]),
         "",
         "## History",
         "| time | from | to | step | note |",
@@ -231,7 +241,7 @@ def _decision(d: ReplacementDecision) -> ApprovalReceived:
 
 
 def _ask(record: NodeRecord, step: RequestApproval, *, auto_approve: bool, timeout_s: int | None,
-         poll_interval_s: int) -> StepOutcome | StillWaiting:
+         poll_interval_s: int, forecast: Sequence[StoredForecast] = ()) -> StepOutcome | StillWaiting:
     logger = get_run_logger()
     if auto_approve:
         return ApprovalReceived(AUTO_APPROVER, True, "demo run with --auto-approve", f"RMA-{record.incident_id}"
@@ -240,7 +250,7 @@ def _ask(record: NodeRecord, step: RequestApproval, *, auto_approve: bool, timeo
     ctx = FlowRunContext.get()
     this_run = ctx.flow_run if ctx is not None else None
     mode = approval_wait_mode(this_run)
-    description = evidence_markdown(record, step)
+    description = evidence_markdown(record, step, forecast)
     if mode == "suspend" and this_run is not None and key in (this_run.empirical_policy.pause_keys or set()):
         # Resumed: this run suspended for this decision and was resumed with the answer.
         return _decision(suspend_flow_run(wait_for_input=ReplacementDecision.with_initial_data(
@@ -316,7 +326,7 @@ def _execute(step: Any, record: NodeRecord, evidence: FreshEvidence, *, fleet_fi
             return cancel_incident(kubeconfig, node, step)
         case RequestApproval():
             return _ask(record, step, auto_approve=auto_approve, timeout_s=approval_timeout_s,
-                        poll_interval_s=poll_interval_s)
+                        poll_interval_s=poll_interval_s, forecast=read_node_forecast(fleet_file, node))
         case FileTicket():
             return file_ticket(fleet_file, tickets, record, step, evidence.assessment, ticket_markdown(record, step))
         case CloseIncident():

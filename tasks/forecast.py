@@ -107,3 +107,17 @@ def file_order_ticket(fleet_file: str, request: TicketRequest) -> str:
             return OutboxDesk(outbox, client).file(request)
     finally:
         outbox.close()
+
+
+@task(name="read-node-forecast", cache_policy=NO_CACHE)
+def read_node_forecast(fleet_file: str, node: str) -> list[StoredForecast]:
+    """The latest forecast for a node's GPUs, riskiest first; empty when there is none (it is context only)."""
+    fleet = load_fleet_file(fleet_file).fleet
+    if fleet is None:
+        return []
+    try:
+        latest = TelemetryStore(fleet.store_url).latest_forecasts([node])
+    except Exception as err:  # an approval must not fail because its context could not be read
+        get_run_logger().warning("node=%s forecast unavailable: %s", node, err)
+        return []
+    return sorted(latest.values(), key=lambda f: -f.risk)

@@ -18,7 +18,6 @@ The budget lock and the approval look-ups at the end speak to the Prefect API it
 from __future__ import annotations
 
 import logging
-import os
 import re
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager, suppress
@@ -445,22 +444,12 @@ def _jira_config(fleet_file: str) -> tuple[JiraConfig, str | None]:
     return fleet.jira, fleet.store_url
 
 
-def _jira_token(jira: JiraConfig, fleet_file: str) -> str:
-    """The API token from the environment variable `jira.token_env` (or the file `<token_env>_FILE` names)."""
-    token = os.environ.get(jira.token_env, "").strip()
-    token_file = os.environ.get(f"{jira.token_env}_FILE")
-    if not token and token_file:
-        try:
-            with open(token_file, encoding="utf-8") as fh:
-                token = fh.read().strip()
-        except OSError as err:
-            raise TicketDeskMisconfigured(f"cannot read {jira.token_env}_FILE {token_file}: {err.strerror}") from None
-    if not token:
-        raise TicketDeskMisconfigured(
-            f"no Jira API token: set the environment variable {jira.token_env} "
-            f"(fleet.jira.token_env in {fleet_file}) or {jira.token_env}_FILE"
-        )
-    return token
+def _jira_settings(jira: JiraConfig, fleet_file: str) -> JiraSettings:
+    """Server and user from the fleet file; the API token from the variable it names (never logged)."""
+    try:
+        return JiraSettings.from_config(jira.url, jira.user, jira.token_env)
+    except PermanentError as err:
+        raise TicketDeskMisconfigured(f"{err} (fleet.jira.token_env in {fleet_file})") from None
 
 
 @task(name="file-ticket", cache_policy=NO_CACHE, retries=3, retry_delay_seconds=RETRY_DELAYS,
@@ -477,7 +466,7 @@ def file_ticket(fleet_file: str, tickets: str, record: NodeRecord, step: FileTic
     if tickets != "jira":
         raise TicketDeskMisconfigured(f"unknown ticket desk {tickets!r}: the only desk is 'jira'")
     jira, store_url = _jira_config(fleet_file)
-    settings = JiraSettings(server=jira.url, user=jira.user, api_token=_jira_token(jira, fleet_file))
+    settings = _jira_settings(jira, fleet_file)
     request = ticket_request(record, step, assessment, project=jira.project,
                              issue_type=jira.replacement_issue_type, description=description)
     outbox = TicketOutbox(store_url)
