@@ -75,6 +75,7 @@ from gpumedic.domain.remediation import (
     NodeRecord,
     Readmit,
     Reboot,
+    RemediationState,
     RequestApproval,
     ResetGpus,
     RunDiagnostics,
@@ -87,6 +88,7 @@ from gpumedic.domain.remediation import (
     WaitForProbation,
     apply_outcome,
     begin_step,
+    failure_ticket,
     next_step,
     open_incident,
     should_open_incident,
@@ -193,7 +195,10 @@ def evidence_markdown(
 def ticket_markdown(record: NodeRecord, step: FileTicket) -> str:
     """The ticket's description: the evidence, then the decision (or that none came)."""
     a = record.approval
-    if step.awaiting_decision or a is None:
+    if record.state is RemediationState.FAILED:
+        decision = (f"**Automated remediation stopped**: {record.outcome}. The node is left out of service; "
+                    "a human must take over.")
+    elif step.awaiting_decision or a is None:
         decision = "**Awaiting decision**: nobody approved or rejected the request in time."
     else:
         decision = f"**{a.decision}** by {a.approver} at {a.time:%Y-%m-%d %H:%M:%S} UTC: {a.reason}" + (
@@ -385,7 +390,9 @@ def remediate_node(
             evidence = assess_node_now(fleet_file, node)
             stale_evidence = False
         now = datetime.now(UTC)
-        if record is None or record.closed:
+        if record is not None and record.closed and failure_ticket(record) is not None:
+            pass  # the incident failed while holding the node: hand it to a human (a ticket) first
+        elif record is None or record.closed:
             if record is not None and (executed or (incident is not None and record.incident_id == incident)):
                 break  # this incident is over (in this run, or a re-run of it): nothing more to do
             decision = should_open_incident(record, evidence.assessment, observed_at=evidence.observed_at, now=now,

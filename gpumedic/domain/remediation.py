@@ -824,6 +824,32 @@ def _finish(
 # --------------------------------------------------------------------------- next_step
 
 
+FAILURE_TICKET = "ticket:failure"
+
+
+def failure_ticket(record: NodeRecord) -> FileTicket | None:
+    """A failed incident that still holds the node is a failure that needs a human: one ticket says so.
+
+    Not when a human already decided (a rejected replacement), not for a dry run, and not
+    when filing a ticket is what failed.
+    """
+    r = record
+    if r.state is not S.FAILED or r.dry_run or not r.holds_node:
+        return None
+    if {FAILURE_TICKET, f"{FAILURE_TICKET}:failed", "ticket", "ticket:failed"} & r.steps_done:
+        return None
+    if r.approval is not None and r.approval.decision is Decision.REJECT:
+        return None
+    return FileTicket(
+        FAILURE_TICKET,
+        ApprovalKind.INSPECT,
+        f"{r.node}: automated remediation stopped; a human must take over",
+        _clip_reasons((*r.reasons, r.outcome or "failed")),
+        awaiting_decision=False,
+        dedupe_key=r.incident_id,
+    )
+
+
 def next_step(
     record: NodeRecord,
     *,
@@ -841,7 +867,7 @@ def next_step(
     """
     r = record
     if r.closed or r.state.terminal:
-        return Done(r.outcome or str(r.state))
+        return failure_ticket(r) or Done(r.outcome or str(r.state))
     if r.node in fleet.opted_out:
         return Halt(f"{r.node} is opted out of automated remediation; left as it is ({r.state})")
     if not r.dry_run and r.state in HELD_STATES and r.cordon_confirmed and r.node not in fleet.unschedulable:
@@ -1355,6 +1381,16 @@ def apply_outcome(record: NodeRecord, step: Step, outcome: StepOutcome, *, now: 
             steps_done=marks,
             approval=approval,
         )
+
+    if isinstance(step, FileTicket) and r.state is S.FAILED:
+        if isinstance(outcome, TicketFiled):
+            return _event(r, now=now, step=key, note=f"ticket {outcome.key} filed for a human",
+                          steps_done=done(), ticket_key=outcome.key,
+                          outcome=_clip(f"{r.outcome}; ticket {outcome.key} filed for a human"))
+        if isinstance(outcome, Failed):
+            return _event(r, now=now, step=key, note=f"could not file a ticket: {outcome.reason}",
+                          steps_done=done(f"{key}:failed"))
+        raise wrong()
 
     if isinstance(step, FileTicket):
         if isinstance(outcome, TicketFiled):

@@ -63,6 +63,7 @@ from gpumedic.domain.remediation import (
     apply_outcome,
     begin_step,
     check_evidence,
+    failure_ticket,
     next_step,
     open_incident,
     should_open_incident,
@@ -707,11 +708,13 @@ def test_diagnostics_that_cannot_run_hand_the_node_to_a_human() -> None:
     assert sim.record.repair is Repair.INSPECT
 
 
-def test_a_drain_that_cannot_finish_fails_the_incident_with_the_node_left_cordoned() -> None:
+def test_a_drain_that_cannot_finish_fails_the_incident_and_files_one_ticket_for_a_human() -> None:
     sim = Sim(fresh_record(), drain_works=False)
-    assert kinds(sim.run()) == ["Cordon", "Drain", "Done"]
+    assert kinds(sim.run()) == ["Cordon", "Drain", "FileTicket", "Done"]
     assert sim.record.state is S.FAILED and NODE in sim.unschedulable
     assert sim.record.outcome is not None and "drain did not complete" in sim.record.outcome
+    assert sim.record.ticket_key is not None and sim.record.ticket_key in sim.record.outcome
+    assert failure_ticket(sim.record) is None  # filed once
 
 
 def test_a_manual_uncordon_cancels_the_incident_and_quiets_new_ones() -> None:
@@ -1140,8 +1143,10 @@ def test_reachable_records_are_consistent_persistable_and_never_redo_a_finished_
             assert step.key not in record.steps_done
             begun = begin_step(record, step, now=now)
             assert begin_step(begun, step, now=now) == begun
+        # A closed record asks for nothing but, once, the ticket that hands a failure to a human.
         if (record.state.terminal or record.closed) and not isinstance(step, Done):
-            raise AssertionError(f"closed record asked for {step}")
+            assert step == failure_ticket(record), f"closed record asked for {step}"
+            assert record.state is S.FAILED
 
 
 @settings(max_examples=200, deadline=None)

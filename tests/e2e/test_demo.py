@@ -105,9 +105,9 @@ def test_a_broken_gpu_is_ticketed_after_approval_and_stays_out_of_service(demo: 
         assert n["node_actions"] == [], _why(demo, node)
 
 
-def test_exactly_one_ticket_per_replaced_gpu(demo: dict[str, Any]) -> None:
+def test_exactly_one_ticket_per_replaced_gpu_and_one_for_the_failure_a_human_must_take(demo: dict[str, Any]) -> None:
     tickets = demo["tickets"]
-    assert sorted(t["node"] for t in tickets) == sorted(REPLACED), tickets
+    assert sorted(t["node"] for t in tickets) == sorted([*REPLACED, BLOCKED_DRAIN]), tickets
     assert len({t["key"] for t in tickets}) == len(tickets)
     for ticket in tickets:
         assert demo["nodes"][ticket["node"]]["tickets"] == [ticket["key"]]
@@ -120,7 +120,9 @@ def test_a_drain_blocked_by_a_budget_keeps_the_node_out_of_service_with_the_reas
     assert "ml/ledger-0" in n["drain_blocked"], _why(demo, BLOCKED_DRAIN)
     assert "ml/ledger-0" not in n["evicted"]
     assert any("ledger-0" in r for r in n["reasons"]), _why(demo, BLOCKED_DRAIN)
-    assert n["node_actions"] == [] and n["tickets"] == []
+    assert n["node_actions"] == []  # nothing is reset or rebooted on a node that could not be drained
+    (ticket,) = [t for t in demo["tickets"] if t["node"] == BLOCKED_DRAIN]
+    assert "gpumedic-inspect" in ticket["labels"]  # handed to a human, not a hardware order
 
 
 @pytest.mark.parametrize("node", UNTOUCHED)

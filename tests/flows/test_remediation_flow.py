@@ -603,3 +603,24 @@ def test_without_a_token_or_jira_the_ticket_waits_and_a_later_run_files_it_exact
     broken_rig.run("gpu-node-00", incident="inc-jira", auto_approve=True)
     assert len(broken_rig.issues()) == 1
     assert [(e.status, e.issue_key) for e in broken_rig.outbox()] == [("filed", issue["key"])]
+
+
+def test_a_drain_blocked_by_a_pod_disruption_budget_hands_the_node_to_a_human_with_one_ticket(dbe_rig: Rig) -> None:
+    # A single-replica service under a budget that allows no disruption sits on the broken node.
+    dbe_rig.kube.add_pod("db", "ledger-0", "gpu-node-00", owner_kind="StatefulSet", owner_name="ledger",
+                         labels={"app": "ledger"})
+    dbe_rig.kube.add_pdb("db", "ledger", {"app": "ledger"}, min_available=1)
+    result = dbe_rig.run("gpu-node-00", incident="inc-blocked", policy={"drain_timeout": "PT2S"})
+    assert result["final_state"] == "failed", result
+    assert "drain did not complete" in result["outcome"]
+    assert dbe_rig.kube.get_pod("db", "ledger-0") is not None  # the budget was respected, not bypassed
+    assert dbe_rig.kube.pdb_violations() == []
+    assert dbe_rig.actions("gpu-node-00") == []  # no reset on a node that could not be drained
+    assert dbe_rig.node("gpu-node-00")["spec"].get("unschedulable") is True  # left out of service
+    issues = dbe_rig.issues()
+    assert len(issues) == 1
+    assert "a human must take over" in issues[0]["fields"]["description"]
+    assert result["ticket"] == issues[0]["key"]
+    # Running it again files nothing more.
+    dbe_rig.run("gpu-node-00", incident="inc-blocked")
+    assert len(dbe_rig.issues()) == 1
