@@ -106,3 +106,24 @@ class LoopbackServer(ThreadingHTTPServer):
 def _close_quietly(sock: Any) -> None:
     with contextlib.suppress(OSError):
         sock.close()
+
+
+class EmulatorHandler(BaseHTTPRequestHandler):
+    """Dispatches every HTTP method to the emulator's `_handle(handler, method)`."""
+
+    protocol_version = "HTTP/1.1"
+    server: LoopbackServer
+    sys_version = ""
+    emulator_name = "emulator"
+
+    def log_message(self, format: str, *args: Any) -> None:
+        log.debug(self.emulator_name + ": " + format, *args)
+
+    def finish(self) -> None:
+        with contextlib.suppress(OSError, ValueError):
+            super().finish()
+
+    def _dispatch(self) -> None:
+        self.server.app._handle(self, self.command)
+
+    do_GET = do_HEAD = do_POST = do_PUT = do_PATCH = do_DELETE = do_OPTIONS = _dispatch

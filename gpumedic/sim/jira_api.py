@@ -61,11 +61,10 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler
 from typing import Any, Literal
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from gpumedic.sim._http import Fault, LoopbackServer
+from gpumedic.sim._http import EmulatorHandler, Fault, LoopbackServer
 
 __all__ = [
     "DEFAULT_ISSUE_TYPES",
@@ -430,30 +429,9 @@ JiraFault = Fault  # the same fault model as the Kubernetes emulator's
 # --------------------------------------------------------------------------------------------
 
 
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    server: LoopbackServer
+class _Handler(EmulatorHandler):
     server_version = "gpumedic-jira-emulator"
-    sys_version = ""
-
-    def log_message(self, format: str, *args: Any) -> None:
-        log.debug("jira emulator: " + format, *args)
-
-    def finish(self) -> None:
-        with contextlib.suppress(OSError, ValueError):
-            super().finish()
-
-    def do_GET(self) -> None:
-        self.server.app._handle(self, "GET")
-
-    def do_POST(self) -> None:
-        self.server.app._handle(self, "POST")
-
-    def do_PUT(self) -> None:
-        self.server.app._handle(self, "PUT")
-
-    def do_DELETE(self) -> None:
-        self.server.app._handle(self, "DELETE")
+    emulator_name = "jira emulator"
 
     def send_body(
         self, code: int, body: Any = None, *, headers: dict[str, str] | None = None,

@@ -114,7 +114,6 @@ import uuid
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -125,7 +124,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from gpumedic.sim._http import Fault, LoopbackServer
+from gpumedic.sim._http import EmulatorHandler, Fault, LoopbackServer
 
 if TYPE_CHECKING:
     from kubernetes.client import ApiClient
@@ -843,39 +842,9 @@ class EvictionRecord:
 # --------------------------------------------------------------------------------------------
 
 
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    server: LoopbackServer
+class _Handler(EmulatorHandler):
     server_version = "gpumedic-kube-api-emulator"
-    sys_version = ""
-
-    def log_message(self, format: str, *args: Any) -> None:
-        log.debug("kube-api emulator: " + format, *args)
-
-    def finish(self) -> None:
-        with contextlib.suppress(OSError, ValueError):
-            super().finish()
-
-    def do_GET(self) -> None:
-        self.server.app._handle(self, "GET")
-
-    def do_HEAD(self) -> None:
-        self.server.app._handle(self, "HEAD")
-
-    def do_POST(self) -> None:
-        self.server.app._handle(self, "POST")
-
-    def do_PUT(self) -> None:
-        self.server.app._handle(self, "PUT")
-
-    def do_PATCH(self) -> None:
-        self.server.app._handle(self, "PATCH")
-
-    def do_DELETE(self) -> None:
-        self.server.app._handle(self, "DELETE")
-
-    def do_OPTIONS(self) -> None:
-        self.server.app._handle(self, "OPTIONS")
+    emulator_name = "kube-api emulator"
 
     def send_json(self, code: int, body: Any, headers: dict[str, str] | None = None) -> None:
         data = (json.dumps(body, separators=(",", ":")) + "\n").encode()

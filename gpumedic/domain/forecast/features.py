@@ -53,7 +53,8 @@ XID_NVLINK = (74,)
 XID_GSP = (119, 120)
 XID_FATAL = (79, 61, 62)
 
-FEATURES: tuple[str, ...] = (
+# Features by the failure cause they speak for (the hazard model fits one cause on each group).
+MEMORY_FEATURES: tuple[str, ...] = (
     "sbe_bursts_24h",
     "sbe_bursts_7d",
     "sbe_active_days_7d",
@@ -74,26 +75,51 @@ FEATURES: tuple[str, ...] = (
     "memory_hard_signals_7d",
     "sbe_escalation_with_hard",
     "remaps_beyond_first_7d",
+)
+
+NVLINK_FEATURES: tuple[str, ...] = (
     "nvlink_crc_24h",
     "nvlink_crc_growth",
     "nvlink_crc_hours_24h",
     "nvlink_crc_hours_72h",
     "nvlink_crc_sustained",
     "xid_nvlink_7d",
+)
+
+PCIE_FEATURES: tuple[str, ...] = (
     "pcie_replay_24h",
     "pcie_replay_growth",
     "pcie_replay_hours_24h",
     "pcie_replay_hours_72h",
     "pcie_replay_sustained",
+)
+
+FATAL_XID_FEATURES: tuple[str, ...] = (
     "xid_gsp_30d",
     "xid_fatal_30d",
+)
+
+THERMAL_FEATURES: tuple[str, ...] = (
     "temp_dev_48h",
     "temp_dev_change",
     "temp_drift_excess",
     "temp_swing_48h",
     "power_cv_48h",
+)
+
+PRIOR_FEATURES: tuple[str, ...] = (
     "prior_gpu_failures_180d",
     "prior_node_failures_90d",
+)
+
+# The order is the shipped model's: append, never reorder.
+FEATURES: tuple[str, ...] = (
+    *MEMORY_FEATURES,
+    *NVLINK_FEATURES,
+    *PCIE_FEATURES,
+    *FATAL_XID_FEATURES,
+    *THERMAL_FEATURES,
+    *PRIOR_FEATURES,
 )
 F = {name: i for i, name in enumerate(FEATURES)}
 

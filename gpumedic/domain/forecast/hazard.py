@@ -25,70 +25,26 @@ from dataclasses import dataclass, replace
 import numpy as np
 import numpy.typing as npt
 
+from gpumedic.domain.forecast.features import (
+    FATAL_XID_FEATURES,
+    MEMORY_FEATURES,
+    NVLINK_FEATURES,
+    PCIE_FEATURES,
+    PRIOR_FEATURES,
+    THERMAL_FEATURES,
+)
+
 FloatArray = npt.NDArray[np.float64]
 
 # Evidence per cause. Prior incidents feed every cause: they are the strongest predictor
 # in every field study whatever broke.
-_PRIORS = ("prior_gpu_failures_180d", "prior_node_failures_90d")
+_PRIORS = PRIOR_FEATURES
 CAUSE_SPEC: tuple[tuple[str, tuple[str, ...], tuple[str, ...]], ...] = (
-    (
-        "memory",
-        ("hbm", "sram"),
-        (
-            "sbe_bursts_24h",
-            "sbe_bursts_7d",
-            "sbe_active_days_7d",
-            "sbe_errors_7d",
-            "sbe_growth",
-            "sbe_cusum",
-            "hours_since_sbe",
-            "remap_rows",
-            "remap_growth_7d",
-            "remap_uncorrectable",
-            "remap_pending",
-            "remap_failure",
-            "banks_low",
-            "banks_none",
-            "xid_remap_7d",
-            "xid_mem_severe_7d",
-            "dbe_7d",
-            "memory_hard_signals_7d",
-            "sbe_escalation_with_hard",
-            "remaps_beyond_first_7d",
-            *_PRIORS,
-        ),
-    ),
-    (
-        "nvlink",
-        ("nvlink",),
-        (
-            "nvlink_crc_24h",
-            "nvlink_crc_growth",
-            "nvlink_crc_hours_24h",
-            "nvlink_crc_hours_72h",
-            "nvlink_crc_sustained",
-            "xid_nvlink_7d",
-            *_PRIORS,
-        ),
-    ),
-    (
-        "pcie",
-        ("pcie",),
-        (
-            "pcie_replay_24h",
-            "pcie_replay_growth",
-            "pcie_replay_hours_24h",
-            "pcie_replay_hours_72h",
-            "pcie_replay_sustained",
-            *_PRIORS,
-        ),
-    ),
-    (
-        "thermal",
-        ("thermal",),
-        ("temp_dev_48h", "temp_dev_change", "temp_drift_excess", "temp_swing_48h", "power_cv_48h", *_PRIORS),
-    ),
-    ("other", (), ("xid_gsp_30d", "xid_fatal_30d", *_PRIORS)),
+    ("memory", ("hbm", "sram"), (*MEMORY_FEATURES, *_PRIORS)),
+    ("nvlink", ("nvlink",), (*NVLINK_FEATURES, *_PRIORS)),
+    ("pcie", ("pcie",), (*PCIE_FEATURES, *_PRIORS)),
+    ("thermal", ("thermal",), (*THERMAL_FEATURES, *_PRIORS)),
+    ("other", (), (*FATAL_XID_FEATURES, *_PRIORS)),
 )
 
 
