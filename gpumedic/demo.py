@@ -90,7 +90,7 @@ class DemoCluster:
     jira: JiraEmulator
     kubeconfig: Path
     policy: dict[str, Any]
-    blocked_node: str | None = None  # where the StatefulSet pod that no budget lets go runs
+    ledger_node: str | None = None  # where the StatefulSet pod that no budget lets go runs
     replica_sets: list[_ReplicaSet] = field(default_factory=list)
     out_of_service: list[tuple[float, int, list[str]]] = field(default_factory=list)  # (time, count, nodes)
     _stop: threading.Event = field(default_factory=threading.Event)
@@ -232,12 +232,14 @@ def _seed_workloads(cluster: DemoCluster, nodes: list[str], spec: FleetSimulatio
                          owner_name=notebook.name, labels=notebook.labels, gpus=notebook.gpus)
     # One trainer may be down at a time: a drain waits (HTTP 429) until its replacement is Ready.
     kube.add_pdb(WORKLOAD_NAMESPACE, "trainer", {"app": "trainer"}, max_unavailable=1)
-    # A single-replica ledger whose budget allows no disruption at all, on the node with the
-    # thermal fault (the one the domain hands to a human anyway): its drain must stay blocked.
-    thermal = [f["node"] for f in spec.faults if "temperature_c" in f and f["node"] in nodes]
-    if thermal:
-        cluster.blocked_node = thermal[0]
-        kube.add_pod(WORKLOAD_NAMESPACE, "ledger-0", thermal[0], owner_kind="StatefulSet", owner_name="ledger",
+    # A single-replica ledger whose budget allows no disruption at all, on a healthy node: no
+    # drain may ever evict it, and gpumedic has no reason to go near it. (A drain that such a
+    # budget blocks hands the node to a human with a ticket: tests/flows pins that case.)
+    faulty = {f["node"] for f in spec.faults}
+    healthy = [n for n in nodes if n not in faulty]
+    if healthy:
+        cluster.ledger_node = healthy[-1]
+        kube.add_pod(WORKLOAD_NAMESPACE, "ledger-0", healthy[-1], owner_kind="StatefulSet", owner_name="ledger",
                      labels={"app": "ledger"}, gpus=1)
         kube.add_pdb(WORKLOAD_NAMESPACE, "ledger", {"app": "ledger"}, min_available=1)
 
@@ -375,8 +377,8 @@ def _print_cluster(cluster: DemoCluster) -> None:
           f"{len(pods)} pods), Jira emulator at {cluster.jira.url} (project GPU)")
     print("    workloads: a DaemonSet pair per node; ReplicaSet trainer under a PodDisruptionBudget "
           "(maxUnavailable 1), ReplicaSet notebook (no budget)")
-    if cluster.blocked_node:
-        print(f"    ledger-0 on {cluster.blocked_node} is under a budget with minAvailable 1 (all of it): "
+    if cluster.ledger_node:
+        print(f"    ledger-0 on {cluster.ledger_node} is under a budget with minAvailable 1 (all of it): "
               f"no drain may evict it")
     print(f"    remediation policy (fleet file `remediation:`): at most {cluster.budget_limit} nodes out of "
           f"service at once; diagnostics dcgmi diag -r {p['diag_level']}; drain deadline "

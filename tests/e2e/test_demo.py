@@ -12,9 +12,9 @@ writes. Expected outcomes for the packaged example fleet, and why:
 - gpu-node-03 (Xid 79, fallen off the bus): `reboot` brings the GPU back, but it carries a
   hardware fault, so the diagnostic after the reboot fails and the ladder climbs to
   `replace`: approval, one ticket.
-- gpu-node-06 (97 C, `inspect`): runs `ledger-0`, whose PodDisruptionBudget allows no
-  disruption. The drain is refused (HTTP 429) until its deadline, the pod is never evicted,
-  and the node is kept cordoned with the blocked pod as the reason: a human's call.
+- gpu-node-06 (97 C, `inspect`): no automated repair; quarantined and drained, then a human
+  approves the inspection and one ticket is filed. (`ledger-0`, whose PodDisruptionBudget allows
+  no disruption, runs on a healthy node and is never touched.)
 - gpu-node-04 (`restart_app`) and gpu-node-09/10 (`unknown`) open no incident; 00-02 are healthy.
 """
 
@@ -33,7 +33,7 @@ from tests.conftest import REPO, require_sshd
 
 READMITTED = ("gpu-node-07", "gpu-node-08", "gpu-node-11")
 REPLACED = ("gpu-node-03", "gpu-node-05")
-BLOCKED_DRAIN = "gpu-node-06"
+INSPECTED = "gpu-node-06"
 UNTOUCHED = ("gpu-node-00", "gpu-node-01", "gpu-node-02", "gpu-node-04", "gpu-node-09", "gpu-node-10")
 DEMO_TIMEOUT_S = 600
 
@@ -70,7 +70,7 @@ def _why(demo: dict[str, Any], node: str) -> str:
 
 def test_the_demo_runs_remediation_through_the_event_trigger(demo: dict[str, Any]) -> None:
     assert demo["remediation"]["trigger"] == "event", demo["remediation"]
-    assert set(demo["remediation"]["flagged"]) == {*READMITTED, *REPLACED, BLOCKED_DRAIN}
+    assert set(demo["remediation"]["flagged"]) == {*READMITTED, *REPLACED, INSPECTED}
     assert not demo["remediation"]["timed_out"]
     for node in demo["remediation"]["flagged"]:
         first = demo["nodes"][node]["flow_runs"][0]
@@ -105,24 +105,27 @@ def test_a_broken_gpu_is_ticketed_after_approval_and_stays_out_of_service(demo: 
         assert n["node_actions"] == [], _why(demo, node)
 
 
-def test_exactly_one_ticket_per_replaced_gpu_and_one_for_the_failure_a_human_must_take(demo: dict[str, Any]) -> None:
+def test_exactly_one_ticket_per_replaced_gpu_and_one_for_the_inspection(demo: dict[str, Any]) -> None:
     tickets = demo["tickets"]
-    assert sorted(t["node"] for t in tickets) == sorted([*REPLACED, BLOCKED_DRAIN]), tickets
+    assert sorted(t["node"] for t in tickets) == sorted([*REPLACED, INSPECTED]), tickets
     assert len({t["key"] for t in tickets}) == len(tickets)
     for ticket in tickets:
         assert demo["nodes"][ticket["node"]]["tickets"] == [ticket["key"]]
 
 
-def test_a_drain_blocked_by_a_budget_keeps_the_node_out_of_service_with_the_reason(demo: dict[str, Any]) -> None:
-    n = demo["nodes"][BLOCKED_DRAIN]
-    assert n["outcome"] == "kept_out_of_service" and n["needs_human"], _why(demo, BLOCKED_DRAIN)
+def test_a_thermal_fault_is_quarantined_and_ticketed_for_inspection_after_approval(demo: dict[str, Any]) -> None:
+    n = demo["nodes"][INSPECTED]
+    assert n["outcome"] == "ticketed" and n["final_state"] == "ticketed", _why(demo, INSPECTED)
+    assert n["approval"]["decision"] == "approve" and n["approval"]["kind"] == "inspect", _why(demo, INSPECTED)
+    assert n["node_actions"] == []  # inspect: no automated repair on a thermal fault
     assert n["cordoned"] and not n["in_service"]
-    assert "ml/ledger-0" in n["drain_blocked"], _why(demo, BLOCKED_DRAIN)
-    assert "ml/ledger-0" not in n["evicted"]
-    assert any("ledger-0" in r for r in n["reasons"]), _why(demo, BLOCKED_DRAIN)
-    assert n["node_actions"] == []  # nothing is reset or rebooted on a node that could not be drained
-    (ticket,) = [t for t in demo["tickets"] if t["node"] == BLOCKED_DRAIN]
-    assert "gpumedic-inspect" in ticket["labels"]  # handed to a human, not a hardware order
+    (ticket,) = [t for t in demo["tickets"] if t["node"] == INSPECTED]
+    assert "gpumedic-inspect" in ticket["labels"]
+
+
+def test_the_pod_no_budget_lets_go_was_never_evicted(demo: dict[str, Any]) -> None:
+    assert demo["pdb_violations"] == []
+    assert all("ml/ledger-0" not in n["evicted"] for n in demo["nodes"].values())
 
 
 @pytest.mark.parametrize("node", UNTOUCHED)
