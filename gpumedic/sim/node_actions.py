@@ -14,7 +14,6 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from gpumedic.domain.telemetry import canonical_pci_bus_id
 from gpumedic.sim import node_state
 
 Result = tuple[str, int]
@@ -43,6 +42,9 @@ def gpu_reset(path: Path, index: str | None) -> Result:
     with node_state.locked(path) as state:
         if index is None:
             return "A GPU must be specified with -i when resetting in the simulator.\n", 2
+        # Imported here, not at the top: this module loads on every simulated SSH exec.
+        from gpumedic.domain.telemetry import canonical_pci_bus_id
+
         # nvidia-smi -i takes an index, a UUID or a PCI bus id.
         wanted = canonical_pci_bus_id(index) or index.lower()
         gpus = [g for g in state["gpus"]
