@@ -144,28 +144,34 @@ class SimulatedFleet:
         sshd = find_sshd()
         if os.geteuid() == 0:
             Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # sshd's privilege-separation dir
-        known_hosts = []
+        public_keys: dict[str, str] = {}
         for node in self.nodes.values():
             state = node_state.load(node.state_file)
-            node_dir = node.state_file.parent
-            private, public = _keypair()
-            _write_private(node_dir / "ssh_host_ed25519_key", private)
+            private, public_keys[node.name] = _keypair()
+            _write_private(node.state_file.parent / "ssh_host_ed25519_key", private)
             node.ssh_port = _free_port()
-            known_hosts.append(f"[{LOOPBACK}]:{node.ssh_port} {public}")
-            if state["unreachable"]:
-                continue  # the port stays closed: connection refused, as for a dead host
-            config = node_dir / "sshd_config"
-            config.write_text(self._sshd_config(node, node_dir))
-            node.process = subprocess.Popen(
-                [sshd, "-D", "-f", str(config), "-E", str(node_dir / "sshd.log")],
-                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                start_new_session=True,
-            )
-        self.known_hosts.write_text("\n".join(known_hosts) + "\n")
+            if not state["unreachable"]:  # an unreachable node's port stays closed: connection refused
+                self._launch_sshd(sshd, node)
         if exporter:
             self._start_exporters()
-        self._wait_ready()
+        self._wait_ready(sshd)
+        # Written once every port is final (a node may have moved port while starting).
+        self.known_hosts.write_text(
+            "".join(f"[{LOOPBACK}]:{node.ssh_port} {public_keys[node.name]}\n" for node in self.nodes.values())
+        )
         self._write_inventory()
+
+    def _launch_sshd(self, sshd: str, node: SimNode) -> None:
+        node_dir = node.state_file.parent
+        config = node_dir / "sshd_config"
+        config.write_text(self._sshd_config(node, node_dir))
+        (node_dir / "sshd.log").unlink(missing_ok=True)
+        (node_dir / "sshd.pid").unlink(missing_ok=True)
+        node.process = subprocess.Popen(
+            [sshd, "-D", "-f", str(config), "-E", str(node_dir / "sshd.log")],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
 
     def _sshd_config(self, node: SimNode, node_dir: Path) -> str:
         agent = f"{sys.executable} -I -m gpumedic.sim.node_agent {node.state_file}"
@@ -196,17 +202,25 @@ class SimulatedFleet:
             "",
         ])
 
-    def _wait_ready(self, timeout: float = 20.0) -> None:
+    def _wait_ready(self, sshd: str, timeout: float = 30.0, bind_retries: int = 5) -> None:
         deadline = time.monotonic() + timeout
         for node in self.nodes.values():
-            if node.process is None:
-                continue
-            while True:
+            retries = bind_retries
+            while node.process is not None:
                 if node.process.poll() is not None:
                     log = (node.state_file.parent / "sshd.log").read_text(errors="replace")[-500:]
+                    if "Address already in use" in log and retries > 0:
+                        # The port was free when chosen and taken before sshd bound it: choose again.
+                        retries -= 1
+                        node.ssh_port = _free_port()
+                        self._launch_sshd(sshd, node)
+                        continue
                     raise RuntimeError(f"sshd for {node.name} exited with {node.process.returncode}: {log}")
-                with contextlib.suppress(OSError), socket.create_connection((LOOPBACK, node.ssh_port), timeout=1):
-                    break
+                # sshd writes its PidFile only once it listens: a port that merely answers could be
+                # someone else's.
+                with contextlib.suppress(OSError, ValueError):
+                    if int((node.state_file.parent / "sshd.pid").read_text()) == node.process.pid:
+                        break
                 if time.monotonic() > deadline:
                     raise RuntimeError(f"sshd for {node.name} did not listen on port {node.ssh_port}")
                 time.sleep(0.02)

@@ -8,6 +8,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import yaml
 
 from gpumedic.sim import node_agent, node_state
@@ -72,3 +73,31 @@ def test_sim_up_and_down_run_a_fleet_in_the_background(tmp_path: Path) -> None:
     assert not (root / "supervisor.ready").exists()
     time.sleep(0.5)
     assert all(not Path(f"/proc/{pid}").exists() for pid in pids)
+
+
+def test_a_node_whose_port_was_taken_meanwhile_moves_to_another(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    import socket
+
+    from gpumedic.sim import fleet as fleet_module
+    from gpumedic.sim.fleet import FleetSimulation, SimulatedFleet
+
+    require_sshd()
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    busy = taken.getsockname()[1]
+    real = fleet_module._free_port
+    ports = iter([busy])
+    monkeypatch.setattr(fleet_module, "_free_port", lambda: next(ports, None) or real())
+    fleet = SimulatedFleet(tmp_path / "fleet")
+    fleet.create(FleetSimulation(nodes=1, gpus_per_node=1, exporter=False))
+    try:
+        fleet.start(exporter=False)
+        port = fleet.nodes["gpu-node-00"].ssh_port
+        assert port != busy
+        assert f"[127.0.0.1]:{port} " in fleet.known_hosts.read_text()
+        assert yaml.safe_load(fleet.inventory_file.read_text())["fleet"]["nodes"][0]["port"] == port
+    finally:
+        fleet.stop()
+        taken.close()
