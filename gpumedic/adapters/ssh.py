@@ -14,6 +14,7 @@ from __future__ import annotations
 import re
 import shlex
 import socket
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -71,6 +72,25 @@ class CommandResult:
         return self.exit_status == 0
 
 
+_known_hosts_lock = threading.Lock()
+_known_hosts_cache: dict[Path, tuple[tuple[int, int], paramiko.HostKeys]] = {}
+
+
+def known_hosts(path: Path) -> paramiko.HostKeys:
+    """The parsed known_hosts file, read again only when it changes (a sweep opens one per node)."""
+    try:
+        stat = path.stat()
+    except FileNotFoundError as err:
+        raise PermanentError(f"known_hosts file {path} does not exist") from err
+    version = (stat.st_mtime_ns, stat.st_size)
+    with _known_hosts_lock:
+        cached = _known_hosts_cache.get(path)
+        if cached is None or cached[0] != version:
+            cached = (version, paramiko.HostKeys(str(path)))
+            _known_hosts_cache[path] = cached
+        return cached[1]
+
+
 def quote_command(argv: Sequence[str]) -> str:
     """One shell-quoted command line from an argument list."""
     return shlex.join(argv)
@@ -93,12 +113,13 @@ class SshConnection:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _new_client(self) -> paramiko.SSHClient:
+    def _new_client(self, endpoint: SshEndpoint) -> paramiko.SSHClient:
         client = paramiko.SSHClient()
         if self.settings.strict_host_keys:
-            if not self.settings.known_hosts.is_file():
-                raise PermanentError(f"known_hosts file {self.settings.known_hosts} does not exist")
-            client.load_host_keys(str(self.settings.known_hosts))
+            # Only this host's keys: parsing the whole file for every connection costs O(fleet) each.
+            name = endpoint.host if endpoint.port == 22 else f"[{endpoint.host}]:{endpoint.port}"
+            for keytype, key in (known_hosts(self.settings.known_hosts).lookup(name) or {}).items():
+                client.get_host_keys().add(name, keytype, key)
             client.set_missing_host_key_policy(paramiko.RejectPolicy())
         else:
             # Opt-in only (fleet file `strict_host_keys: false`), for first contact with new nodes.
@@ -130,7 +151,7 @@ class SshConnection:
         return sock
 
     def _connect_client(self, endpoint: SshEndpoint, sock: socket.socket | paramiko.Channel) -> paramiko.SSHClient:
-        client = self._new_client()
+        client = self._new_client(endpoint)
         try:
             client.connect(
                 endpoint.host,

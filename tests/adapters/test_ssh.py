@@ -96,3 +96,15 @@ def test_arguments_are_quoted_not_interpreted(small_fleet: SimulatedFleet) -> No
     with SshConnection(name, endpoint, _settings(small_fleet)) as conn:
         result = conn.run(["echo", "a; hostname"])
     assert result.stdout == "a; hostname\n"  # one argument, not a second command
+
+
+def test_an_edited_known_hosts_file_is_read_again(small_fleet: SimulatedFleet, tmp_path: Path) -> None:
+    name, endpoint = _endpoint(small_fleet)
+    path = tmp_path / "known_hosts"
+    path.write_text(small_fleet.known_hosts.read_text())
+    with SshConnection(name, endpoint, _settings(small_fleet, known_hosts=path)) as conn:
+        assert conn.run(["hostname"]).ok
+    _, other_public = _keypair()
+    path.write_text(f"[{endpoint.host}]:{endpoint.port} {other_public}\n")  # the node's key changed
+    with pytest.raises(PermanentError, match="does not match known_hosts"):
+        SshConnection(name, endpoint, _settings(small_fleet, known_hosts=path)).connect()
