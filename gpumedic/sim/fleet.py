@@ -145,16 +145,20 @@ class SimulatedFleet:
         if os.geteuid() == 0:
             Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # sshd's privilege-separation dir
         public_keys: dict[str, str] = {}
-        for node in self.nodes.values():
-            state = node_state.load(node.state_file)
-            private, public_keys[node.name] = _keypair()
-            _write_private(node.state_file.parent / "ssh_host_ed25519_key", private)
-            node.ssh_port = _free_port()
-            if not state["unreachable"]:  # an unreachable node's port stays closed: connection refused
-                self._launch_sshd(sshd, node)
-        if exporter:
-            self._start_exporters()
-        self._wait_ready(sshd)
+        try:
+            for node in self.nodes.values():
+                state = node_state.load(node.state_file)
+                private, public_keys[node.name] = _keypair()
+                _write_private(node.state_file.parent / "ssh_host_ed25519_key", private)
+                node.ssh_port = _free_port()
+                if not state["unreachable"]:  # an unreachable node's port stays closed: connection refused
+                    self._launch_sshd(sshd, node)
+            if exporter:
+                self._start_exporters()
+            self._wait_ready(sshd)
+        except BaseException:
+            self.stop()  # a half-started fleet must not leave sshd processes behind
+            raise
         # Written once every port is final (a node may have moved port while starting).
         self.known_hosts.write_text(
             "".join(f"[{LOOPBACK}]:{node.ssh_port} {public_keys[node.name]}\n" for node in self.nodes.values())

@@ -101,3 +101,24 @@ def test_a_node_whose_port_was_taken_meanwhile_moves_to_another(tmp_path: Path,
     finally:
         fleet.stop()
         taken.close()
+
+
+def test_a_fleet_that_fails_to_start_leaves_no_sshd_behind(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import subprocess
+
+    from gpumedic.sim import fleet as fleet_module
+    from gpumedic.sim.fleet import FleetSimulation, SimulatedFleet
+
+    require_sshd()
+    fleet = SimulatedFleet(tmp_path / "fleet")
+    fleet.create(FleetSimulation(nodes=3, gpus_per_node=1, exporter=False))
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("the exporters could not start")
+
+    monkeypatch.setattr(fleet_module.SimulatedFleet, "_wait_ready", broken)
+    with pytest.raises(RuntimeError, match="exporters"):
+        fleet.start(exporter=False)
+    time.sleep(0.3)
+    left = subprocess.run(["pgrep", "-f", f"sshd -D -f {fleet.root}"], capture_output=True, text=True).stdout
+    assert left.strip() == ""
