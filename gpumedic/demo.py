@@ -214,7 +214,9 @@ def start_demo_cluster(fleet: SimulatedFleet, spec: FleetSimulation, root: Path,
 
 def _seed_workloads(cluster: DemoCluster, nodes: list[str], spec: FleetSimulation) -> None:
     kube = cluster.kube
-    trainer = _ReplicaSet("trainer-6d5f7c9b8", {"app": "trainer", "team": "llm"}, gpus=4, replicas=len(nodes))
+    # Sized to leave room: with several nodes held for approval, evicted replicas must still fit elsewhere,
+    # or their budget never allows the next drain (real clusters keep that headroom too).
+    trainer = _ReplicaSet("trainer-6d5f7c9b8", {"app": "trainer", "team": "llm"}, gpus=2, replicas=len(nodes))
     notebook = _ReplicaSet("notebook-5c7f6", {"app": "notebook", "team": "research"}, gpus=1,
                            replicas=(len(nodes) + 1) // 2)
     cluster.replica_sets = [trainer, notebook]
