@@ -11,14 +11,15 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.events import emit_event
 
-from gpumedic.adapters.errors import PermanentError, is_transient
-from gpumedic.adapters.jira_tickets import JiraSettings, JiraTickets, TicketRequest
+from gpumedic.adapters.errors import is_transient
+from gpumedic.adapters.jira_tickets import TicketRequest
 from gpumedic.adapters.store import StoredForecast, TelemetryStore
-from gpumedic.adapters.ticket_outbox import OutboxDesk, TicketOutbox
+from gpumedic.adapters.ticket_outbox import file_through_outbox
 from gpumedic.config import load_fleet_file
 from gpumedic.domain.forecast import GpuForecast, forecast_fleet
 from gpumedic.domain.history import Sample
 from gpumedic.reporting import CHART_FIELDS, daily_increments, forecast_markdown, forecast_rows
+from tasks.remediation import jira_for_fleet
 
 FAILURE_PREDICTED_EVENT = "gpumedic.gpu.failure_predicted"
 
@@ -97,16 +98,8 @@ def emit_failure_predicted(new_alarms: Sequence[GpuForecast]) -> list[str]:
       timeout_seconds=300)
 def file_order_ticket(fleet_file: str, request: TicketRequest) -> str:
     """File through the durable outbox: kept while Jira is down, filed once, deduplicated per GPU."""
-    fleet = load_fleet_file(fleet_file).fleet
-    if fleet is None or fleet.jira is None:
-        raise PermanentError(f"{fleet_file}: no `jira:` block, so there is nowhere to file the ticket")
-    settings = JiraSettings.from_config(fleet.jira.url, fleet.jira.user, fleet.jira.token_env)
-    outbox = TicketOutbox(fleet.store_url)
-    try:
-        with JiraTickets(settings) as client:
-            return OutboxDesk(outbox, client).file(request)
-    finally:
-        outbox.close()
+    _, settings, store_url = jira_for_fleet(fleet_file)
+    return file_through_outbox(store_url, settings, request)[0]
 
 
 @task(name="read-node-forecast", cache_policy=NO_CACHE)

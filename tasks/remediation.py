@@ -10,7 +10,7 @@ No task result is cached: the ledger in the Node annotations (`steps_intended` /
 `steps_done`) is what makes a re-run skip what already took effect.
 
 Tickets go through the durable outbox (`OutboxDesk`) to Jira, as the fleet file's
-`fleet.jira` says; a missing `jira:` block or API token is `TicketDeskMisconfigured`,
+`fleet.jira` says (`jira_for_fleet`); a missing `jira:` block or API token is `TicketDeskMisconfigured`,
 raised (not a `Failed` outcome) so the incident waits at its ticket step until it is fixed.
 The budget lock and the approval look-ups at the end speak to the Prefect API itself.
 """
@@ -30,12 +30,12 @@ from prefect.cache_policies import NO_CACHE
 
 from gpumedic.adapters.errors import PermanentError, TransientError, is_transient
 from gpumedic.adapters.jira_tickets import Approval as JiraApproval
-from gpumedic.adapters.jira_tickets import JiraSettings, JiraTickets, gpu_dedup_key
+from gpumedic.adapters.jira_tickets import JiraSettings, gpu_dedup_key
 from gpumedic.adapters.jira_tickets import TicketRequest as JiraTicketRequest
 from gpumedic.adapters.kube_nodes import KubeNodes, NodeView, is_managed
 from gpumedic.adapters.node_actions import NodeActions
 from gpumedic.adapters.targets import ssh_settings
-from gpumedic.adapters.ticket_outbox import OutboxDesk, TicketOutbox
+from gpumedic.adapters.ticket_outbox import file_through_outbox
 from gpumedic.collection import collect_nodes
 from gpumedic.config import ConfigError, FleetSettings, JiraConfig, load_fleet_file
 from gpumedic.domain.assess import assess_node
@@ -434,22 +434,20 @@ def ticket_request(record: NodeRecord, step: FileTicket, assessment: NodeAssessm
     )
 
 
-def _jira_config(fleet_file: str) -> tuple[JiraConfig, str | None]:
+def jira_for_fleet(fleet_file: str) -> tuple[JiraConfig, JiraSettings, str | None]:
+    """The fleet's Jira block, its client settings (token from the variable it names, never logged)
+    and the store URL that holds the outbox. Misconfiguration is `TicketDeskMisconfigured`."""
     try:
         fleet = fleet_settings(fleet_file)
     except ConfigError as err:
         raise TicketDeskMisconfigured(str(err)) from None
     if fleet.jira is None:
         raise TicketDeskMisconfigured(f"{fleet_file}: no `fleet.jira` block: cannot file tickets")
-    return fleet.jira, fleet.store_url
-
-
-def _jira_settings(jira: JiraConfig, fleet_file: str) -> JiraSettings:
-    """Server and user from the fleet file; the API token from the variable it names (never logged)."""
     try:
-        return JiraSettings.from_config(jira.url, jira.user, jira.token_env)
+        settings = JiraSettings.from_config(fleet.jira.url, fleet.jira.user, fleet.jira.token_env)
     except PermanentError as err:
         raise TicketDeskMisconfigured(f"{err} (fleet.jira.token_env in {fleet_file})") from None
+    return fleet.jira, settings, fleet.store_url
 
 
 @task(name="file-ticket", cache_policy=NO_CACHE, retries=3, retry_delay_seconds=RETRY_DELAYS,
@@ -465,23 +463,17 @@ def file_ticket(fleet_file: str, tickets: str, record: NodeRecord, step: FileTic
     """
     if tickets != "jira":
         raise TicketDeskMisconfigured(f"unknown ticket desk {tickets!r}: the only desk is 'jira'")
-    jira, store_url = _jira_config(fleet_file)
-    settings = _jira_settings(jira, fleet_file)
+    jira, settings, store_url = jira_for_fleet(fleet_file)
     request = ticket_request(record, step, assessment, project=jira.project,
                              issue_type=jira.replacement_issue_type, description=description)
-    outbox = TicketOutbox(store_url)
     try:
-        with JiraTickets(settings) as client:
-            earlier = next((e.request for e in outbox.entries() if e.request.incident_id == record.incident_id), None)
-            key = OutboxDesk(outbox, client).file(earlier or request)
+        key, filed = file_through_outbox(store_url, settings, request)
     except TransientError:
         raise
     except PermanentError as err:
         return Failed(str(err))
-    finally:
-        outbox.close()
     _log().info("node=%s incident=%s action=ticket key=%s dedup=%s", record.node, record.incident_id, key,
-                (earlier or request).dedup_key)
+                filed.dedup_key)
     return TicketFiled(key)
 
 

@@ -46,7 +46,7 @@ from sqlalchemy.engine import Engine, RowMapping
 from sqlalchemy.exc import IntegrityError
 
 from gpumedic.adapters.errors import PermanentError, TransientError
-from gpumedic.adapters.jira_tickets import TicketOutcome, TicketRequest
+from gpumedic.adapters.jira_tickets import JiraSettings, JiraTickets, TicketOutcome, TicketRequest
 
 log = logging.getLogger(__name__)
 
@@ -321,3 +321,20 @@ class OutboxDesk:
             raise PermanentError(f"{what}: Jira refused it: {entry.last_error}; parked in the outbox as failed")
         reason = entry.last_error or "waiting behind older tickets"
         raise TransientError(f"{what}: queued in the outbox after {entry.attempts} attempt(s): {reason}")
+
+
+def file_through_outbox(
+    store_url: str | None, settings: JiraSettings, request: TicketRequest
+) -> tuple[str, TicketRequest]:
+    """File `request` through the outbox in `store_url`, then Jira; the issue key and the request filed.
+
+    The first request stored for an incident is the one filed: a re-run whose evidence names
+    another GPU never files a second ticket under a different label. Errors as `OutboxDesk.file`.
+    """
+    outbox = TicketOutbox(store_url)
+    try:
+        with JiraTickets(settings) as client:
+            filed = next((e.request for e in outbox.entries() if e.request.incident_id == request.incident_id), request)
+            return OutboxDesk(outbox, client).file(filed), filed
+    finally:
+        outbox.close()
