@@ -7,7 +7,7 @@ from typing import Any
 
 from prefect import flow, get_run_logger
 
-from gpumedic.config import ConfigError, load_fleet_file
+from gpumedic.config import load_fleet_settings
 from tasks.forecast import emit_failure_predicted, load_history, publish_forecast, record_forecasts, score_gpus
 
 
@@ -17,9 +17,7 @@ def failure_forecast(
     fleet_file: str, horizon_days: float = 7.0, lookback_days: float = 30.0, emit_events: bool = True,
 ) -> dict[str, Any]:
     logger = get_run_logger()
-    fleet = load_fleet_file(fleet_file).fleet
-    if fleet is None:
-        raise ConfigError(f"{fleet_file}: the forecast reads a fleet's telemetry store (a `fleet:` file)")
+    fleet = load_fleet_settings(fleet_file)
     now = datetime.now(UTC)
     samples = load_history(fleet.store_url, now - timedelta(days=lookback_days))
     forecasts = score_gpus(samples, now, horizon_days)

@@ -18,7 +18,7 @@ from prefect.flow_runs import suspend_flow_run
 from flows.remediation import ReplacementDecision, approval_key, approval_wait_mode, request_replacement_approval
 from gpumedic.adapters.jira_tickets import Approval, TicketRequest, gpu_dedup_key
 from gpumedic.adapters.store import TelemetryStore
-from gpumedic.config import ConfigError, load_fleet_file
+from gpumedic.config import ConfigError, load_fleet_settings
 from tasks.forecast import file_order_ticket
 
 AUTO_APPROVER = "auto-approve (demo)"
@@ -47,8 +47,8 @@ def proactive_maintenance(
     node: str, gpu: int | None, fleet_file: str, auto_approve: bool = False, approval_timeout_s: int = 86400,
 ) -> dict[str, Any]:
     logger = get_run_logger()
-    fleet = load_fleet_file(fleet_file).fleet
-    if fleet is None or fleet.jira is None:
+    fleet = load_fleet_settings(fleet_file)
+    if fleet.jira is None:
         raise ConfigError(f"{fleet_file}: proactive maintenance needs a fleet file with a `jira:` block")
     store = TelemetryStore(fleet.store_url)
     forecast = store.latest_forecasts([node]).get((node, gpu))

@@ -162,3 +162,14 @@ def load_fleet_file(path: str | Path) -> FleetFile:
             where = ".".join(str(p) for p in e["loc"]) or "(top level)"
             problems.append(f"  {where}: {e['msg']}")
         raise ConfigError(f"{path}: invalid fleet file:\n" + "\n".join(problems)) from err
+
+
+def load_fleet_settings(path: str | Path) -> FleetSettings:
+    """The `fleet:` block of a fleet file: the fleet in service that sweeps, remediation and forecasts act on."""
+    loaded = load_fleet_file(path)
+    if loaded.fleet is None:
+        raise ConfigError(
+            f"{path}: a `simulate:` file describes a fleet to start, not one in service; "
+            "run `gpumedic sim up --fleet FILE` and use its inventory.yaml, or use `gpumedic sweep`"
+        )
+    return loaded.fleet

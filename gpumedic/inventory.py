@@ -3,18 +3,12 @@
 from __future__ import annotations
 
 from gpumedic.adapters.targets import NodeTarget, targets_from_settings
-from gpumedic.config import ConfigError, FleetSettings, load_fleet_file
+from gpumedic.config import FleetSettings, load_fleet_settings
 
 
 def resolve_fleet(fleet_file: str) -> tuple[FleetSettings, list[NodeTarget]]:
     """A `fleet:` file (real fleet, or the inventory a simulated fleet writes)."""
-    loaded = load_fleet_file(fleet_file)
-    if loaded.fleet is None:
-        raise ConfigError(
-            f"{fleet_file}: a `simulate:` file describes a fleet to start, not one to sweep; "
-            "run `gpumedic sim up --fleet FILE` and sweep its inventory, or use `gpumedic sweep`"
-        )
-    fleet = loaded.fleet
+    fleet = load_fleet_settings(fleet_file)
     if fleet.kubernetes is not None and not fleet.nodes:
         from gpumedic.adapters.kube_inventory import nodes_from_kubernetes
 

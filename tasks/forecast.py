@@ -15,7 +15,7 @@ from gpumedic.adapters.errors import is_transient
 from gpumedic.adapters.jira_tickets import TicketRequest
 from gpumedic.adapters.store import StoredForecast, TelemetryStore
 from gpumedic.adapters.ticket_outbox import file_through_outbox
-from gpumedic.config import load_fleet_file
+from gpumedic.config import load_fleet_settings
 from gpumedic.domain.forecast import GpuForecast, forecast_fleet
 from gpumedic.domain.history import Sample
 from gpumedic.reporting import CHART_FIELDS, daily_increments, forecast_markdown, forecast_rows
@@ -105,11 +105,8 @@ def file_order_ticket(fleet_file: str, request: TicketRequest) -> str:
 @task(name="read-node-forecast", cache_policy=NO_CACHE)
 def read_node_forecast(fleet_file: str, node: str) -> list[StoredForecast]:
     """The latest forecast for a node's GPUs, riskiest first; empty when there is none (it is context only)."""
-    fleet = load_fleet_file(fleet_file).fleet
-    if fleet is None:
-        return []
     try:
-        latest = TelemetryStore(fleet.store_url).latest_forecasts([node])
+        latest = TelemetryStore(load_fleet_settings(fleet_file).store_url).latest_forecasts([node])
     except Exception as err:  # an approval must not fail because its context could not be read
         get_run_logger().warning("node=%s forecast unavailable: %s", node, err)
         return []

@@ -37,7 +37,7 @@ from gpumedic.adapters.node_actions import NodeActions
 from gpumedic.adapters.targets import ssh_settings
 from gpumedic.adapters.ticket_outbox import file_through_outbox
 from gpumedic.collection import collect_nodes
-from gpumedic.config import ConfigError, FleetSettings, JiraConfig, load_fleet_file
+from gpumedic.config import ConfigError, JiraConfig, load_fleet_settings
 from gpumedic.domain.assess import assess_node
 from gpumedic.domain.budget import FleetView, RemediationPolicy, UnhealthyObservation
 from gpumedic.domain.remediation import (
@@ -354,17 +354,9 @@ def cancel_incident(kubeconfig: str, node: str, step: Cancel) -> StepOutcome:
 # --------------------------------------------------------------------------- settings
 
 
-def fleet_settings(fleet_file: str) -> FleetSettings:
-    """The `fleet:` block of the fleet file (no inventory lookup: nothing is listed or contacted)."""
-    loaded = load_fleet_file(fleet_file)
-    if loaded.fleet is None:
-        raise ConfigError(f"{fleet_file}: remediation needs a `fleet:` file (a simulated fleet's inventory.yaml)")
-    return loaded.fleet
-
-
 def remediation_policy(fleet_file: str, overrides: Mapping[str, Any] | None = None) -> RemediationPolicy:
     """The fleet file's `fleet.remediation` with `overrides` (a run's `policy` parameter) merged on top."""
-    return RemediationPolicy.model_validate({**fleet_settings(fleet_file).remediation, **(overrides or {})})
+    return RemediationPolicy.model_validate({**load_fleet_settings(fleet_file).remediation, **(overrides or {})})
 
 
 # --------------------------------------------------------------------------- tickets
@@ -438,7 +430,7 @@ def jira_for_fleet(fleet_file: str) -> tuple[JiraConfig, JiraSettings, str | Non
     """The fleet's Jira block, its client settings (token from the variable it names, never logged)
     and the store URL that holds the outbox. Misconfiguration is `TicketDeskMisconfigured`."""
     try:
-        fleet = fleet_settings(fleet_file)
+        fleet = load_fleet_settings(fleet_file)
     except ConfigError as err:
         raise TicketDeskMisconfigured(str(err)) from None
     if fleet.jira is None:
