@@ -73,12 +73,12 @@ def fleet_sweep(fleet_file: str, depth: Depth = "full", emit_events: bool = True
     telemetry.sort(key=lambda t: order[t.node])
 
     evidence = [new_gauge_xids(t, previous.get(t.node)) for t in telemetry]
-    assessments = assess_fleet(fleet, evidence, previous, prior_xids)
+    assessments = assess_fleet(policy, evidence, previous, prior_xids)
     document = sweep_document(sweep_id, started, assessments)
     record_telemetry(fleet.store_url, telemetry, evidence, sweep_id, started, {"summary": summary_line(assessments)})
     publish_reports(fleet.store_url, sweep_id, started, assessments, time.monotonic() - clock)
     if emit_events:
-        emitted = emit_unhealthy_events(sweep_id, assessments)
+        emitted = emit_unhealthy_events(document, assessments)
         logger.info("remediation requested for %d nodes: %s", len(emitted), ", ".join(emitted) or "none")
     logger.info("sweep %s done: %s", sweep_id, summary_line(assessments))
     return document

@@ -16,9 +16,10 @@ from gpumedic.adapters.targets import NodeTarget
 from gpumedic.collection import Depth, collect_nodes
 from gpumedic.config import FleetSettings
 from gpumedic.domain.assess import assess_node
+from gpumedic.domain.policy import HealthPolicy
 from gpumedic.domain.telemetry import NodeTelemetry
 from gpumedic.domain.verdict import NodeAssessment
-from gpumedic.reporting import markdown_report, sweep_document, table_rows
+from gpumedic.reporting import markdown_report, table_rows
 
 UNHEALTHY_EVENT = "gpumedic.node.unhealthy"
 
@@ -46,12 +47,11 @@ def load_previous(store_url: str | None, nodes: Sequence[str], before: datetime,
 
 @task(name="assess-fleet", cache_policy=NO_CACHE)
 def assess_fleet(
-    fleet: FleetSettings,
+    policy: HealthPolicy,
     telemetry: Sequence[NodeTelemetry],
     previous: dict[str, NodeTelemetry],
     prior_xids: dict[str, dict[str, set[int]]],
 ) -> list[NodeAssessment]:
-    policy = fleet.health_policy()
     return [
         assess_node(t, policy, previous=previous.get(t.node), prior_xids=prior_xids.get(t.node))
         for t in telemetry
@@ -88,9 +88,13 @@ def publish_reports(
 
 
 @task(name="emit-unhealthy-events", cache_policy=NO_CACHE)
-def emit_unhealthy_events(sweep_id: str, assessments: Sequence[NodeAssessment]) -> list[str]:
-    """One `gpumedic.node.unhealthy` event per node whose action needs a remediation workflow."""
-    document = {n["node"]: n for n in sweep_document(sweep_id, datetime.now(), assessments)["nodes"]}
+def emit_unhealthy_events(document: dict[str, Any], assessments: Sequence[NodeAssessment]) -> list[str]:
+    """One `gpumedic.node.unhealthy` event per node whose action needs a remediation workflow.
+
+    The payload is the node's entry in the sweep `document`, with the sweep id.
+    """
+    sweep_id = document["sweep_id"]
+    by_node = {n["node"]: n for n in document["nodes"]}
     emitted = []
     for a in assessments:
         if not a.needs_remediation:
@@ -98,7 +102,7 @@ def emit_unhealthy_events(sweep_id: str, assessments: Sequence[NodeAssessment]) 
         emit_event(
             event=UNHEALTHY_EVENT,
             resource={"prefect.resource.id": f"gpumedic.node.{a.node}", "prefect.resource.name": a.node},
-            payload={"sweep_id": sweep_id, **document[a.node]},
+            payload={"sweep_id": sweep_id, **by_node[a.node]},
         )
         emitted.append(a.node)
     return emitted
