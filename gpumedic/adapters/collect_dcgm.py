@@ -9,8 +9,10 @@ connects to it at `<node>:5555`, DCGM's remote mode.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -18,32 +20,18 @@ from gpumedic.adapters.collect_ssh import unreachable
 from gpumedic.adapters.errors import PermanentError
 from gpumedic.adapters.targets import NodeTarget
 from gpumedic.domain.telemetry import GpuTelemetry, NodeTelemetry
+from gpumedic.parsers import ParseError
+from gpumedic.parsers.prometheus import DCGM_NUMERIC_FIELDS, gpu_from_dcgm_values
 
 _BINDING_DIRS = ("/usr/share/datacenter-gpu-manager-4/bindings/python3", "/usr/local/dcgm/bindings/python3")
 
-# DCGM field name -> GpuTelemetry attribute.
-FIELD_MAP = {
-    "DCGM_FI_DEV_GPU_TEMP": "temperature_c",
-    "DCGM_FI_DEV_SLOWDOWN_TEMP": "temp_slowdown_c",
-    "DCGM_FI_DEV_SHUTDOWN_TEMP": "temp_shutdown_c",
-    "DCGM_FI_DEV_POWER_USAGE": "power_w",
-    "DCGM_FI_DEV_SM_CLOCK": "sm_clock_mhz",
-    "DCGM_FI_DEV_ECC_SBE_VOL_TOTAL": "ecc_sbe_volatile",
-    "DCGM_FI_DEV_ECC_DBE_VOL_TOTAL": "ecc_dbe_volatile",
-    "DCGM_FI_DEV_ECC_SBE_AGG_TOTAL": "ecc_sbe_aggregate",
-    "DCGM_FI_DEV_ECC_DBE_AGG_TOTAL": "ecc_dbe_aggregate",
-    "DCGM_FI_DEV_CORRECTABLE_REMAPPED_ROWS": "remapped_rows_correctable",
-    "DCGM_FI_DEV_UNCORRECTABLE_REMAPPED_ROWS": "remapped_rows_uncorrectable",
-    "DCGM_FI_DEV_ROW_REMAP_PENDING": "row_remap_pending",
-    "DCGM_FI_DEV_ROW_REMAP_FAILURE": "row_remap_failure",
-    "DCGM_FI_DEV_PCIE_REPLAY_COUNTER": "pcie_replay",
+# Identity fields come back as text; every numeric field is the one dcgm-exporter's parser reads.
+_IDENTITY = {
     "DCGM_FI_DEV_UUID": "uuid",
     "DCGM_FI_DEV_SERIAL": "serial",
     "DCGM_FI_DEV_PCI_BUSID": "pci_bus_id",
     "DCGM_FI_DEV_NAME": "name",
 }
-_BOOLEAN = {"row_remap_pending", "row_remap_failure"}
-_TEXT = {"uuid", "serial", "pci_bus_id", "name"}
 
 
 def _import_bindings() -> tuple[Any, Any]:
@@ -62,22 +50,15 @@ def _import_bindings() -> tuple[Any, Any]:
     return dcgm_fields, DcgmReader
 
 
-def _gpu_from_values(index: int, values: dict[str, Any]) -> GpuTelemetry:
-    kwargs: dict[str, Any] = {}
-    for field, attr in FIELD_MAP.items():
-        value = values.get(field)
-        # DCGM marks missing data with large sentinel values (DCGM_INT64_BLANK and friends).
-        if value is None or (isinstance(value, int | float) and abs(value) >= 0x7FFFFFF0):
-            continue
-        if attr in _TEXT:
-            kwargs[attr] = str(value)
-        elif attr in _BOOLEAN:
-            kwargs[attr] = bool(value)
-        elif attr in ("temperature_c", "temp_slowdown_c", "temp_shutdown_c", "power_w", "sm_clock_mhz"):
-            kwargs[attr] = float(value)
-        else:
-            kwargs[attr] = int(value)
-    return GpuTelemetry(index=index, **kwargs)
+def gpu_from_field_values(index: int, values: Mapping[str, Any]) -> GpuTelemetry:
+    """One GPU from `DcgmReader`'s {field name: value}; DCGM's blank sentinels read as not reported."""
+    text = {attr: str(values[field]).strip() for field, attr in _IDENTITY.items()
+            if values.get(field) is not None and str(values[field]).strip() not in ("", "N/A")}
+    numeric = {field: values[field] for field in DCGM_NUMERIC_FIELDS
+               if isinstance(values.get(field), int | float)}
+    gpu = gpu_from_dcgm_values(index, numeric, uuid=text.get("uuid"), pci_bus_id=text.get("pci_bus_id"),
+                               name=text.get("name"))
+    return dataclasses.replace(gpu, serial=text.get("serial"))
 
 
 def collect_from_dcgm(target: NodeTarget, *, now: datetime | None = None, port: int = 5555) -> NodeTelemetry:
@@ -85,17 +66,18 @@ def collect_from_dcgm(target: NodeTarget, *, now: datetime | None = None, port: 
     now = now or datetime.now(UTC)
     try:
         dcgm_fields, reader_class = _import_bindings()
-        field_ids = [getattr(dcgm_fields, name) for name in FIELD_MAP if hasattr(dcgm_fields, name)]
+        names = (*_IDENTITY, *DCGM_NUMERIC_FIELDS)
+        field_ids = [getattr(dcgm_fields, name) for name in names if hasattr(dcgm_fields, name)]
         host = target.ssh.host if target.ssh else target.name
         reader = reader_class(hostname=f"{host}:{port}", fieldIds=field_ids, updateFrequency=1_000_000)
         try:
             by_gpu = reader.GetLatestGpuValuesAsFieldNameDict()
         finally:
             reader.Shutdown()
-    except PermanentError as err:
+        gpus = tuple(gpu_from_field_values(int(index), values) for index, values in sorted(by_gpu.items()))
+    except (PermanentError, ParseError) as err:
         return unreachable(target, now, str(err), "dcgm")
     except Exception as err:  # the bindings raise their own DCGMError hierarchy
         return unreachable(target, now, f"DCGM at {target.name}:{port}: {type(err).__name__}: {err}", "dcgm")
-    gpus = tuple(_gpu_from_values(int(index), values) for index, values in sorted(by_gpu.items()))
     return NodeTelemetry(node=target.name, collected_at=now, source="dcgm", gpus=gpus,
                          expected_gpu_count=target.expected_gpus)

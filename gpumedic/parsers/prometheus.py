@@ -89,6 +89,14 @@ _NVLINK_FIELD = re.compile(
 )
 
 
+# Every per-GPU numeric DCGM field this module reads: the DCGM-bindings collector asks DCGM
+# for the same set and reads the answers with `gpu_from_dcgm_values`, so both sources agree.
+DCGM_NUMERIC_FIELDS: tuple[str, ...] = (
+    *_FLOAT_FIELDS, *_COUNT_FIELDS, *_FLAG_FIELDS, *_THROTTLE_FIELDS, *_BANK_FIELDS,
+    "DCGM_FI_DEV_GET_GPU_RECOVERY_ACTION",
+)
+
+
 @dataclass(frozen=True, slots=True)
 class Sample:
     name: str
@@ -331,3 +339,18 @@ class _Cursor:
                 yield _ESCAPES.get(escaped, "\\" + escaped)
             else:
                 yield char
+
+
+def gpu_from_dcgm_values(
+    index: int, values: Mapping[str, float], *, uuid: str | None = None, pci_bus_id: str | None = None,
+    name: str | None = None,
+) -> GpuTelemetry:
+    """One GPU from DCGM field values read some other way (the DCGM bindings): the same fields,
+    types and "no value" sentinels as dcgm-exporter's text. Raises ParseError on a value that
+    cannot be what its field says (a negative count, say)."""
+    labels = {"gpu": str(index)} | {k: v for k, v in (("UUID", uuid), ("pci_bus_id", pci_bus_id),
+                                                      ("modelName", name)) if v}
+    samples = [Sample(field, labels, float(value)) for field, value in values.items()]
+    if not samples:
+        return GpuTelemetry(index=index, uuid=uuid, pci_bus_id=canonical_pci_bus_id(pci_bus_id), name=name)
+    return _gpu(index, samples)
