@@ -11,7 +11,6 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.events import emit_event
 
-from gpumedic.adapters.errors import is_transient
 from gpumedic.adapters.jira_tickets import TicketRequest
 from gpumedic.adapters.store import StoredForecast, TelemetryStore
 from gpumedic.adapters.ticket_outbox import file_through_outbox
@@ -19,7 +18,7 @@ from gpumedic.config import load_fleet_settings
 from gpumedic.domain.forecast import GpuForecast, forecast_fleet
 from gpumedic.domain.history import Sample
 from gpumedic.reporting import CHART_FIELDS, daily_increments, forecast_markdown, forecast_rows
-from tasks.remediation import jira_for_fleet
+from tasks.remediation import jira_for_fleet, retry_if_transient
 
 FAILURE_PREDICTED_EVENT = "gpumedic.gpu.failure_predicted"
 
@@ -94,7 +93,7 @@ def emit_failure_predicted(new_alarms: Sequence[GpuForecast]) -> list[str]:
 
 
 @task(name="file-order-ticket", cache_policy=NO_CACHE, retries=3, retry_delay_seconds=[2, 10, 30],
-      retry_condition_fn=lambda _task, _run, state: is_transient(state.result(raise_on_failure=False)),
+      retry_condition_fn=retry_if_transient,
       timeout_seconds=300)
 def file_order_ticket(fleet_file: str, request: TicketRequest) -> str:
     """File through the durable outbox: kept while Jira is down, filed once, deduplicated per GPU."""

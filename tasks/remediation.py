@@ -73,7 +73,7 @@ MANAGER = "gpumedic"
 RETRY_DELAYS: list[float] = [1, 2, 4]
 
 
-def _transient_only(_task: Any, _task_run: Any, state: Any) -> bool:
+def retry_if_transient(_task: Any, _task_run: Any, state: Any) -> bool:
     """Retry a task only when it failed with a `TransientError` (never on a permanent one)."""
     try:
         state.result(raise_on_failure=True)
@@ -116,7 +116,7 @@ class NodeSnapshot:
 
 
 @task(name="read-node-record", cache_policy=NO_CACHE, retries=3, retry_delay_seconds=RETRY_DELAYS,
-      retry_condition_fn=_transient_only, timeout_seconds=60)
+      retry_condition_fn=retry_if_transient, timeout_seconds=60)
 def read_node_record(kubeconfig: str, node: str) -> NodeSnapshot:
     """The record stored in the Node's annotations. Raises `CorruptRecord`: never start afresh."""
     with _nodes(kubeconfig) as kube:
@@ -134,7 +134,7 @@ class RecordChangedElsewhere(PermanentError):
 
 
 @task(name="write-node-record", cache_policy=NO_CACHE, retries=5, retry_delay_seconds=RETRY_DELAYS,
-      retry_condition_fn=_transient_only, timeout_seconds=60)
+      retry_condition_fn=retry_if_transient, timeout_seconds=60)
 def write_node_record(kubeconfig: str, node: str, record: NodeRecord, previous: NodeRecord | None) -> str:
     """Persist `record` with optimistic concurrency; the node's new resourceVersion.
 
@@ -158,7 +158,7 @@ def write_node_record(kubeconfig: str, node: str, record: NodeRecord, previous: 
 
 
 @task(name="fleet-view", cache_policy=NO_CACHE, retries=3, retry_delay_seconds=RETRY_DELAYS,
-      retry_condition_fn=_transient_only, timeout_seconds=120)
+      retry_condition_fn=retry_if_transient, timeout_seconds=120)
 def build_fleet_view(kubeconfig: str, breaker_override_until: datetime | None = None) -> FleetView:
     """The budget's and the breaker's view, from every Node's annotations and cordon state."""
     with _nodes(kubeconfig) as kube:
@@ -217,7 +217,7 @@ def assess_node_now(fleet_file: str, node: str) -> FreshEvidence:
 
 
 @task(name="cordon-node", timeout_seconds=120, cache_policy=NO_CACHE, retries=3, retry_delay_seconds=RETRY_DELAYS,
-      retry_condition_fn=_transient_only)
+      retry_condition_fn=retry_if_transient)
 def cordon_node(kubeconfig: str, node: str, step: Cordon) -> StepOutcome:
     try:
         with _nodes(kubeconfig) as kube:
@@ -231,7 +231,7 @@ def cordon_node(kubeconfig: str, node: str, step: Cordon) -> StepOutcome:
 
 
 @task(name="drain-node", cache_policy=NO_CACHE, retries=3, retry_delay_seconds=RETRY_DELAYS,
-      retry_condition_fn=_transient_only)
+      retry_condition_fn=retry_if_transient)
 def drain_node(kubeconfig: str, node: str, step: Drain, gpu_pods_only: bool = False) -> StepOutcome:
     try:
         with _nodes(kubeconfig) as kube:
@@ -248,7 +248,7 @@ def drain_node(kubeconfig: str, node: str, step: Drain, gpu_pods_only: bool = Fa
 
 
 @task(name="capture-boot-id", timeout_seconds=120, cache_policy=NO_CACHE, retries=3, retry_delay_seconds=RETRY_DELAYS,
-      retry_condition_fn=_transient_only)
+      retry_condition_fn=retry_if_transient)
 def capture_boot_id(fleet_file: str, node: str, step: CaptureBootId) -> StepOutcome:
     try:
         return BootIdRead(_actions(fleet_file, node).boot_id())
@@ -257,7 +257,7 @@ def capture_boot_id(fleet_file: str, node: str, step: CaptureBootId) -> StepOutc
 
 
 @task(name="reset-gpus", timeout_seconds=600, cache_policy=NO_CACHE, retries=3, retry_delay_seconds=RETRY_DELAYS,
-      retry_condition_fn=_transient_only)
+      retry_condition_fn=retry_if_transient)
 def reset_gpus(fleet_file: str, node: str, step: ResetGpus, bus_ids: dict[int, str]) -> StepOutcome:
     """`nvidia-smi --gpu-reset` per GPU, addressed by PCI bus id (indices move when a GPU falls off)."""
     missing = [i for i in step.indices if i not in bus_ids]
@@ -300,7 +300,7 @@ def reboot_node(fleet_file: str, node: str, step: Reboot) -> StepOutcome:
 
 
 @task(name="verify-rebooted", timeout_seconds=3600, cache_policy=NO_CACHE, retries=3, retry_delay_seconds=RETRY_DELAYS,
-      retry_condition_fn=_transient_only)
+      retry_condition_fn=retry_if_transient)
 def verify_rebooted(fleet_file: str, node: str, step: VerifyRebooted) -> StepOutcome:
     """Did an interrupted reboot take effect? Never reboots."""
     try:
@@ -313,7 +313,7 @@ def verify_rebooted(fleet_file: str, node: str, step: VerifyRebooted) -> StepOut
 
 
 @task(name="run-diagnostics", cache_policy=NO_CACHE, retries=3, retry_delay_seconds=RETRY_DELAYS,
-      retry_condition_fn=_transient_only)
+      retry_condition_fn=retry_if_transient)
 def run_diagnostics(fleet_file: str, node: str, step: RunDiagnostics) -> StepOutcome:
     try:
         report = _actions(fleet_file, node).run_diagnostics(step.level, timeout_s=step.timeout.total_seconds())
@@ -329,7 +329,7 @@ def run_diagnostics(fleet_file: str, node: str, step: RunDiagnostics) -> StepOut
 
 
 @task(name="readmit-node", timeout_seconds=120, cache_policy=NO_CACHE, retries=3, retry_delay_seconds=RETRY_DELAYS,
-      retry_condition_fn=_transient_only)
+      retry_condition_fn=retry_if_transient)
 def readmit_node(kubeconfig: str, node: str, step: Readmit) -> StepOutcome:
     try:
         with _nodes(kubeconfig) as kube:
@@ -340,7 +340,7 @@ def readmit_node(kubeconfig: str, node: str, step: Readmit) -> StepOutcome:
 
 
 @task(name="cancel-incident", timeout_seconds=120, cache_policy=NO_CACHE, retries=3, retry_delay_seconds=RETRY_DELAYS,
-      retry_condition_fn=_transient_only)
+      retry_condition_fn=retry_if_transient)
 def cancel_incident(kubeconfig: str, node: str, step: Cancel) -> StepOutcome:
     """Someone uncordoned the node by hand: remove our taint only, never touch the cordon."""
     try:
@@ -443,7 +443,7 @@ def jira_for_fleet(fleet_file: str) -> tuple[JiraConfig, JiraSettings, str | Non
 
 
 @task(name="file-ticket", cache_policy=NO_CACHE, retries=3, retry_delay_seconds=RETRY_DELAYS,
-      retry_condition_fn=_transient_only, timeout_seconds=300)
+      retry_condition_fn=retry_if_transient, timeout_seconds=300)
 def file_ticket(fleet_file: str, tickets: str, record: NodeRecord, step: FileTicket,
                 assessment: NodeAssessment | None, description: str) -> StepOutcome:
     """File the incident's ticket through the durable outbox (`OutboxDesk`), then Jira.

@@ -32,10 +32,6 @@ def _yes_no(value: bool) -> str:
     return "Yes" if value else "No"
 
 
-def _total_sbe_dram(g: GpuState, kind: str) -> int:
-    return int(g[kind])
-
-
 # --query-gpu fields: name -> (value, unit) from a GPU's state. Aliases map to one entry.
 def _query_fields() -> dict[str, Callable[[GpuState, dict[str, Any]], tuple[str, str]]]:
     def num(key: str, unit: str = "") -> Callable[[GpuState, dict[str, Any]], tuple[str, str]]:
