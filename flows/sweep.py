@@ -17,7 +17,6 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from gpumedic.adapters.collect_exporter import new_gauge_xids
 from gpumedic.adapters.targets import NodeTarget
 from gpumedic.collection import Depth
-from gpumedic.config import FleetSettings
 from gpumedic.domain.telemetry import NodeTelemetry
 from gpumedic.inventory import resolve_fleet
 from gpumedic.reporting import summary_line, sweep_document
@@ -84,4 +83,4 @@ def fleet_sweep(fleet_file: str, depth: Depth = "full", emit_events: bool = True
     return document
 
 
-__all__ = ["FleetSettings", "fleet_sweep"]
+__all__ = ["fleet_sweep"]
