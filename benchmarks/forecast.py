@@ -36,9 +36,9 @@ from gpumedic.domain.forecast import (
     LogLinearBaseline,
     from_epoch,
 )
-from gpumedic.domain.forecast.frame import FIELD_INDEX
+from gpumedic.domain.forecast.frame import FIELD_INDEX, FailureClass
 from gpumedic.domain.forecast.hazard import fit_hazard
-from gpumedic.sim.degradation import simulate_fleet_frame
+from gpumedic.sim.degradation import simulate, simulate_fleet_frame
 
 FIT_SEEDS = (1001, 1002, 1003, 1004)
 EVAL_SEEDS = (1, 2, 3, 4, 5)
@@ -242,9 +242,11 @@ def evaluate(seeds: tuple[int, ...], gpus: int, days: int, trainings: list[str])
     print(header)
     pooled: dict[tuple[str, str], list[BacktestResult]] = {}
     throughput: dict[str, list[float]] = {}
+    ceilings: dict[str, list[int]] = {}  # training -> [precursor failures, foreseeable, caught of those]
     for seed in seeds:
         t0 = time.perf_counter()
-        frame, failures = simulate_fleet_frame(gpus, days, seed)
+        sim = simulate(gpus, days, seed)
+        frame, failures = sim.frame, sim.failures
         log(f"seed {seed}: simulated {len(frame):,} rows, {len(failures)} failures in {time.perf_counter() - t0:.1f} s")
         for training in trainings:
             protocol = BacktestProtocol(training=training)  # type: ignore[arg-type]
@@ -264,6 +266,15 @@ def evaluate(seeds: tuple[int, ...], gpus: int, days: int, trainings: list[str])
                     f"{_fmt(m.lead_hours_median, 0):>7} {_fmt(m.lead_hours_p10, 0):>7}"
                 )
             pooled.setdefault((training, "all"), []).append(result)
+            acc = ceilings.setdefault(training, [0, 0, 0])
+            counted, caught = scored.caught()
+            for f, c, k in zip(sorted(failures, key=lambda f: f.time), counted, caught, strict=True):
+                if not c or not FailureClass(f.kind).has_precursor:
+                    continue
+                foreseen = sim.truth[f].foreseeable(float(protocol.lead_h))
+                acc[0] += 1
+                acc[1] += foreseen
+                acc[2] += bool(foreseen and k)
     print()
     for training in trainings:
         results = pooled[(training, "all")]
@@ -294,6 +305,14 @@ def evaluate(seeds: tuple[int, ...], gpus: int, days: int, trainings: list[str])
         print(
             f"  recall by class ({training}): "
             + ", ".join(f"{k} {v[1]}/{v[0]} (baseline {v[2]})" for k, v in sorted(by_kind.items()))
+        )
+        total, seeable, caught_seeable = ceilings[training]
+        print(
+            f"  ceiling ({training}): {seeable}/{total} precursor-class failures "
+            f"({_fmt(seeable / total if total else math.nan)}) had a full precursor that began at least the lead "
+            f"before them (the simulator's ground truth: a forecaster catches the others only by chance); "
+            f"the forecaster caught {caught_seeable}/{seeable} of those "
+            f"({_fmt(caught_seeable / seeable if seeable else math.nan)})"
         )
     print(f"\nprevalence (mean): {np.mean([r.prevalence for rs in pooled.values() for r in rs]):.5f}")
     for training, rates in throughput.items():

@@ -566,6 +566,11 @@ class ScoredBacktest:
             entities=len(self.entities),
         )
 
+    def caught(self, threshold: float | None = None) -> tuple[BoolArray, BoolArray]:
+        """(counted, caught by the forecaster) per failure, in time order (stable: ties keep their input order)."""
+        thr = self.schedule.models[0].alarm_threshold if threshold is None else threshold
+        return self._counted(), self._outcome(self.risk >= thr, self.risk).caught
+
     def _counted(self) -> BoolArray:
         out = np.zeros(len(self.targets.times), dtype=bool)
         for i, t in enumerate(self.targets.times.tolist()):

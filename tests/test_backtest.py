@@ -202,6 +202,18 @@ def test_backtest_json_has_exactly_the_issue_keys(small_fleet: tuple[HistoryFram
     assert "by_class" in result.to_json(by_class=True)
 
 
+def test_per_failure_outcomes_add_up_to_the_metrics(small_fleet: tuple[HistoryFrame, list[Failure]]) -> None:
+    frame, failures = small_fleet
+    scored = score_backtest(frame, failures, BacktestProtocol(training="fixed"))
+    for threshold in (0.02, 0.2, None):
+        counted, caught = scored.caught(threshold)
+        metrics = scored.evaluate(threshold=threshold).forecaster
+        assert len(counted) == len(caught) == len(failures)
+        assert int(counted.sum()) == metrics.failures
+        assert int(caught.sum()) == metrics.caught
+        assert not (caught & ~counted).any()
+
+
 def test_walk_forward_training_uses_only_windows_closed_before_the_refit(
     small_fleet: tuple[HistoryFrame, list[Failure]],
 ) -> None:

@@ -170,6 +170,37 @@ class _Slot:
     initial_banks_low: float = 0.0
 
 
+@dataclass(frozen=True)
+class _EvidenceMark:
+    """How much evidence a slot held at one moment, to find what a failure's precursors added."""
+
+    inc: dict[str, int]
+    sets: dict[str, int]
+    xids: int
+    temp_events: int
+
+    @classmethod
+    def of(cls, slot: _Slot) -> _EvidenceMark:
+        return cls(
+            {k: len(v) for k, v in slot.inc.items()},
+            {k: len(v) for k, v in slot.sets.items()},
+            len(slot.xids),
+            len(slot.temp_events),
+        )
+
+    def first_since(self, slot: _Slot, *, before: float) -> float:
+        """Hour of the first evidence added since the mark, before the failure itself (inf: none).
+
+        A thermal drift counts from its start, though it is too small to see for a while:
+        an upper bound on what could be seen.
+        """
+        times = [t for k, v in slot.inc.items() for t, _ in v[self.inc.get(k, 0) :]]
+        times += [t for k, v in slot.sets.items() for t, _ in v[self.sets.get(k, 0) :]]
+        times += [t for t, _ in slot.xids[self.xids :]]
+        times += [e[0] for e in slot.temp_events[self.temp_events :]]
+        return min((t for t in times if t < before), default=math.inf)
+
+
 def _lognormal_hours(rng: np.random.Generator, median_days: float, sigma: float, lo: float, hi: float) -> float:
     return float(np.clip(rng.lognormal(math.log(median_days * 24), sigma), lo, hi))
 
@@ -203,6 +234,8 @@ class _Fleet:
         self.n_nodes = -(-gpus // GPUS_PER_NODE)
         self.slots = [_Slot(node=i // GPUS_PER_NODE, gpu=i % GPUS_PER_NODE) for i in range(gpus)]
         self.failures: list[tuple[float, int, FailureClass, bool]] = []  # hour, slot, class, node-level
+        # Per failure (hour, slot): hour of the first evidence its precursors left (inf: none), weak or not.
+        self.truth: dict[tuple[float, int], tuple[float, bool]] = {}
         rng = self.rng
         self.node_offset = rng.integers(0, 3600, self.n_nodes)  # sweep second past the hour
         self.reloads: list[list[float]] = [
@@ -233,7 +266,9 @@ class _Fleet:
                 node_level = cls is FailureClass.FALLEN_OFF_BUS and rng.random() < p.node_level_failure_fraction
                 slot.lives.append(_Life(start, t))
                 self.failures.append((t, i, cls, node_level))
-                self.precursors(slot, t, start, cls, node_level)
+                mark = _EvidenceMark.of(slot)
+                weak = self.precursors(slot, t, start, cls, node_level)
+                self.truth[(t, i)] = (mark.first_since(slot, before=t), weak)
                 start = t + rng.uniform(*p.downtime_hours)
                 self.reloads[slot.node].append(start)  # replacement: node reboot
                 t = start
@@ -241,7 +276,8 @@ class _Fleet:
         for r in self.reloads:
             r.sort()
 
-    def precursors(self, slot: _Slot, T: float, life_start: float, cls: FailureClass, node_level: bool) -> None:
+    def precursors(self, slot: _Slot, T: float, life_start: float, cls: FailureClass, node_level: bool) -> bool:
+        """Draw the evidence a failure at T leaves before it; True when its precursor was drawn weak."""
         rng, p = self.rng, self.p
         weak = rng.random() < p.weak_fraction.get(cls, 0.0)
         earliest = life_start + 1.0
@@ -336,6 +372,7 @@ class _Fleet:
         elif cls is FailureClass.FALLEN_OFF_BUS:
             slot.xids.append((T, -79 if node_level else 79))
         # SDC: nothing at all.
+        return weak
 
     # --- harmless noise ---------------------------------------------------------------------
     def noise(self) -> None:
@@ -407,7 +444,7 @@ class _Fleet:
                 slot.initial_remaps += float(rng.integers(5, 30))
 
     # --- recording ---------------------------------------------------------------------------
-    def record(self) -> tuple[HistoryFrame, list[Failure]]:
+    def record(self) -> tuple[HistoryFrame, list[Failure], dict[Failure, FailureTruth]]:
         p, rng = self.p, self.rng
         H = self.hours
         n_hours = int(H)
@@ -484,17 +521,21 @@ class _Fleet:
             np.concatenate(cols_f) if cols_f else [],
             np.concatenate(cols_v) if cols_v else [],
         )
-        failures = [
-            Failure(
+        failures: list[Failure] = []
+        truth: dict[Failure, FailureTruth] = {}
+        for t, i, cls, node_level in sorted(self.failures, key=lambda f: (f[0], f[1])):
+            if t >= H:
+                continue
+            failure = Failure(
                 time=from_epoch(start_s + int(t * 3600)),
                 node=self._node_name(self.slots[i].node),
                 gpu=None if node_level else self.slots[i].gpu,
                 kind=str(cls),
             )
-            for t, i, cls, node_level in sorted(self.failures, key=lambda f: (f[0], f[1]))
-            if t < H
-        ]
-        return frame, failures
+            failures.append(failure)
+            onset, weak = self.truth[(t, i)]
+            truth[failure] = FailureTruth(warning_hours=max(t - max(onset, 0.0), 0.0), weak=weak)
+        return frame, failures, truth
 
     @staticmethod
     def _node_name(node: int) -> str:
@@ -599,16 +640,47 @@ class _Fleet:
             emit(i, "power_w", hours[ok], np.round(np.maximum(power[i, ok], 30.0), 1), slot.node)
 
 
-def simulate_fleet_frame(
-    gpus: int, days: float, seed: int, params: DegradationParams = DEFAULT_PARAMS
-) -> tuple[HistoryFrame, list[Failure]]:
-    """The simulated fleet as a columnar history (fast path for large fleets)."""
+@dataclass(frozen=True)
+class FailureTruth:
+    """What the simulator knows of one failure's precursor, and no forecaster is told."""
+
+    warning_hours: float  # from its precursor's first evidence to the failure (0: none in the history)
+    weak: bool  # its precursor was drawn weak: a trace at most (12-20% of the precursor classes)
+
+    def foreseeable(self, lead_hours: float) -> bool:
+        """A full precursor began at least `lead_hours` before the failure."""
+        return not self.weak and self.warning_hours > 0 and self.warning_hours >= lead_hours
+
+
+@dataclass(frozen=True)
+class SimulatedFleet:
+    """A simulated fleet with the simulator's ground truth about each failure.
+
+    The benchmark uses `truth` to say how many failures any forecaster could have caught
+    at a given lead (the ceiling on recall), and how many of those this one caught.
+    """
+
+    frame: HistoryFrame
+    failures: list[Failure]
+    truth: dict[Failure, FailureTruth]
+
+
+def simulate(gpus: int, days: float, seed: int, params: DegradationParams = DEFAULT_PARAMS) -> SimulatedFleet:
+    """The simulated fleet as a columnar history (fast path for large fleets), with its ground truth."""
     if gpus < 1 or days <= 0:
         raise ValueError("need at least one GPU and a positive number of days")
     fleet = _Fleet(gpus, days, seed, params)
     fleet.draw_failures()
     fleet.noise()
-    return fleet.record()
+    return SimulatedFleet(*fleet.record())
+
+
+def simulate_fleet_frame(
+    gpus: int, days: float, seed: int, params: DegradationParams = DEFAULT_PARAMS
+) -> tuple[HistoryFrame, list[Failure]]:
+    """The simulated fleet as a columnar history (fast path for large fleets)."""
+    sim = simulate(gpus, days, seed, params)
+    return sim.frame, sim.failures
 
 
 def simulate_fleet(

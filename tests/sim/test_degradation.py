@@ -15,6 +15,8 @@ from gpumedic.sim.degradation import (
     DEFAULT_PARAMS,
     GPUS_PER_NODE,
     SIM_START,
+    FailureTruth,
+    simulate,
     simulate_fleet,
     simulate_fleet_frame,
 )
@@ -33,6 +35,9 @@ def test_same_seed_same_fleet_other_seed_other_fleet() -> None:
     for col in ("time", "key", "field", "value"):
         np.testing.assert_array_equal(getattr(a, col), getattr(b, col))
     assert len(a) != len(c) or not np.array_equal(a.value, c.value)
+    sim = simulate(40, 20, seed=9)
+    assert sim.failures == fa
+    np.testing.assert_array_equal(sim.frame.value, a.value)
 
 
 def test_simulate_fleet_returns_history_rows_and_failures() -> None:
@@ -115,3 +120,38 @@ def test_no_telemetry_while_a_failed_gpu_is_out(fleet: tuple[HistoryFrame, list[
     t = to_epoch(f.time)
     rows = frame.time[(frame.key == k) & (frame.field != FIELD_INDEX["xid"])]
     assert not ((rows > t) & (rows < t + 23 * 3600)).any()  # downtime is at least 24 h
+
+
+def test_ground_truth_says_which_failures_could_be_foreseen() -> None:
+    sim = simulate(2400, 120, seed=77)
+    assert set(sim.truth) == set(sim.failures)
+    by_kind: dict[str, list[FailureTruth]] = {}
+    for f, truth in sim.truth.items():
+        by_kind.setdefault(f.kind, []).append(truth)
+    # No precursor at all: nothing could foresee them.
+    for kind in (FailureClass.FALLEN_OFF_BUS, FailureClass.SDC):
+        assert all(t.warning_hours == 0 and not t.foreseeable(0.0) for t in by_kind.get(kind, []))
+    # Weak precursors are never counted as foreseeable, however early their trace.
+    assert all(not t.foreseeable(0.0) for ts in by_kind.values() for t in ts if t.weak)
+    hbm = by_kind[FailureClass.HBM]
+    assert 0.03 < sum(t.weak for t in hbm) / len(hbm) < 0.3  # 12% drawn weak
+    assert sum(t.foreseeable(24.0) for t in hbm) / len(hbm) > 0.6
+    # A longer lead can only shrink what is foreseeable.
+    assert all(t.foreseeable(24.0) >= t.foreseeable(96.0) for ts in by_kind.values() for t in ts)
+
+
+def test_a_foreseeable_failure_left_evidence_in_its_gpus_history_before_the_lead() -> None:
+    sim = simulate(2400, 120, seed=77)
+    lead = 24.0
+    key_of = {k: i for i, k in enumerate(sim.frame.keys)}
+    checked = 0
+    for f, truth in sim.truth.items():
+        if not truth.foreseeable(lead) or f.gpu is None:
+            continue
+        t = to_epoch(f.time)
+        first = t - truth.warning_hours * 3600
+        sel = (sim.frame.key == key_of[(f.node, f.gpu)]) & (sim.frame.time >= first - 3600)
+        sel &= sim.frame.time <= t - lead * 3600
+        assert sel.any(), f
+        checked += 1
+    assert checked > 20
