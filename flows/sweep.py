@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import time
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 from uuid import UUID
 
@@ -25,6 +25,7 @@ from tasks.sweep import (
     collect_shard,
     emit_unhealthy_events,
     load_previous,
+    prune_history,
     publish_reports,
     record_telemetry,
 )
@@ -75,6 +76,8 @@ def fleet_sweep(fleet_file: str, depth: Depth = "full", emit_events: bool = True
     assessments = assess_fleet(policy, evidence, previous, prior_xids)
     document = sweep_document(sweep_id, started, assessments)
     record_telemetry(fleet.store_url, telemetry, evidence, sweep_id, started, {"summary": summary_line(assessments)})
+    if depth == "full":
+        prune_history(fleet.store_url, started - timedelta(days=fleet.history_retention_days))
     publish_reports(fleet.store_url, sweep_id, started, assessments, time.monotonic() - clock)
     if emit_events:
         emitted = emit_unhealthy_events(document, assessments)

@@ -78,6 +78,10 @@ class FleetSettings(_Strict):
     shard_size: int = Field(default=25, ge=1, description="nodes per Prefect task")
     kernel_log_lookback_h: float = Field(default=24.0, gt=0, description="Xid window on a node's first sweep")
     store_url: str | None = Field(default=None, description="SQLAlchemy URL of the telemetry store")
+    # The forecaster looks back 30 days at most; prior failures come from failure records.
+    history_retention_days: int = Field(
+        default=180, ge=31, description="telemetry history older than this is deleted by the nightly full sweep"
+    )
     policy: dict[str, Any] = Field(default_factory=dict, description="HealthPolicy overrides")
     remediation: dict[str, Any] = Field(default_factory=dict, description="RemediationPolicy overrides")
     jira: JiraConfig | None = None

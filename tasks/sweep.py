@@ -67,6 +67,13 @@ def record_telemetry(store_url: str | None, telemetry: Sequence[NodeTelemetry], 
     return rows
 
 
+@task(name="prune-history", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5)
+def prune_history(store_url: str | None, before: datetime) -> int:
+    deleted = TelemetryStore(store_url).prune(before)
+    get_run_logger().info("history retention: deleted %d rows older than %s", deleted, before.isoformat())
+    return deleted
+
+
 @task(name="publish-reports", cache_policy=NO_CACHE)
 def publish_reports(
     store_url: str | None, sweep_id: str, started: datetime, assessments: Sequence[NodeAssessment], elapsed_s: float

@@ -5,7 +5,11 @@ Tables:
   the same shape as the backtest's HISTORY.csv;
 - `snapshots`: each node's last good telemetry, so the next sweep can compute *rates*
   (counter deltas per hour) and read the kernel log only since then;
+- `series_last`: the last kept reading of every series, so a sweep keeps only what changed
+  (`HistoryThinning`) without reading the samples back;
 - `sweeps`: one row per sweep with its summary.
+
+`prune(before)` deletes history older than the retention (the nightly sweep calls it).
 """
 
 from __future__ import annotations
@@ -26,13 +30,16 @@ from sqlalchemy import (
     Table,
     Text,
     create_engine,
+    delete,
     event,
+    func,
     select,
+    tuple_,
 )
 from sqlalchemy.engine import Engine
 
 from gpumedic.adapters.telemetry_codec import telemetry_from_json, telemetry_to_json
-from gpumedic.domain.history import Sample, samples_from_telemetry
+from gpumedic.domain.history import HistoryThinning, Sample, samples_from_telemetry
 from gpumedic.domain.telemetry import NodeTelemetry, canonical_pci_bus_id
 
 metadata = MetaData()
@@ -45,6 +52,17 @@ samples = Table(
     Column("node", String(253), nullable=False, index=True),
     Column("gpu", Integer, nullable=True),
     Column("field", String(64), nullable=False),
+    Column("value", Float, nullable=False),
+)
+
+# The last kept reading of each series (gpu -1: the node as a whole).
+series_last = Table(
+    "series_last",
+    metadata,
+    Column("node", String(253), primary_key=True),
+    Column("gpu", Integer, primary_key=True),
+    Column("field", String(64), primary_key=True),
+    Column("time", Float, nullable=False),
     Column("value", Float, nullable=False),
 )
 
@@ -102,8 +120,9 @@ def _epoch(t: datetime) -> float:
 
 
 class TelemetryStore:
-    def __init__(self, url: str | None = None) -> None:
+    def __init__(self, url: str | None = None, *, thinning: HistoryThinning = HistoryThinning()) -> None:
         self.url = url or default_store_url()
+        self.thinning = thinning
         self.engine: Engine = create_engine(self.url, future=True)
         if self.url.startswith("sqlite"):
             # Concurrent sweeps and forecasts share the file: WAL lets readers and a writer coexist.
@@ -119,23 +138,30 @@ class TelemetryStore:
     def record(self, telemetry: Iterable[NodeTelemetry], *, evidence: Iterable[NodeTelemetry] | None = None) -> int:
         """Append history from `evidence` (default: `telemetry`); snapshot the raw `telemetry`.
 
-        A node's snapshot is replaced only when its collection was clean. `evidence` is the
+        Only the readings `self.thinning` keeps are appended; returns how many. A node's
+        snapshot is replaced only when its collection was clean. `evidence` is the
         telemetry with already-seen events removed (see collect_exporter.new_gauge_xids).
         """
         raw = list(telemetry)
+        sources = raw if evidence is None else list(evidence)
+        last = self._series_last({t.node for t in sources})
         rows: list[dict[str, Any]] = []
+        kept: dict[tuple[str, int, str], tuple[datetime, float]] = {}
         snaps: list[dict[str, Any]] = []
         events: list[dict[str, Any]] = []
-        for t in (raw if evidence is None else list(evidence)):
+        for t in sources:
             events += [
                 {"time": _epoch(e.time or t.collected_at), "node": t.node,
                  "pci_bus_id": canonical_pci_bus_id(e.pci_bus_id), "code": e.code, "text": e.text[:2000]}
                 for e in t.xid_events
             ]
-            rows += [
-                {"time": _epoch(s.time), "node": s.node, "gpu": s.gpu, "field": s.field, "value": s.value}
-                for s in samples_from_telemetry(t)
-            ]
+            for s in samples_from_telemetry(t):
+                key = (s.node, -1 if s.gpu is None else s.gpu, s.field)
+                if not self.thinning.keep(s, kept.get(key) or last.get(key)):
+                    continue
+                rows.append({"time": _epoch(s.time), "node": s.node, "gpu": s.gpu, "field": s.field, "value": s.value})
+                if s.field != "xid":
+                    kept[key] = (s.time, s.value)
         for t in raw:
             if not t.collection_errors:
                 snaps.append({"node": t.node, "collected_at": _epoch(t.collected_at),
@@ -143,12 +169,47 @@ class TelemetryStore:
         with self.engine.begin() as conn:
             if rows:
                 conn.execute(samples.insert(), rows)
+            keys = list(kept)
+            for i in range(0, len(keys), 500):
+                chunk = keys[i : i + 500]
+                cols = (series_last.c.node, series_last.c.gpu, series_last.c.field)
+                conn.execute(delete(series_last).where(tuple_(*cols).in_(chunk)))
+                conn.execute(series_last.insert(), [
+                    {"node": n, "gpu": g, "field": f, "time": _epoch(kept[(n, g, f)][0]), "value": kept[(n, g, f)][1]}
+                    for n, g, f in chunk
+                ])
             if events:
                 conn.execute(xid_events.insert(), events)
             if snaps:
                 conn.execute(snapshots.delete().where(snapshots.c.node.in_([s["node"] for s in snaps])))
                 conn.execute(snapshots.insert(), snaps)
         return len(rows)
+
+    def _series_last(self, nodes: set[str]) -> dict[tuple[str, int, str], tuple[datetime, float]]:
+        names = sorted(nodes)
+        out: dict[tuple[str, int, str], tuple[datetime, float]] = {}
+        with self.engine.connect() as conn:
+            for i in range(0, len(names), 500):
+                for row in conn.execute(select(series_last).where(series_last.c.node.in_(names[i : i + 500]))):
+                    out[(row.node, row.gpu, row.field)] = (datetime.fromtimestamp(row.time, UTC), row.value)
+        return out
+
+    def prune(self, before: datetime) -> int:
+        """Delete history (samples, Xid events, sweep summaries) older than `before`; returns rows deleted.
+
+        The last kept reading of each series stays in `series_last`, so the next sweep still
+        knows what changed.
+        """
+        cut = _epoch(before)
+        with self.engine.begin() as conn:
+            deleted = conn.execute(delete(samples).where(samples.c.time < cut)).rowcount or 0
+            deleted += conn.execute(delete(xid_events).where(xid_events.c.time < cut)).rowcount or 0
+            deleted += conn.execute(delete(sweeps).where(sweeps.c.started < cut)).rowcount or 0
+        return int(deleted)
+
+    def count_samples(self) -> int:
+        with self.engine.connect() as conn:
+            return int(conn.execute(select(func.count()).select_from(samples)).scalar_one())
 
     def append_samples(self, history: Iterable[Sample]) -> int:
         """Append history rows as they are (e.g. a HISTORY.csv imported from another system)."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from gpumedic.domain.telemetry import GpuTelemetry, NodeTelemetry, canonical_pci_bus_id
 
@@ -72,6 +72,39 @@ def _gpu_values(gpu: GpuTelemetry) -> Iterator[tuple[str, float]]:
         yield "nvlink_crc_errors", float(sum(crc))
     if gpu.nvlinks and any(link.active is not None for link in gpu.nvlinks):
         yield "nvlink_down", float(sum(1 for link in gpu.nvlinks if link.active is False))
+
+
+# Readings that change all the time: kept at most hourly (the forecaster works on an hourly grid).
+GAUGE_FIELDS: frozenset[str] = frozenset({"temperature_c", "power_w"})
+# Events, not readings: every one is kept.
+EVENT_FIELDS: frozenset[str] = frozenset({"xid"})
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryThinning:
+    """Which of a sweep's readings the history keeps.
+
+    Quick sweeps every 15 minutes over 1,000 nodes would otherwise write millions of rows a
+    day that say "no change". Counters and state flags are kept when they change (a drop, a
+    reset, is a change) and once a day regardless, so a series is visibly alive; gauges at
+    most hourly; events always. The forecaster reads a counter recorded only when it
+    changes exactly as one recorded every sweep.
+    """
+
+    gauge_every: timedelta = timedelta(minutes=55)  # hourly, with room for sweep jitter
+    heartbeat: timedelta = timedelta(hours=24)
+
+    def keep(self, sample: Sample, last: tuple[datetime, float] | None) -> bool:
+        """Keep `sample`, given the last kept (time, value) of its series (None: never kept)."""
+        if sample.field in EVENT_FIELDS or last is None:
+            return True
+        at, value = last
+        age = sample.time - at
+        if age >= self.heartbeat or age < timedelta(0):  # a clock that went backwards: keep, never lose a reading
+            return True
+        if sample.field in GAUGE_FIELDS:
+            return age >= self.gauge_every
+        return sample.value != value
 
 
 def samples_from_telemetry(telemetry: NodeTelemetry) -> list[Sample]:

@@ -1,9 +1,14 @@
 from __future__ import annotations
 
+import itertools
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pytest
+
 from gpumedic.adapters.store import TelemetryStore
+from gpumedic.domain.forecast import forecast_fleet
+from gpumedic.domain.history import HistoryThinning
 from gpumedic.domain.telemetry import GpuTelemetry, NodeTelemetry, RowRemapBanks, XidEvent
 
 T0 = datetime(2026, 11, 1, 12, tzinfo=UTC)
@@ -38,3 +43,62 @@ def test_samples_are_the_history_rows_the_forecaster_reads(tmp_path: Path) -> No
     store.record([_telemetry(T0, sbe=3)])
     rows = {(s.field, s.value) for s in store.iter_samples()}
     assert ("ecc_sbe_aggregate", 3.0) in rows and ("xid", 79.0) in rows
+
+
+def _gpu_reading(at: datetime, *, sbe: int, temp: float, node: str = "n1") -> NodeTelemetry:
+    gpu = GpuTelemetry(index=0, uuid="GPU-a", pci_bus_id="00000000:3B:00.0", ecc_sbe_volatile=sbe,
+                       ecc_sbe_aggregate=sbe + 100, remapped_rows_correctable=2, temperature_c=temp)
+    return NodeTelemetry(node=node, collected_at=at, source="ssh", gpus=(gpu,))
+
+
+def _rows(store: TelemetryStore, field: str) -> list[tuple[datetime, float]]:
+    return [(s.time, s.value) for s in store.iter_samples() if s.field == field]
+
+
+def test_quick_sweeps_keep_changes_hourly_gauges_and_a_daily_heartbeat(tmp_path: Path) -> None:
+    store = TelemetryStore(f"sqlite:///{tmp_path / 't.db'}")
+    sbe = [0] * 8 + [5] * 8 + [2] * 104  # rises, then the driver reloads (a drop), then steady for 26 h
+    for i, value in enumerate(sbe):
+        store.record([_gpu_reading(T0 + timedelta(minutes=15 * i, seconds=i % 7), sbe=value, temp=60 + i % 3)])
+    volatile = [v for _, v in _rows(store, "ecc_sbe_volatile")]
+    assert volatile[:3] == [0.0, 5.0, 2.0]  # every change kept, the reset included
+    assert len(volatile) == 4  # and one heartbeat a day later, nothing else
+    remaps = _rows(store, "remapped_rows_correctable")
+    assert [v for _, v in remaps] == [2.0, 2.0] and remaps[1][0] - remaps[0][0] >= timedelta(hours=24)
+    temps = [t for t, _ in _rows(store, "temperature_c")]
+    assert 29 <= len(temps) <= 31  # 120 quick sweeps over 30 h: about one reading an hour
+    assert all(b - a >= timedelta(minutes=55) for a, b in itertools.pairwise(temps))
+    assert store.count_samples() < 120 * 4 / 10  # four fields a sweep, a tenth of them kept
+
+
+def test_thinned_history_gives_the_forecaster_the_same_risk(tmp_path: Path) -> None:
+    thinned = TelemetryStore(f"sqlite:///{tmp_path / 'thin.db'}")
+    full = TelemetryStore(f"sqlite:///{tmp_path / 'full.db'}", thinning=HistoryThinning(gauge_every=timedelta(0),
+                                                                                         heartbeat=timedelta(0)))
+    sbe = 0
+    for i in range(14 * 96):  # two weeks of quick sweeps; correctable bursts grow in the second week
+        if i > 7 * 96 and i % (40 - (i - 7 * 96) // 30) == 0:
+            sbe += 1 + i % 5
+        for store in (thinned, full):
+            store.record([_gpu_reading(T0 + timedelta(minutes=15 * i), sbe=sbe, temp=62.0)])
+    assert thinned.count_samples() * 5 < full.count_samples()
+    now = T0 + timedelta(days=14)
+    risk_full = {(f.node, f.gpu): f.risk for f in forecast_fleet(list(full.iter_samples()), now)}
+    risk_thin = {(f.node, f.gpu): f.risk for f in forecast_fleet(list(thinned.iter_samples()), now)}
+    assert risk_full.keys() == risk_thin.keys()
+    assert risk_full[("n1", 0)] > 0.01  # the bursts are evidence, so equality below means something
+    for key, risk in risk_full.items():
+        assert risk_thin[key] == pytest.approx(risk, rel=1e-6)
+
+
+def test_prune_deletes_old_history_but_remembers_the_last_reading(tmp_path: Path) -> None:
+    store = TelemetryStore(f"sqlite:///{tmp_path / 't.db'}")
+    store.record([_telemetry(T0, sbe=3)])
+    store.record([_gpu_reading(T0 + timedelta(days=200), sbe=1, temp=60)])
+    deleted = store.prune(before=T0 + timedelta(days=100))
+    assert deleted >= 3  # the old samples, the old Xid event
+    assert all(s.time >= T0 + timedelta(days=100) for s in store.iter_samples())
+    assert store.prior_xids(["n1"], T0 + timedelta(days=1), timedelta(days=2)) == {}
+    before = store.count_samples()
+    store.record([_gpu_reading(T0 + timedelta(days=200, minutes=15), sbe=1, temp=60)])
+    assert store.count_samples() == before  # unchanged, and the gauge was read 15 minutes ago

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -57,3 +58,26 @@ def test_second_sweep_uses_rates_not_totals(small_fleet: SimulatedFleet, tmp_pat
     assert verdicts["gpu-node-00"]["verdict"] == "healthy"
     assert verdicts["gpu-node-01"]["verdict"] == "watch"
     assert any("GPU 2" in r for r in verdicts["gpu-node-01"]["reasons"])
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_full_sweeps_apply_the_retention_and_repeat_sweeps_store_only_what_changed(
+    small_fleet: SimulatedFleet, tmp_path: Path
+) -> None:
+    from flows.sweep import fleet_sweep
+    from gpumedic.adapters.store import TelemetryStore
+    from gpumedic.domain.history import Sample
+
+    inventory = _inventory_with_store(small_fleet, tmp_path)
+    store = TelemetryStore(f"sqlite:///{tmp_path / 'store.db'}")
+    long_ago = datetime.now(UTC) - timedelta(days=181)
+    store.append_samples([Sample(long_ago, "gpu-node-00", 0, "ecc_sbe_volatile", 1.0)])
+    fleet_sweep(fleet_file=inventory, depth="quick", emit_events=False)
+    assert any(s.time < datetime.now(UTC) - timedelta(days=180) for s in store.iter_samples())  # quick: no pruning
+    fleet_sweep(fleet_file=inventory, depth="full", emit_events=False)
+    assert all(s.time > datetime.now(UTC) - timedelta(days=180) for s in store.iter_samples())
+    after_full = store.count_samples()
+    assert after_full > 0
+    # Seconds later nothing has changed and the gauges were just read: another sweep adds no reading.
+    fleet_sweep(fleet_file=inventory, depth="full", emit_events=False)
+    assert store.count_samples() == after_full
