@@ -166,7 +166,7 @@ def evidence_markdown(
         f"# {title}: {record.node}",
         "",
         f"gpumedic proposes to **{what}**. Incident `{record.incident_id}`, state `{record.state}`, "
-        f"repair rung `{record.repair}`, GPUs {list(record.gpus)}.",
+        f"repair rung `{record.repair}`, GPUs: {', '.join(map(str, record.gpus)) or 'none'}.",
         "",
         "## Evidence",
         *([f"- {e}" for e in step.evidence] or ["- (none recorded)"]),
@@ -525,7 +525,8 @@ def timeline_markdown(record: NodeRecord) -> str:
         f"# Incident {record.incident_id}: {record.node}" + (" (dry run)" if record.dry_run else ""),
         "",
         f"- state: **{record.state}**; outcome: {record.outcome or 'open'}",
-        f"- requested: {record.requested}; rung: {record.repair}; attempt {record.attempt}; GPUs {list(record.gpus)}",
+        f"- requested: {record.requested}; rung: {record.repair}; attempt {record.attempt}; "
+        f"GPUs: {', '.join(map(str, record.gpus)) or 'none'}",
         f"- ticket: {record.ticket_key or '-'}",
         "",
         "## Reasons",

@@ -23,7 +23,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
@@ -195,7 +195,7 @@ def fleet_view_from(views: list[NodeView], breaker_override_until: datetime | No
 class FreshEvidence:
     assessment: NodeAssessment
     observed_at: datetime
-    bus_ids: dict[int, str] = field(default_factory=dict)  # GPU index -> PCI bus id, as just read
+    bus_ids: dict[str, str] = field(default_factory=dict)  # GPU UUID -> PCI bus id, as just read
 
 
 @task(name="assess-node-now", cache_policy=NO_CACHE, timeout_seconds=300)
@@ -207,7 +207,7 @@ def assess_node_now(fleet_file: str, node: str) -> FreshEvidence:
         raise PermanentError(f"{node} is not in the fleet file {fleet_file}")
     (telemetry,) = collect_nodes(fleet, target, depth="full", concurrency=1)
     assessment = assess_node(telemetry, fleet.health_policy())
-    bus_ids = {g.index: g.pci_bus_id for g in telemetry.gpus if g.pci_bus_id}
+    bus_ids = {g.uuid: g.pci_bus_id for g in telemetry.gpus if g.uuid and g.pci_bus_id}
     _log().info("node=%s evidence=%s/%s", node, assessment.verdict, assessment.action)
     return FreshEvidence(assessment, telemetry.collected_at, bus_ids)
 
@@ -258,18 +258,23 @@ def capture_boot_id(fleet_file: str, node: str, step: CaptureBootId) -> StepOutc
 
 @task(name="reset-gpus", timeout_seconds=600, cache_policy=NO_CACHE, retries=3, retry_delay_seconds=RETRY_DELAYS,
       retry_condition_fn=retry_if_transient)
-def reset_gpus(fleet_file: str, node: str, step: ResetGpus, bus_ids: dict[int, str]) -> StepOutcome:
-    """`nvidia-smi --gpu-reset` per GPU, addressed by PCI bus id (indices move when a GPU falls off)."""
-    missing = [i for i in step.indices if i not in bus_ids]
-    if missing:
-        return Failed(f"no PCI bus id known for GPU(s) {missing}: will not reset by index")
+def reset_gpus(fleet_file: str, node: str, step: ResetGpus, bus_ids: dict[str, str]) -> StepOutcome:
+    """`nvidia-smi --gpu-reset` per GPU, found by UUID in the telemetry just read and addressed by
+    PCI bus id: indices move when a GPU falls off the bus, and a reset must never hit a bystander."""
+    unknown = [str(t) for t in step.gpus if t.uuid is None]
+    if unknown:
+        return Failed(f"no UUID known for {', '.join(unknown)}: will not reset by index")
+    gone = [str(t) for t in step.gpus if t.uuid not in bus_ids]
+    if gone:
+        return Failed(f"{', '.join(gone)} not found on the node now (no PCI bus id): nothing reset")
     actions = _actions(fleet_file, node)
     done = []
     try:
-        for index in step.indices:
-            outcome = actions.reset_gpu(bus_ids[index])
-            done.append(f"GPU {index} ({bus_ids[index]}): {outcome.message.strip()[:80]}")
-            _log().info("node=%s step=%s action=reset gpu=%s bus=%s", node, step.key, index, bus_ids[index])
+        for target in step.gpus:
+            bus = bus_ids[cast(str, target.uuid)]
+            outcome = actions.reset_gpu(bus)
+            done.append(f"{target} at {bus}: {outcome.message.strip()[:80]}")
+            _log().info("node=%s step=%s action=reset gpu=%s bus=%s", node, step.key, target, bus)
     except PermanentError as err:
         return Failed(str(err))
     return Succeeded("; ".join(done))
@@ -387,10 +392,12 @@ def replaced_gpu(record: NodeRecord, assessment: NodeAssessment | None) -> GpuAs
     else any failing GPU, else the incident's first GPU the assessment still lists."""
     if assessment is None:
         return None
+    by_uuid = {g.uuid: g for g in assessment.gpus if g.uuid}
     by_index = {g.index: g for g in assessment.gpus}
-    failing = sorted(i for i, g in by_index.items() if g.action.needs_remediation)
-    ordered = [i for i in record.gpus if i in failing] + failing + list(record.gpus)
-    return next((by_index[i] for i in ordered if i in by_index), None)
+    # By UUID where the incident knows it: an index may name another GPU by now.
+    ours = [g for t in record.gpus if (g := by_uuid.get(t.uuid) if t.uuid else by_index.get(t.index))]
+    failing = sorted((g for g in assessment.gpus if g.action.needs_remediation), key=lambda g: g.index)
+    return next(iter([g for g in ours if g.action.needs_remediation] + failing + ours), None)
 
 
 def ticket_request(record: NodeRecord, step: FileTicket, assessment: NodeAssessment | None, *, project: str,

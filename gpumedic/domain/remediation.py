@@ -220,6 +220,35 @@ class Approval:
 
 
 @dataclass(frozen=True, slots=True)
+class GpuTarget:
+    """A GPU an incident acts on. The UUID is its identity: nvidia-smi renumbers the GPUs
+    when one falls off the bus, so an index read an hour ago may name another GPU now."""
+
+    index: int  # as numbered when the GPU was chosen; for people
+    uuid: str | None = None  # None: the collector reported none, and the GPU cannot be reset safely
+
+    def __str__(self) -> str:
+        return f"GPU {self.index}" + (f" ({self.uuid})" if self.uuid else "")
+
+    def encode(self) -> str:
+        return f"{self.index}:{self.uuid}" if self.uuid else str(self.index)
+
+    @classmethod
+    def decode(cls, text: str) -> GpuTarget:
+        index, _, uuid = text.partition(":")
+        return cls(int(index), uuid or None)
+
+
+def merge_targets(*groups: Iterable[GpuTarget]) -> tuple[GpuTarget, ...]:
+    """One target per GPU; a later group's reading (the fresher one) wins for the same UUID."""
+    by_id: dict[str | int, GpuTarget] = {}
+    for group in groups:
+        for t in group:
+            by_id[t.uuid or t.index] = t
+    return tuple(sorted(by_id.values(), key=lambda t: (t.index, t.uuid or "")))
+
+
+@dataclass(frozen=True, slots=True)
 class HistoryEntry:
     """One thing that happened to the incident. `from_state == to_state` for events."""
 
@@ -264,7 +293,7 @@ class NodeRecord:
     cordoned_by_us: bool = False  # False: the node was already cordoned; never uncordon it
     readmitted_at: datetime | None = None
     probation_until: datetime | None = None
-    gpus: tuple[int, ...] = ()  # GPU indices to reset
+    gpus: tuple[GpuTarget, ...] = ()  # the GPUs to reset
     dry_run: bool = False
     boot_id_before: str | None = None
     outcome: str | None = None  # set when the incident is closed
@@ -389,11 +418,15 @@ class CaptureBootId:
 
 @dataclass(frozen=True, slots=True)
 class ResetGpus:
-    """`nvidia-smi --gpu-reset` on these GPUs. Answer: `Succeeded` or `Failed`."""
+    """`nvidia-smi --gpu-reset` on these GPUs, found by UUID. Answer: `Succeeded` or `Failed`."""
 
     key: str
-    indices: tuple[int, ...]
+    gpus: tuple[GpuTarget, ...]
     dry_run: bool = False
+
+    @property
+    def indices(self) -> tuple[int, ...]:
+        return tuple(t.index for t in self.gpus)
 
 
 @dataclass(frozen=True, slots=True)
@@ -605,7 +638,7 @@ class Evidence:
     action: Action = Action.NONE
     observed_at: datetime | None = None
     reasons: tuple[str, ...] = ()
-    gpus: tuple[int, ...] = ()
+    gpus: tuple[GpuTarget, ...] = ()
 
     @property
     def healthy(self) -> bool:
@@ -669,8 +702,8 @@ def _reasons_of(assessment: NodeAssessment) -> tuple[str, ...]:
     return _clip_reasons((*assessment.reasons, *gpu_reasons))
 
 
-def _failing_gpus(assessment: NodeAssessment) -> tuple[int, ...]:
-    return tuple(sorted({g.index for g in assessment.gpus if g.action.needs_remediation}))
+def _failing_gpus(assessment: NodeAssessment) -> tuple[GpuTarget, ...]:
+    return merge_targets(GpuTarget(g.index, g.uuid) for g in assessment.gpus if g.action.needs_remediation)
 
 
 # --------------------------------------------------------------------------- opening
@@ -744,7 +777,7 @@ def open_incident(
         if not prior.closed:
             raise ValueError(f"{prior.node} already has open incident {prior.incident_id}")
         past = (*prior.past_incidents, prior.summary())[-PAST_INCIDENTS_LIMIT:]
-    gpus = _failing_gpus(assessment) or tuple(sorted({g.index for g in assessment.gpus}))
+    gpus = _failing_gpus(assessment) or merge_targets(GpuTarget(g.index, g.uuid) for g in assessment.gpus)
     notes: list[str] = []
     if rung is Repair.RESET_GPU and not gpus:
         rung = Repair.REBOOT
@@ -999,9 +1032,9 @@ def _repair(
     if gate is not None:
         return gate
     k = r.attempt
-    indices = tuple(sorted({*r.gpus, *ev.gpus}))
-    if rung is Repair.RESET_GPU and indices:
-        return ResetGpus(f"reset:{k}", indices, r.dry_run)
+    targets = merge_targets(r.gpus, ev.gpus)
+    if rung is Repair.RESET_GPU and targets:
+        return ResetGpus(f"reset:{k}", targets, r.dry_run)
     if f"bootid:{k}" not in r.steps_done:
         return CaptureBootId(f"bootid:{k}", r.dry_run)
     return Reboot(f"reboot:{k}", r.boot_id_before or "", policy.reboot_timeout, r.dry_run)
@@ -1103,10 +1136,10 @@ def begin_step(record: NodeRecord, step: Step, *, now: datetime) -> NodeRecord:
             S.RESETTING,
             now=now,
             step=key,
-            note=f"reset GPUs {list(step.indices)}",
+            note="reset " + ", ".join(map(str, step.gpus)),
             steps_intended=intended,
             repair=Repair.RESET_GPU,
-            gpus=step.indices,
+            gpus=step.gpus,
         )
     if isinstance(step, Reboot):
         return _move(
@@ -1283,7 +1316,9 @@ def apply_outcome(record: NodeRecord, step: Step, outcome: StepOutcome, *, now: 
                     note=f"diagnostics passed: {summary}",
                     steps_done=done(f"{key}:pass"),
                 )
-            gpus = tuple(sorted(set(outcome.failing_gpus))) or r.gpus
+            # dcgmi names GPUs by index only: keep the UUID where the incident already knew that GPU.
+            known = {t.index: t for t in r.gpus}
+            gpus = merge_targets(known.get(i, GpuTarget(i)) for i in outcome.failing_gpus) or r.gpus
             reason = f"diagnostics failed: {summary}"
             if _repaired_in_attempt(r):
                 return _climb(
@@ -1456,7 +1491,7 @@ def _climb(
     now: datetime,
     to: Repair,
     note: str,
-    gpus: tuple[int, ...] | None = None,
+    gpus: tuple[GpuTarget, ...] | None = None,
 ) -> NodeRecord:
     """Escalate to rung `to` for a new attempt; the node stays drained."""
     return _move(
@@ -1587,7 +1622,7 @@ def _to_annotations(r: NodeRecord) -> dict[str, str]:
         _Key.CORDONED_BY_US: "true" if r.cordoned_by_us else "false",
         _Key.READMITTED_AT: _ts(r.readmitted_at),
         _Key.PROBATION_UNTIL: _ts(r.probation_until),
-        _Key.GPUS: ",".join(str(i) for i in r.gpus),
+        _Key.GPUS: ",".join(t.encode() for t in r.gpus),
         _Key.DRY_RUN: "true" if r.dry_run else "false",
         _Key.BOOT_ID_BEFORE: r.boot_id_before or "",
         _Key.OUTCOME: r.outcome or "",
@@ -1700,7 +1735,7 @@ def _from_annotations(annotations: Mapping[str, str]) -> NodeRecord | None:
         requested = Action(a.text(_Key.REQUESTED))
         repair = Repair(a.text(_Key.REPAIR))
         gpus_raw = a.text(_Key.GPUS)
-        gpus = tuple(int(i) for i in gpus_raw.split(",")) if gpus_raw else ()
+        gpus = tuple(GpuTarget.decode(t) for t in gpus_raw.split(",")) if gpus_raw else ()
     except CorruptRecord:
         raise
     except (KeyError, TypeError, ValueError, AttributeError) as err:

@@ -37,6 +37,7 @@ from gpumedic.domain.remediation import (
     Drain,
     Failed,
     FileTicket,
+    GpuTarget,
     Halt,
     HistoryEntry,
     IllegalTransition,
@@ -79,6 +80,9 @@ POLICY = RemediationPolicy()
 MINUTE = timedelta(minutes=1)
 
 
+UUIDS = st.from_regex(r"GPU-[0-9a-f]{8}-[0-9a-f]{4}", fullmatch=True)
+
+
 def assess(
     action: Action = Action.RESET_GPU, *, node: str = NODE, gpus: tuple[int, ...] = (3,)
 ) -> NodeAssessment:
@@ -89,6 +93,7 @@ def assess(
             verdict if i in gpus else Verdict.HEALTHY,
             action if i in gpus else Action.NONE,
             (f"Xid 79 on GPU {i}",) if i in gpus else (),
+            uuid=f"GPU-{NODE}-{i}",
         )
         for i in range(8)
     )
@@ -353,6 +358,26 @@ def test_every_state_is_reachable_and_every_state_can_end() -> None:
 
 
 # --------------------------------------------------------------------------- happy and unhappy paths
+
+
+def test_a_gpu_renumbered_after_another_fell_off_is_reset_by_identity_not_by_its_old_index() -> None:
+    opened = assess(gpus=(5,))
+    record = open_incident(opened, incident_id="inc-1", now=T0, policy=POLICY)
+    assert record.gpus == (GpuTarget(5, f"GPU-{NODE}-5"),)
+    # GPU 3 falls off the bus while the node drains: nvidia-smi now lists 7 GPUs and the
+    # failing GPU (UUID ...-5) is index 4; index 5 is a healthy bystander (UUID ...-6).
+    renumbered = tuple(
+        replace(g, index=g.index - (g.index > 3)) for g in opened.gpus if g.index != 3
+    )
+    sim = Sim(record, problem=replace(opened, gpus=renumbered))
+    reset = next(s for s in sim.run() if isinstance(s, ResetGpus))
+    assert reset.gpus == (GpuTarget(4, f"GPU-{NODE}-5"),)
+
+
+def test_gpu_targets_survive_the_annotations_and_old_index_only_records_still_read() -> None:
+    assert GpuTarget.decode(GpuTarget(4, "GPU-8f2c-11").encode()) == GpuTarget(4, "GPU-8f2c-11")
+    assert GpuTarget.decode("3") == GpuTarget(3, None)  # written before GPUs had identities
+    assert str(GpuTarget(3, None)) == "GPU 3" and str(GpuTarget(4, "GPU-x")) == "GPU 4 (GPU-x)"
 
 
 def test_reset_then_diagnostics_pass_readmits_and_probation_closes_the_incident() -> None:
@@ -1218,7 +1243,7 @@ RECORDS = st.builds(
     cordoned_by_us=st.booleans(),
     readmitted_at=st.none() | TIMES,
     probation_until=st.none() | TIMES,
-    gpus=st.lists(st.integers(0, 15), max_size=8).map(tuple),
+    gpus=st.lists(st.builds(GpuTarget, st.integers(0, 15), st.none() | UUIDS), max_size=8).map(tuple),
     dry_run=st.booleans(),
     boot_id_before=st.none() | NONEMPTY,
     outcome=st.none() | NONEMPTY,
