@@ -8,7 +8,17 @@ from typing import Any
 from prefect import flow, get_run_logger
 
 from gpumedic.config import load_fleet_settings
-from tasks.forecast import emit_failure_predicted, load_history, publish_forecast, record_forecasts, score_gpus
+from tasks.forecast import (
+    emit_failure_predicted,
+    load_history,
+    load_prior_incidents,
+    publish_forecast,
+    record_forecasts,
+    score_gpus,
+)
+
+# The longest window the forecaster reads prior incidents over (a GPU's own: 180 days).
+PRIOR_INCIDENT_DAYS = 180
 
 
 @flow(name="failure-forecast", description="Score every GPU's risk of failure within the horizon from its "
@@ -20,12 +30,13 @@ def failure_forecast(
     fleet = load_fleet_settings(fleet_file)
     now = datetime.now(UTC)
     samples = load_history(fleet.store_url, now - timedelta(days=lookback_days))
-    forecasts = score_gpus(samples, now, horizon_days)
+    incidents = load_prior_incidents(fleet.store_url, now - timedelta(days=PRIOR_INCIDENT_DAYS))
+    forecasts = score_gpus(samples, incidents, now, horizon_days)
     new_alarms = record_forecasts(fleet.store_url, forecasts, now)
     publish_forecast(forecasts, samples, now, horizon_days)
     requested = emit_failure_predicted(new_alarms) if emit_events else []
-    logger.info("scored %d GPUs from %d samples: %d alarms (%d new)", len(forecasts), len(samples),
-                sum(f.alarm for f in forecasts), len(new_alarms))
+    logger.info("scored %d GPUs from %d samples and %d prior incidents: %d alarms (%d new)", len(forecasts),
+                len(samples), len(incidents), sum(f.alarm for f in forecasts), len(new_alarms))
     return {
         "computed_at": now.isoformat(),
         "gpus": len(forecasts),

@@ -110,6 +110,7 @@ from tasks.remediation import (
     readmit_node,
     reboot_node,
     remediation_policy,
+    remember_incident,
     reset_gpus,
     run_diagnostics,
     schedule_approval_check,
@@ -405,6 +406,11 @@ def remediate_node(
             stored = _persist(kubeconfig, record, stored, dry_run)
             logger.info("node=%s incident=%s opened: %s -> %s", node, record.incident_id, evidence.assessment.action,
                         record.repair)
+            if not dry_run:
+                remembered = remember_incident(fleet_file, record, evidence.assessment, return_state=True)
+                if not remembered.is_completed():  # the forecast loses a prior incident, the repair goes on
+                    logger.warning("node=%s incident=%s not recorded for the forecast: %s", node,
+                                   record.incident_id, remembered.message)
         elif incident is not None and record.incident_id != incident:
             logger.info("node=%s resuming the node's open incident %s (asked for %s)", node, record.incident_id,
                         incident)

@@ -15,7 +15,7 @@ from gpumedic.adapters.jira_tickets import TicketRequest
 from gpumedic.adapters.store import StoredForecast, TelemetryStore
 from gpumedic.adapters.ticket_outbox import file_through_outbox
 from gpumedic.config import load_fleet_settings
-from gpumedic.domain.forecast import GpuForecast, forecast_fleet
+from gpumedic.domain.forecast import Failure, GpuForecast, forecast_fleet
 from gpumedic.domain.history import Sample
 from gpumedic.reporting import CHART_FIELDS, daily_increments, forecast_markdown, forecast_rows
 from tasks.remediation import jira_for_fleet, retry_if_transient
@@ -28,9 +28,17 @@ def load_history(store_url: str | None, since: datetime) -> list[Sample]:
     return list(TelemetryStore(store_url).iter_samples(since=since))
 
 
+@task(name="load-prior-incidents", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5)
+def load_prior_incidents(store_url: str | None, since: datetime) -> list[Failure]:
+    """GPUs and nodes that remediation took out of service: prior incidents, the strongest predictor."""
+    return TelemetryStore(store_url).prior_incidents(since)
+
+
 @task(name="score-gpus", cache_policy=NO_CACHE)
-def score_gpus(samples: Sequence[Sample], now: datetime, horizon_days: float) -> list[GpuForecast]:
-    return forecast_fleet(samples, now, horizon=timedelta(days=horizon_days))
+def score_gpus(
+    samples: Sequence[Sample], prior_incidents: Sequence[Failure], now: datetime, horizon_days: float
+) -> list[GpuForecast]:
+    return forecast_fleet(samples, now, horizon=timedelta(days=horizon_days), prior_failures=prior_incidents)
 
 
 @task(name="record-forecasts", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5)

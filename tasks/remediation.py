@@ -34,6 +34,7 @@ from gpumedic.adapters.jira_tickets import JiraSettings, gpu_dedup_key
 from gpumedic.adapters.jira_tickets import TicketRequest as JiraTicketRequest
 from gpumedic.adapters.kube_nodes import KubeNodes, NodeView, is_managed
 from gpumedic.adapters.node_actions import NodeActions
+from gpumedic.adapters.store import TelemetryStore
 from gpumedic.adapters.targets import ssh_settings
 from gpumedic.adapters.ticket_outbox import file_through_outbox
 from gpumedic.collection import collect_nodes
@@ -196,6 +197,16 @@ class FreshEvidence:
     assessment: NodeAssessment
     observed_at: datetime
     bus_ids: dict[str, str] = field(default_factory=dict)  # GPU UUID -> PCI bus id, as just read
+
+
+@task(name="remember-incident", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2)
+def remember_incident(fleet_file: str, record: NodeRecord, assessment: NodeAssessment) -> None:
+    """Record the incident's failing GPUs (none: the node) in the telemetry store: the daily
+    forecast reads them as prior incidents, the strongest predictor in every field study."""
+    failing = [g.index for g in assessment.gpus if g.action.needs_remediation]
+    TelemetryStore(load_fleet_settings(fleet_file).store_url).record_incident(
+        record.incident_id, record.node, failing, record.opened_at, f"remediation:{record.requested}"
+    )
 
 
 @task(name="assess-node-now", cache_policy=NO_CACHE, timeout_seconds=300)

@@ -7,6 +7,8 @@ Tables:
   (counter deltas per hour) and read the kernel log only since then;
 - `series_last`: the last kept reading of every series, so a sweep keeps only what changed
   (`HistoryThinning`) without reading the samples back;
+- `incidents`: the GPUs (or nodes) remediation took out of service, for the forecaster's
+  "prior incidents" (the strongest predictor in every field study);
 - `sweeps`: one row per sweep with its summary.
 
 `prune(before)` deletes history older than the retention (the nightly sweep calls it).
@@ -39,6 +41,7 @@ from sqlalchemy import (
 from sqlalchemy.engine import Engine
 
 from gpumedic.adapters.telemetry_codec import telemetry_from_json, telemetry_to_json
+from gpumedic.domain.forecast.frame import Failure
 from gpumedic.domain.history import HistoryThinning, Sample, samples_from_telemetry
 from gpumedic.domain.telemetry import NodeTelemetry, canonical_pci_bus_id
 
@@ -98,6 +101,17 @@ forecasts = Table(
     Column("alarm", Integer, nullable=False),
     Column("factors", Text, nullable=False),
     Column("computed_at", Float, nullable=False),
+)
+
+# One row per GPU a remediation incident opened for (gpu -1: the node as a whole).
+incidents = Table(
+    "incidents",
+    metadata,
+    Column("incident_id", String(128), primary_key=True),
+    Column("gpu", Integer, primary_key=True),
+    Column("node", String(253), nullable=False, index=True),
+    Column("time", Float, nullable=False, index=True),
+    Column("kind", String(64), nullable=False),
 )
 
 sweeps = Table(
@@ -254,6 +268,25 @@ class TelemetryStore:
         with self.engine.connect() as conn:
             for time, node, gpu, field, value in conn.execute(query.order_by(samples.c.time)):
                 yield Sample(datetime.fromtimestamp(time, UTC), node, gpu, field, value)
+
+    def record_incident(self, incident_id: str, node: str, gpus: Iterable[int], opened_at: datetime, kind: str) -> None:
+        """Remember that remediation took these GPUs (none: the node) out of service. Idempotent per incident."""
+        rows = [{"incident_id": incident_id, "gpu": g, "node": node, "time": _epoch(opened_at), "kind": kind[:64]}
+                for g in (sorted(set(gpus)) or [-1])]
+        with self.engine.begin() as conn:
+            conn.execute(delete(incidents).where(incidents.c.incident_id == incident_id))
+            conn.execute(incidents.insert(), rows)
+
+    def prior_incidents(self, since: datetime) -> list[Failure]:
+        """Incidents opened at or after `since`, as the forecaster's prior failures: incidents the GPU
+        lived through (`replaced=False`), so its history keeps counting against it."""
+        query = select(incidents).where(incidents.c.time >= _epoch(since)).order_by(incidents.c.time)
+        with self.engine.connect() as conn:
+            return [
+                Failure(datetime.fromtimestamp(row.time, UTC), row.node, None if row.gpu < 0 else row.gpu, row.kind,
+                        replaced=False)
+                for row in conn.execute(query)
+            ]
 
     def record_sweep(self, sweep_id: str, started: datetime, summary: dict[str, Any]) -> None:
         with self.engine.begin() as conn:

@@ -102,3 +102,17 @@ def test_prune_deletes_old_history_but_remembers_the_last_reading(tmp_path: Path
     before = store.count_samples()
     store.record([_gpu_reading(T0 + timedelta(days=200, minutes=15), sbe=1, temp=60)])
     assert store.count_samples() == before  # unchanged, and the gauge was read 15 minutes ago
+
+
+def test_incidents_are_remembered_once_per_incident_as_prior_failures(tmp_path: Path) -> None:
+    store = TelemetryStore(f"sqlite:///{tmp_path / 't.db'}")
+    store.record_incident("inc-1", "n1", [3, 1, 3], T0, "remediation:reset_gpu")
+    store.record_incident("inc-1", "n1", [3, 1], T0, "remediation:reset_gpu")  # a resumed run: same rows
+    store.record_incident("inc-2", "n2", [], T0 + timedelta(days=2), "remediation:reboot")  # the node as a whole
+    got = [(f.node, f.gpu, f.kind, f.time) for f in store.prior_incidents(T0 - timedelta(days=1))]
+    assert got == [
+        ("n1", 1, "remediation:reset_gpu", T0),
+        ("n1", 3, "remediation:reset_gpu", T0),
+        ("n2", None, "remediation:reboot", T0 + timedelta(days=2)),
+    ]
+    assert [f.node for f in store.prior_incidents(T0 + timedelta(days=1))] == ["n2"]

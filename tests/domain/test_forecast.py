@@ -101,6 +101,17 @@ def test_replaced_gpu_starts_a_new_segment() -> None:
     assert after["prior_gpu_failures_180d"] == pytest.approx(math.log1p(1))
 
 
+def test_an_incident_the_gpu_lived_through_keeps_its_history_and_counts_as_a_prior() -> None:
+    rows = [Sample(at(h), "n1", 0, "ecc_sbe_volatile", v) for h, v in [(0, 0), (10, 50), (20, 400)]]
+    rows += [Sample(at(40), "n1", 0, "ecc_sbe_volatile", 0.0)]  # the reset zeroed the volatile counter
+    reset = [Failure(at(30), "n1", 0, "remediation:reset_gpu", replaced=False)]
+    before, after = features_at(rows, 48), features_at(rows, 48, reset)
+    assert after["sbe_errors_7d"] == before["sbe_errors_7d"] > 0
+    assert after["sbe_cusum"] == before["sbe_cusum"]
+    assert after["prior_gpu_failures_180d"] == pytest.approx(math.log1p(1))
+    assert after["prior_node_failures_90d"] == pytest.approx(math.log1p(1))
+
+
 def test_node_level_xid_counts_against_every_gpu_of_the_node() -> None:
     rows = healthy_gpu("n1", 0, 48) + healthy_gpu("n1", 1, 48)
     rows.append(Sample(at(30), "n1", None, "xid", 79.0))

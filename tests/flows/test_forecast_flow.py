@@ -59,3 +59,30 @@ def test_forecast_alarms_once_on_the_degrading_gpu_and_reports_its_evidence(tmp_
     assert "n1 GPU 3" in str(report.data)
     assert "correctable ECC / day" in str(report.data)
     assert Artifact.get("gpu-failure-risk") is not None
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_prior_incidents_from_remediation_raise_the_risk_and_are_named(tmp_path: Path) -> None:
+    from flows.forecast import failure_forecast
+
+    now = datetime.now(UTC)
+    url = f"sqlite:///{tmp_path / 'store.db'}"
+    store = TelemetryStore(url)
+    store.append_samples(  # four quiet GPUs
+        Sample(now - timedelta(hours=h), "n1", gpu, "ecc_sbe_aggregate", 0.0) for h in range(240) for gpu in range(4)
+    )
+    fleet = tmp_path / "fleet.yaml"
+    fleet.write_text(f"fleet:\n  source: exporter\n  nodes: [{{name: n1}}]\n  store_url: {url}\n")
+    failure_forecast(fleet_file=str(fleet), emit_events=False)
+    before = store.latest_forecasts(["n1"])
+    assert before[("n1", 2)].risk == pytest.approx(before[("n1", 0)].risk)
+
+    store.record_incident("inc-a", "n1", [2], now - timedelta(days=40), "remediation:reset_gpu")
+    store.record_incident("inc-b", "n1", [2], now - timedelta(days=12), "remediation:reset_gpu")
+    failure_forecast(fleet_file=str(fleet), emit_events=False)
+    after = store.latest_forecasts(["n1"])
+    # Prior incidents on a node are the field's strongest predictor: every GPU of n1 is riskier now.
+    for gpu in range(4):
+        assert after[("n1", gpu)].risk > 2 * before[("n1", gpu)].risk
+    assert any("GPU slot" in f for f in after[("n1", 2)].factors)  # and GPU 2's own are named
+    assert not any("GPU slot" in f for f in after[("n1", 0)].factors)

@@ -8,7 +8,7 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, cast
 
@@ -17,6 +17,7 @@ import yaml
 
 from gpumedic.adapters.errors import PermanentError, TransientError
 from gpumedic.adapters.jira_tickets import GPU_LABEL_PREFIX
+from gpumedic.adapters.store import TelemetryStore
 from gpumedic.adapters.ticket_outbox import OutboxEntry, TicketOutbox
 from gpumedic.sim import node_state
 from gpumedic.sim.fleet import FleetSimulation, SimulatedFleet
@@ -179,6 +180,9 @@ def test_reset_then_passing_diagnostics_readmits_the_node(dbe_rig: Rig) -> None:
     assert again["actions"] == []
     assert len(dbe_rig.actions("gpu-node-00")) == 2
     assert dbe_rig.issues() == []
+    # The daily forecast will read the incident as a prior incident of that GPU.
+    incidents = TelemetryStore(dbe_rig.store_url).prior_incidents(datetime.now(UTC) - timedelta(days=1))
+    assert [(f.node, f.gpu, f.kind) for f in incidents] == [("gpu-node-00", 1, "remediation:reset_gpu")]
 
 
 def test_healthy_node_opens_no_incident(dbe_rig: Rig) -> None:
@@ -195,6 +199,7 @@ def test_dry_run_logs_every_step_and_changes_nothing(dbe_rig: Rig) -> None:
     assert not node["spec"].get("unschedulable")
     assert "gpumedic.io/state" not in node["metadata"]["annotations"]
     assert dbe_rig.evictions("gpu-node-00") == []
+    assert TelemetryStore(dbe_rig.store_url).prior_incidents(datetime.now(UTC) - timedelta(days=1)) == []
 
 
 # --------------------------------------------------------------------------- escalation, approval, Jira

@@ -264,6 +264,7 @@ class FeatureSource:
     bursts: _Sparse  # merged correctable-error bursts (value 1 at the burst's first hour)
     resets: _Sparse  # hours where any counter of the entity dropped
     own_failures: _Sparse  # known failures of the entity itself
+    replacements: _Sparse  # those of its own failures after which it is a new GPU (segments start there)
     node_failures: _Sparse  # known failures on the entity's node (itself included)
     fleet_baseline: FloatArray  # λ0 per hour: bursts per GPU-hour, causal
     sbe_initial: FloatArray  # first lifetime correctable count seen per entity
@@ -300,8 +301,11 @@ def _last_per_bin(
     return _Sparse.make(e2[last], b2[last], v2[last])
 
 
-def _failure_sparse(failures: Sequence[Failure], entities: Entities, grid: Grid) -> tuple[_Sparse, _Sparse]:
-    """Known failures as (entity, hour) events; node-level failures count on every entity of the node."""
+def _failure_sparse(
+    failures: Sequence[Failure], entities: Entities, grid: Grid
+) -> tuple[_Sparse, _Sparse, _Sparse]:
+    """Known failures as (entity, hour) events: the entity's own, its replacements, and its node's
+    (node-level failures count on every entity of the node)."""
     ent_of = {k: i for i, k in enumerate(entities.keys)}
     node_ents: dict[str, list[int]] = {}
     for i, (node, _) in enumerate(entities.keys):
@@ -309,6 +313,7 @@ def _failure_sparse(failures: Sequence[Failure], entities: Entities, grid: Grid)
     end = grid.instant(grid.hours - 1)
     own_e: list[int] = []
     own_b: list[int] = []
+    replaced: list[bool] = []
     node_e: list[int] = []
     node_b: list[int] = []
     for fl in failures:
@@ -319,15 +324,17 @@ def _failure_sparse(failures: Sequence[Failure], entities: Entities, grid: Grid)
         members = node_ents.get(fl.node, [])
         node_e.extend(members)
         node_b.extend([b] * len(members))
-        if fl.gpu is not None and (fl.node, fl.gpu) in ent_of:
-            own_e.append(ent_of[(fl.node, fl.gpu)])
+        own = ent_of.get((fl.node, fl.gpu))
+        if own is not None:
+            own_e.append(own)
             own_b.append(b)
-        elif fl.gpu is None and (fl.node, None) in ent_of:
-            own_e.append(ent_of[(fl.node, None)])
-            own_b.append(b)
-    ones_own = np.ones(len(own_e))
-    ones_node = np.ones(len(node_e))
-    return _Sparse.make(own_e, own_b, ones_own), _Sparse.make(node_e, node_b, ones_node)
+            replaced.append(fl.replaced)
+    keep = np.array(replaced, dtype=bool)
+    return (
+        _Sparse.make(own_e, own_b, np.ones(len(own_e))),
+        _Sparse.make(np.array(own_e, dtype=np.int64)[keep], np.array(own_b, dtype=np.int64)[keep], np.ones(keep.sum())),
+        _Sparse.make(node_e, node_b, np.ones(len(node_e))),
+    )
 
 
 def prepare(
@@ -458,7 +465,7 @@ def prepare(
     exposure = len(ents) * (k + 1 - lo).astype(np.float64)
     baseline = (window_bursts + PRIOR_BURST_RATE * PRIOR_EXPOSURE_HOURS) / (exposure + PRIOR_EXPOSURE_HOURS)
 
-    own_failures, node_failures = _failure_sparse(failures, ents, grid)
+    own_failures, replacements, node_failures = _failure_sparse(failures, ents, grid)
     return FeatureSource(
         grid=grid,
         entities=ents,
@@ -469,6 +476,7 @@ def prepare(
         bursts=bursts,
         resets=resets,
         own_failures=own_failures,
+        replacements=replacements,
         node_failures=node_failures,
         fleet_baseline=baseline,
         sbe_initial=sbe_initial,
@@ -500,8 +508,8 @@ class _Windows:
 
 
 def _segments(src: FeatureSource, e0: int, e1: int) -> npt.NDArray[np.int64] | None:
-    """Per entity and hour: the hour of its latest known own failure (−1: none)."""
-    fl = src.own_failures
+    """Per entity and hour: the hour it was last replaced (−1: never)."""
+    fl = src.replacements
     lo, hi = np.searchsorted(fl.ent, [e0, e1])
     if hi == lo:
         return None

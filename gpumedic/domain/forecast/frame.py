@@ -83,6 +83,9 @@ class Failure:
     node: str
     gpu: int | None  # None: the failure names the node, not one of its GPUs
     kind: str
+    # False for an incident the GPU lived through (reset, rebooted, readmitted): it counts as a
+    # prior incident, but its history keeps counting against it, unlike a replaced GPU's.
+    replaced: bool = True
 
 
 @dataclass(frozen=True, slots=True)
