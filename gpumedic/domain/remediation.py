@@ -1316,9 +1316,8 @@ def apply_outcome(record: NodeRecord, step: Step, outcome: StepOutcome, *, now: 
                     note=f"diagnostics passed: {summary}",
                     steps_done=done(f"{key}:pass"),
                 )
-            # dcgmi names GPUs by index only: keep the UUID where the incident already knew that GPU.
-            known = {t.index: t for t in r.gpus}
-            gpus = merge_targets(known.get(i, GpuTarget(i)) for i in outcome.failing_gpus) or r.gpus
+            # dcgmi names GPUs by today's index only: no UUID is guessed from an older numbering.
+            gpus = merge_targets(GpuTarget(i) for i in outcome.failing_gpus) or r.gpus
             reason = f"diagnostics failed: {summary}"
             if _repaired_in_attempt(r):
                 return _climb(
