@@ -29,14 +29,14 @@ def failure_forecast(
     logger = get_run_logger()
     fleet = load_fleet_settings(fleet_file)
     now = datetime.now(UTC)
-    samples = load_history(fleet.store_url, now - timedelta(days=lookback_days))
+    history = load_history(fleet.store_url, now - timedelta(days=lookback_days))
     incidents = load_prior_incidents(fleet.store_url, now - timedelta(days=PRIOR_INCIDENT_DAYS))
-    forecasts = score_gpus(samples, incidents, now, horizon_days)
+    forecasts = score_gpus(history, incidents, now, horizon_days)
     new_alarms = record_forecasts(fleet.store_url, forecasts, now)
-    publish_forecast(forecasts, samples, now, horizon_days)
+    publish_forecast(fleet.store_url, forecasts, now, horizon_days)
     requested = emit_failure_predicted(new_alarms) if emit_events else []
     logger.info("scored %d GPUs from %d samples and %d prior incidents: %d alarms (%d new)", len(forecasts),
-                len(samples), len(incidents), sum(f.alarm for f in forecasts), len(new_alarms))
+                len(history), len(incidents), sum(f.alarm for f in forecasts), len(new_alarms))
     return {
         "computed_at": now.isoformat(),
         "gpus": len(forecasts),

@@ -15,8 +15,7 @@ from gpumedic.adapters.jira_tickets import TicketRequest
 from gpumedic.adapters.store import StoredForecast, TelemetryStore
 from gpumedic.adapters.ticket_outbox import file_through_outbox
 from gpumedic.config import load_fleet_settings
-from gpumedic.domain.forecast import Failure, GpuForecast, forecast_fleet
-from gpumedic.domain.history import Sample
+from gpumedic.domain.forecast import Failure, GpuForecast, HistoryFrame, forecast_frame
 from gpumedic.reporting import CHART_FIELDS, daily_increments, forecast_markdown, forecast_rows
 from tasks.remediation import jira_for_fleet, retry_if_transient
 
@@ -24,8 +23,8 @@ FAILURE_PREDICTED_EVENT = "gpumedic.gpu.failure_predicted"
 
 
 @task(name="load-history", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5)
-def load_history(store_url: str | None, since: datetime) -> list[Sample]:
-    return list(TelemetryStore(store_url).iter_samples(since=since))
+def load_history(store_url: str | None, since: datetime) -> HistoryFrame:
+    return TelemetryStore(store_url).history_frame(since)
 
 
 @task(name="load-prior-incidents", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5)
@@ -36,9 +35,9 @@ def load_prior_incidents(store_url: str | None, since: datetime) -> list[Failure
 
 @task(name="score-gpus", cache_policy=NO_CACHE)
 def score_gpus(
-    samples: Sequence[Sample], prior_incidents: Sequence[Failure], now: datetime, horizon_days: float
+    history: HistoryFrame, prior_incidents: Sequence[Failure], now: datetime, horizon_days: float
 ) -> list[GpuForecast]:
-    return forecast_fleet(samples, now, horizon=timedelta(days=horizon_days), prior_failures=prior_incidents)
+    return forecast_frame(history, now, horizon=timedelta(days=horizon_days), prior_failures=prior_incidents)
 
 
 @task(name="record-forecasts", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5)
@@ -57,13 +56,15 @@ _NO_ALARM = StoredForecast("", None, 0.0, None, False, (), datetime.min)
 
 @task(name="publish-forecast", cache_policy=NO_CACHE)
 def publish_forecast(
-    forecasts: Sequence[GpuForecast], samples: Sequence[Sample], now: datetime, horizon_days: float,
+    store_url: str | None, forecasts: Sequence[GpuForecast], now: datetime, horizon_days: float,
     chart_gpus: int = 5, chart_days: int = 14,
 ) -> None:
     riskiest = list(forecasts[:chart_gpus])
+    since = now - timedelta(days=chart_days)
+    history = TelemetryStore(store_url).samples_of([(f.node, f.gpu) for f in riskiest], since)
     charts: dict[tuple[str, int | None], dict[str, list[float]]] = {}
     for f in riskiest:
-        own = [s for s in samples if s.node == f.node and s.gpu == f.gpu]
+        own = [s for s in history if s.node == f.node and s.gpu == f.gpu]
         charts[(f.node, f.gpu)] = {
             field: daily_increments(own, field, now=now, days=chart_days) for field, _ in CHART_FIELDS
         }

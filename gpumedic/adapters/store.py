@@ -41,8 +41,8 @@ from sqlalchemy import (
 from sqlalchemy.engine import Engine
 
 from gpumedic.adapters.telemetry_codec import telemetry_from_json, telemetry_to_json
-from gpumedic.domain.forecast.frame import Failure
-from gpumedic.domain.history import HistoryThinning, Sample, samples_from_telemetry
+from gpumedic.domain.forecast.frame import FIELD_INDEX, Failure, HistoryFrame
+from gpumedic.domain.history import HISTORY_FIELDS, HistoryThinning, Sample, samples_from_telemetry
 from gpumedic.domain.telemetry import NodeTelemetry, canonical_pci_bus_id
 
 metadata = MetaData()
@@ -259,6 +259,39 @@ class TelemetryStore:
                 )
                 for node, bus, code in conn.execute(query):
                     out.setdefault(node, {}).setdefault(bus, set()).add(int(code))
+        return out
+
+    def history_frame(self, since: datetime) -> HistoryFrame:
+        """History since `since` as columns, for the forecaster: no per-row Python object is kept
+        (30 days of a 1,000-node fleet are millions of rows)."""
+        query = select(samples.c.time, samples.c.node, samples.c.gpu, samples.c.field, samples.c.value).where(
+            samples.c.time >= _epoch(since)
+        )
+        key_index: dict[tuple[str, int | None], int] = {}
+        times: list[int] = []
+        keys: list[int] = []
+        fields: list[int] = []
+        values: list[float] = []
+        with self.engine.connect() as conn:
+            for time, node, gpu, field, value in conn.execute(query):
+                f = FIELD_INDEX.get(field)
+                if f is None:
+                    raise ValueError(f"unknown history field {field!r} in the store; expected one of {HISTORY_FIELDS}")
+                times.append(int(time))
+                keys.append(key_index.setdefault((node, gpu), len(key_index)))
+                fields.append(f)
+                values.append(value)
+        return HistoryFrame.build(tuple(key_index), times, keys, fields, values)
+
+    def samples_of(self, gpus: Iterable[tuple[str, int | None]], since: datetime) -> list[Sample]:
+        """The history of a few GPUs (e.g. the riskiest, for their charts) since `since`."""
+        out: list[Sample] = []
+        with self.engine.connect() as conn:
+            for node, gpu in set(gpus):
+                where = [samples.c.node == node, samples.c.time >= _epoch(since)]
+                where.append(samples.c.gpu.is_(None) if gpu is None else samples.c.gpu == gpu)
+                query = select(samples.c.time, samples.c.field, samples.c.value).where(*where).order_by(samples.c.time)
+                out += [Sample(datetime.fromtimestamp(t, UTC), node, gpu, f, v) for t, f, v in conn.execute(query)]
         return out
 
     def iter_samples(self, since: datetime | None = None) -> Iterator[Sample]:

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from gpumedic.adapters.store import TelemetryStore
-from gpumedic.domain.forecast import forecast_fleet
+from gpumedic.domain.forecast import HistoryFrame, forecast_fleet
 from gpumedic.domain.history import HistoryThinning
 from gpumedic.domain.telemetry import GpuTelemetry, NodeTelemetry, RowRemapBanks, XidEvent
 
@@ -116,3 +116,18 @@ def test_incidents_are_remembered_once_per_incident_as_prior_failures(tmp_path: 
         ("n2", None, "remediation:reboot", T0 + timedelta(days=2)),
     ]
     assert [f.node for f in store.prior_incidents(T0 + timedelta(days=1))] == ["n2"]
+
+
+def test_history_frame_is_the_same_history_as_the_samples_and_samples_of_picks_gpus(tmp_path: Path) -> None:
+    store = TelemetryStore(f"sqlite:///{tmp_path / 't.db'}")
+    for i in range(8):
+        store.record([_gpu_reading(T0 + timedelta(hours=i), sbe=i // 2, temp=60 + i, node=n) for n in ("n1", "n2")])
+    store.record([_telemetry(T0 + timedelta(hours=9), sbe=3)])  # an Xid row too
+    since = T0 + timedelta(hours=2)
+    frame = store.history_frame(since)
+    expected = HistoryFrame.from_samples(s for s in store.iter_samples(since))
+    assert len(frame) == len(expected) > 0
+    assert sorted(frame.to_samples(), key=repr) == sorted(expected.to_samples(), key=repr)
+    picked = store.samples_of([("n2", 0)], since)
+    assert picked and {(s.node, s.gpu) for s in picked} == {("n2", 0)}
+    assert all(s.time >= since for s in picked)
