@@ -8,7 +8,10 @@ PCIe replays); a few GPUs see correctable errors now and then, temperatures and 
 wander, one node in ten reloads its driver during the day. Quick sweeps write into a
 SQLite `TelemetryStore` twice: once keeping every reading, once with the shipped
 `HistoryThinning`. Prints rows, database size and write time for both, per node-day,
-and their ratios; then what a 1,000-node fleet would add per day.
+and their ratios; then what a 1,000-node fleet would add per day. Last, it reads the
+unthinned history back for the forecaster both ways: every row as a `Sample` then a
+`HistoryFrame` (the old path), and straight into columns (`TelemetryStore.history_frame`),
+with time and peak Python memory (tracemalloc).
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import argparse
 import sys
 import tempfile
 import time
+import tracemalloc
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -25,6 +29,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from gpumedic.adapters.store import TelemetryStore
+from gpumedic.domain.forecast import HistoryFrame
 from gpumedic.domain.history import HistoryThinning
 from gpumedic.domain.telemetry import GpuTelemetry, NodeTelemetry, NvLinkState, RowRemapBanks
 
@@ -101,6 +106,20 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         every = measure(sweeps, HistoryThinning(gauge_every=timedelta(0), heartbeat=timedelta(0)), Path(tmp) / "a.db")
         thin = measure(sweeps, HistoryThinning(), Path(tmp) / "b.db")
+        store = TelemetryStore(f"sqlite:///{Path(tmp) / 'a.db'}")
+        reads = {
+            "rows as Samples": lambda: HistoryFrame.from_samples(list(store.iter_samples(T0))),
+            "columns": lambda: store.history_frame(T0),
+        }
+        read_figures = {}
+        for name, read in reads.items():
+            tracemalloc.start()
+            t0 = time.perf_counter()
+            frame = read()
+            elapsed = time.perf_counter() - t0
+            peak = tracemalloc.get_traced_memory()[1]
+            tracemalloc.stop()
+            read_figures[name] = (len(frame), elapsed, peak)
     print(f"{'':>14} {'rows/node-day':>14} {'MB/node-day':>12} {'write s/node-day':>17}")
     for name, (rows, size, secs) in (("every reading", every), ("thinned", thin)):
         print(f"{name:>14} {rows / node_days:>14,.0f} {size / 1e6 / node_days:>12.3f} {secs / node_days:>17.4f}")
@@ -108,6 +127,11 @@ def main() -> int:
           f"write time {every[2] / thin[2]:.1f}x")
     print(f"a 1,000-node fleet per day: {every[0] / node_days * 1000:,.0f} rows kept every reading, "
           f"{thin[0] / node_days * 1000:,.0f} thinned")
+    print("reading the unthinned history back for the forecaster:")
+    for name, (rows, secs, peak) in read_figures.items():
+        print(f"  {name:>16}: {rows:,} rows in {secs:.2f} s, peak Python memory {peak / 1e6:.0f} MB")
+    (_, s_old, m_old), (_, s_new, m_new) = read_figures.values()
+    print(f"  ratio (Samples/columns): time {s_old / s_new:.1f}x, peak memory {m_old / m_new:.1f}x")
     return 0
 
 
