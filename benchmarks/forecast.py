@@ -14,6 +14,7 @@ shared (that is the point of a simulator), the fleets are not.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import os
@@ -41,6 +42,7 @@ from gpumedic.domain.forecast.hazard import fit_hazard
 from gpumedic.sim.degradation import simulate, simulate_fleet_frame
 
 FIT_SEEDS = (1001, 1002, 1003, 1004)
+CALIBRATION_BINS = (0.0, 0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 0.6, 1.0001)
 EVAL_SEEDS = (1, 2, 3, 4, 5)
 DEFAULT_MODEL_PATH = Path(__file__).resolve().parents[1] / "gpumedic/domain/forecast/default_model.py"
 # Real failure data converted from public repositories is not committed here: data that comes
@@ -243,6 +245,8 @@ def evaluate(seeds: tuple[int, ...], gpus: int, days: int, trainings: list[str])
     pooled: dict[tuple[str, str], list[BacktestResult]] = {}
     throughput: dict[str, list[float]] = {}
     ceilings: dict[str, list[int]] = {}  # training -> [precursor failures, foreseeable, caught of those]
+    # training -> per risk bin: [GPU-hours, sum of risk, positive GPU-hours, failing in [t, t + lead + horizon]]
+    calibration: dict[str, np.ndarray] = {}
     for seed in seeds:
         t0 = time.perf_counter()
         sim = simulate(gpus, days, seed)
@@ -266,6 +270,13 @@ def evaluate(seeds: tuple[int, ...], gpus: int, days: int, trainings: list[str])
                     f"{_fmt(m.lead_hours_median, 0):>7} {_fmt(m.lead_hours_p10, 0):>7}"
                 )
             pooled.setdefault((training, "all"), []).append(result)
+            cal = calibration.setdefault(training, np.zeros((len(CALIBRATION_BINS) - 1, 4)))
+            which = np.clip(np.searchsorted(CALIBRATION_BINS, scored.risk.ravel(), side="right") - 1, 0, len(cal) - 1)
+            cal[:, 0] += np.bincount(which, minlength=len(cal))
+            cal[:, 1] += np.bincount(which, weights=scored.risk.ravel().astype(np.float64), minlength=len(cal))
+            cal[:, 2] += np.bincount(which, weights=scored.labels.ravel().astype(np.float64), minlength=len(cal))
+            soon = scored.labels_for(lead_hours=0, horizon_hours=protocol.lead_h + protocol.horizon_h)
+            cal[:, 3] += np.bincount(which, weights=soon.ravel().astype(np.float64), minlength=len(cal))
             acc = ceilings.setdefault(training, [0, 0, 0])
             counted, caught = scored.caught()
             for f, c, k in zip(sorted(failures, key=lambda f: f.time), counted, caught, strict=True):
@@ -315,6 +326,16 @@ def evaluate(seeds: tuple[int, ...], gpus: int, days: int, trainings: list[str])
             f"({_fmt(caught_seeable / seeable if seeable else math.nan)})"
         )
     print(f"\nprevalence (mean): {np.mean([r.prevalence for rs in pooled.values() for r in rs]):.5f}")
+    for training, cal in calibration.items():
+        print(f"calibration ({training}): mean predicted risk against the observed rate of failure, all GPU-hours, "
+              "in the backtest's window [t + lead, t + lead + horizon] and from now [t, t + lead + horizon]")
+        print(f"  {'risk bin':>13} {'GPU-hours':>11} {'mean risk':>10} {'[t+lead, ..]':>13} {'[t, ..]':>8}")
+        for (lo, hi), (n, risk_sum, pos, soon) in zip(
+            itertools.pairwise(CALIBRATION_BINS), cal.tolist(), strict=True
+        ):
+            if n:
+                label = f"[{lo:g}, {hi:g})"
+                print(f"  {label:>13} {n:>11,.0f} {risk_sum / n:>10.4f} {pos / n:>13.4f} {soon / n:>8.4f}")
     for training, rates in throughput.items():
         print(
             f"scoring throughput ({training}): {np.mean(rates):,.0f} GPU-histories/s "

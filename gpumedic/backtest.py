@@ -566,6 +566,10 @@ class ScoredBacktest:
             entities=len(self.entities),
         )
 
+    def labels_for(self, *, lead_hours: int, horizon_hours: int) -> BoolArray:
+        """Labels of the same scored hours for another window [t + lead, t + lead + horizon]."""
+        return _labels(self.targets, len(self.entities), self.grid, self.k_scored, lead_hours, horizon_hours)
+
     def caught(self, threshold: float | None = None) -> tuple[BoolArray, BoolArray]:
         """(counted, caught by the forecaster) per failure, in time order (stable: ties keep their input order)."""
         thr = self.schedule.models[0].alarm_threshold if threshold is None else threshold

@@ -214,6 +214,16 @@ def test_per_failure_outcomes_add_up_to_the_metrics(small_fleet: tuple[HistoryFr
         assert not (caught & ~counted).any()
 
 
+def test_labels_for_another_window_nest_as_windows_do(small_fleet: tuple[HistoryFrame, list[Failure]]) -> None:
+    frame, failures = small_fleet
+    scored = score_backtest(frame, failures, BacktestProtocol(training="fixed"))
+    same = scored.labels_for(lead_hours=scored.protocol.lead_h, horizon_hours=scored.protocol.horizon_h)
+    np.testing.assert_array_equal(same, scored.labels)
+    from_now = scored.labels_for(lead_hours=0, horizon_hours=scored.protocol.lead_h + scored.protocol.horizon_h)
+    assert (from_now | ~scored.labels).all()  # [t, t + lead + horizon] contains [t + lead, ...]
+    assert from_now.sum() > scored.labels.sum()
+
+
 def test_walk_forward_training_uses_only_windows_closed_before_the_refit(
     small_fleet: tuple[HistoryFrame, list[Failure]],
 ) -> None:
