@@ -87,6 +87,8 @@ from gpumedic.domain.remediation import (
     WaitForEvidence,
     WaitForProbation,
     apply_outcome,
+    approval_deadline,
+    approval_requested_at,
     begin_step,
     failure_ticket,
     next_step,
@@ -237,11 +239,6 @@ def approval_wait_mode(flow_run: FlowRun | None) -> Literal["suspend", "pause"]:
     return "pause"
 
 
-def approval_requested_at(record: NodeRecord, key: str) -> datetime:
-    """When the pending approval `key` was asked for (its intent in the history)."""
-    return next((h.time for h in reversed(record.history) if h.step == key), record.updated_at)
-
-
 def _decision(d: ReplacementDecision) -> ApprovalReceived:
     return ApprovalReceived(d.approver, bool(d.approve), d.reason, d.rma_reference)
 
@@ -261,8 +258,7 @@ def _ask(record: NodeRecord, step: RequestApproval, *, auto_approve: bool, timeo
         # Resumed: this run suspended for this decision and was resumed with the answer.
         return _decision(suspend_flow_run(wait_for_input=ReplacementDecision.with_initial_data(
             description=description), key=key))
-    timeout = timedelta(seconds=timeout_s) if timeout_s is not None else step.timeout
-    deadline = approval_requested_at(record, step.key) + timeout
+    deadline = approval_deadline(record, step, timedelta(seconds=timeout_s) if timeout_s is not None else None)
     waiting = find_waiting_approval(key, [remediate_node.name, request_replacement_approval.name],
                                     exclude=str(this_run.id) if this_run else None)
     if waiting is not None and waiting.resumed:
@@ -273,7 +269,7 @@ def _ask(record: NodeRecord, step: RequestApproval, *, auto_approve: bool, timeo
     remaining = (deadline - datetime.now(UTC)).total_seconds()
     if remaining <= 0:
         logger.warning("node=%s incident=%s no %s decision since %s: timed out", record.node, record.incident_id,
-                       step.kind, approval_requested_at(record, step.key).isoformat())
+                       step.kind, approval_requested_at(record, step).isoformat())
         return ApprovalTimedOut()
     create_markdown_artifact(key=f"approval-{_slug(record.node)}", markdown=description,
                              description=f"Evidence for the {step.kind} approval of {record.node} "
@@ -571,6 +567,3 @@ def _publish(record: NodeRecord, kubeconfig: str, dry_run: bool) -> None:
     create_table_artifact(key="fleet-remediation", table=rows or [{"node": "-", "state": "no incidents"}],
                           description="Remediation state of every node with a record")
 
-
-def approval_timeout(policy: RemediationPolicy) -> timedelta:
-    return policy.approval_timeout

@@ -1506,6 +1506,20 @@ def _climb(
     )
 
 
+def approval_requested_at(record: NodeRecord, step: RequestApproval) -> datetime:
+    """When the pending approval was asked for: its intent in the history."""
+    return next((h.time for h in reversed(record.history) if h.step == step.key), record.updated_at)
+
+
+def approval_deadline(record: NodeRecord, step: RequestApproval, timeout: timedelta | None = None) -> datetime:
+    """When the pending approval times out: asked-for time plus `timeout` (default: the step's).
+
+    Counted from the request, not from the run that waits: a run resumed a day later does not
+    grant the human another full timeout.
+    """
+    return approval_requested_at(record, step) + (step.timeout if timeout is None else timeout)
+
+
 def simulated_outcome(step: ActingStep) -> StepOutcome:
     """The outcome a dry run feeds back: everything succeeds, approvals time out."""
     if isinstance(step, CaptureBootId):

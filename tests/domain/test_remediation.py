@@ -62,6 +62,8 @@ from gpumedic.domain.remediation import (
     WaitForEvidence,
     WaitForProbation,
     apply_outcome,
+    approval_deadline,
+    approval_requested_at,
     begin_step,
     check_evidence,
     failure_ticket,
@@ -378,6 +380,20 @@ def test_gpu_targets_survive_the_annotations_and_old_index_only_records_still_re
     assert GpuTarget.decode(GpuTarget(4, "GPU-8f2c-11").encode()) == GpuTarget(4, "GPU-8f2c-11")
     assert GpuTarget.decode("3") == GpuTarget(3, None)  # written before GPUs had identities
     assert str(GpuTarget(3, None)) == "GPU 3" and str(GpuTarget(4, "GPU-x")) == "GPU 4 (GPU-x)"
+
+
+def test_an_approval_times_out_counted_from_when_it_was_asked_for() -> None:
+    sim = Sim(fresh_record(Action.REPLACE))
+    while not isinstance(step := sim.next(), RequestApproval):
+        sim.advance()
+    asked = sim.now + timedelta(hours=1)
+    record = begin_step(sim.record, step, now=asked)
+    assert approval_requested_at(record, step) == asked
+    assert approval_deadline(record, step) == asked + POLICY.approval_timeout
+    assert approval_deadline(record, step, timedelta(minutes=5)) == asked + timedelta(minutes=5)
+    # A later run (the record touched again) does not restart the clock.
+    later = replace(record, updated_at=asked + timedelta(days=1))
+    assert approval_deadline(later, step) == asked + POLICY.approval_timeout
 
 
 def test_reset_then_diagnostics_pass_readmits_and_probation_closes_the_incident() -> None:
