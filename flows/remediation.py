@@ -380,6 +380,7 @@ def remediate_node(
     evidence_misses = 0
     evidence: FreshEvidence | None = None
     stale_evidence = True
+    remembered = False  # the incident is in the store's prior incidents (for the forecast)
 
     for _ in range(MAX_STEPS):
         fleet = build_fleet_view(kubeconfig)
@@ -403,13 +404,14 @@ def remediate_node(
             logger.info("node=%s incident=%s opened: %s -> %s", node, record.incident_id, evidence.assessment.action,
                         record.repair)
             if not dry_run:
-                remembered = remember_incident(fleet_file, record, evidence.assessment, return_state=True)
-                if not remembered.is_completed():  # the forecast loses a prior incident, the repair goes on
-                    logger.warning("node=%s incident=%s not recorded for the forecast: %s", node,
-                                   record.incident_id, remembered.message)
+                _remember(fleet_file, record, evidence, resumed=False)
+                remembered = True
         elif incident is not None and record.incident_id != incident:
             logger.info("node=%s resuming the node's open incident %s (asked for %s)", node, record.incident_id,
                         incident)
+        if not (dry_run or remembered or record.closed):
+            _remember(fleet_file, record, evidence, resumed=True)  # a crash may have come before the record
+            remembered = True
 
         step = _decide(record, evidence, now, rules, fleet)
         if isinstance(step, Done):
@@ -477,6 +479,14 @@ def remediate_node(
     logger.info("node=%s incident=%s state=%s outcome=%s waiting=%s", node, record.incident_id, record.state,
                 record.outcome, waiting)
     return _result(record, waiting, executed)
+
+
+def _remember(fleet_file: str, record: NodeRecord, evidence: FreshEvidence, *, resumed: bool) -> None:
+    """Record the incident for the forecast; a failure to do so is logged and the repair goes on."""
+    state = remember_incident(fleet_file, record, evidence.assessment, resumed=resumed, return_state=True)
+    if not state.is_completed():
+        get_run_logger().warning("node=%s incident=%s not recorded for the forecast: %s", record.node,
+                                 record.incident_id, state.message)
 
 
 def _decide(record: NodeRecord, evidence: FreshEvidence, now: datetime, rules: RemediationPolicy,

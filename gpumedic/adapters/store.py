@@ -302,13 +302,22 @@ class TelemetryStore:
             for time, node, gpu, field, value in conn.execute(query.order_by(samples.c.time)):
                 yield Sample(datetime.fromtimestamp(time, UTC), node, gpu, field, value)
 
-    def record_incident(self, incident_id: str, node: str, gpus: Iterable[int], opened_at: datetime, kind: str) -> None:
-        """Remember that remediation took these GPUs (none: the node) out of service. Idempotent per incident."""
+    def record_incident(
+        self, incident_id: str, node: str, gpus: Iterable[int], opened_at: datetime, kind: str, *,
+        overwrite: bool = True,
+    ) -> bool:
+        """Remember that remediation took these GPUs (none: the node) out of service. Idempotent per
+        incident; with `overwrite=False` an incident already remembered is left as it is. True if written."""
         rows = [{"incident_id": incident_id, "gpu": g, "node": node, "time": _epoch(opened_at), "kind": kind[:64]}
                 for g in (sorted(set(gpus)) or [-1])]
         with self.engine.begin() as conn:
+            if not overwrite:
+                known = conn.execute(select(incidents.c.gpu).where(incidents.c.incident_id == incident_id)).first()
+                if known is not None:
+                    return False
             conn.execute(delete(incidents).where(incidents.c.incident_id == incident_id))
             conn.execute(incidents.insert(), rows)
+        return True
 
     def prior_incidents(self, since: datetime) -> list[Failure]:
         """Incidents opened at or after `since`, as the forecaster's prior failures: incidents the GPU

@@ -131,3 +131,12 @@ def test_history_frame_is_the_same_history_as_the_samples_and_samples_of_picks_g
     picked = store.samples_of([("n2", 0)], since)
     assert picked and {(s.node, s.gpu) for s in picked} == {("n2", 0)}
     assert all(s.time >= since for s in picked)
+
+
+def test_a_resumed_run_records_an_incident_only_if_it_was_never_recorded(tmp_path: Path) -> None:
+    store = TelemetryStore(f"sqlite:///{tmp_path / 't.db'}")
+    assert store.record_incident("inc-1", "n1", [2], T0, "remediation:reset_gpu")
+    assert not store.record_incident("inc-1", "n1", [5], T0, "remediation:reset_gpu", overwrite=False)
+    assert [f.gpu for f in store.prior_incidents(T0)] == [2]
+    assert store.record_incident("inc-2", "n1", [5], T0, "remediation:reset_gpu", overwrite=False)
+    assert sorted(f.gpu or -1 for f in store.prior_incidents(T0)) == [2, 5]

@@ -15,6 +15,7 @@ from typing import Any, cast
 import pytest
 import yaml
 
+from gpumedic.adapters import store as store_tables
 from gpumedic.adapters.errors import PermanentError, TransientError
 from gpumedic.adapters.jira_tickets import GPU_LABEL_PREFIX
 from gpumedic.adapters.store import TelemetryStore
@@ -181,8 +182,14 @@ def test_reset_then_passing_diagnostics_readmits_the_node(dbe_rig: Rig) -> None:
     assert len(dbe_rig.actions("gpu-node-00")) == 2
     assert dbe_rig.issues() == []
     # The daily forecast will read the incident as a prior incident of that GPU.
-    incidents = TelemetryStore(dbe_rig.store_url).prior_incidents(datetime.now(UTC) - timedelta(days=1))
+    store = TelemetryStore(dbe_rig.store_url)
+    incidents = store.prior_incidents(datetime.now(UTC) - timedelta(days=1))
     assert [(f.node, f.gpu, f.kind) for f in incidents] == [("gpu-node-00", 1, "remediation:reset_gpu")]
+    # Had the orchestrator died between opening the incident and recording it, a later run records it.
+    with store.engine.begin() as conn:
+        conn.execute(store_tables.incidents.delete())
+    dbe_rig.run("gpu-node-00", incident="inc-happy")
+    assert [f.node for f in store.prior_incidents(datetime.now(UTC) - timedelta(days=1))] == ["gpu-node-00"]
 
 
 def test_healthy_node_opens_no_incident(dbe_rig: Rig) -> None:
