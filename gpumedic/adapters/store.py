@@ -21,7 +21,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import (
     Column,
@@ -44,6 +44,8 @@ from gpumedic.adapters.telemetry_codec import telemetry_from_json, telemetry_to_
 from gpumedic.domain.forecast.frame import FIELD_INDEX, Failure, HistoryFrame
 from gpumedic.domain.history import HISTORY_FIELDS, HistoryThinning, Sample, samples_from_telemetry
 from gpumedic.domain.telemetry import NodeTelemetry, canonical_pci_bus_id
+
+T = TypeVar("T")
 
 metadata = MetaData()
 
@@ -129,6 +131,16 @@ def default_store_url() -> str:
     return f"sqlite:///{home / 'telemetry.db'}"
 
 
+# Values per `IN (...)` list: well under SQLite's and PostgreSQL's bind-parameter limits.
+IN_LIST_LIMIT = 500
+
+
+def _batches(items: Iterable[T], size: int = IN_LIST_LIMIT) -> Iterator[list[T]]:
+    batch = list(items)
+    for i in range(0, len(batch), size):
+        yield batch[i : i + size]
+
+
 def _epoch(t: datetime) -> float:
     return (t if t.tzinfo else t.replace(tzinfo=UTC)).timestamp()
 
@@ -183,9 +195,7 @@ class TelemetryStore:
         with self.engine.begin() as conn:
             if rows:
                 conn.execute(samples.insert(), rows)
-            keys = list(kept)
-            for i in range(0, len(keys), 500):
-                chunk = keys[i : i + 500]
+            for chunk in _batches(kept):
                 cols = (series_last.c.node, series_last.c.gpu, series_last.c.field)
                 conn.execute(delete(series_last).where(tuple_(*cols).in_(chunk)))
                 conn.execute(series_last.insert(), [
@@ -200,11 +210,10 @@ class TelemetryStore:
         return len(rows)
 
     def _series_last(self, nodes: set[str]) -> dict[tuple[str, int, str], tuple[datetime, float]]:
-        names = sorted(nodes)
         out: dict[tuple[str, int, str], tuple[datetime, float]] = {}
         with self.engine.connect() as conn:
-            for i in range(0, len(names), 500):
-                for row in conn.execute(select(series_last).where(series_last.c.node.in_(names[i : i + 500]))):
+            for names in _batches(sorted(nodes)):
+                for row in conn.execute(select(series_last).where(series_last.c.node.in_(names))):
                     out[(row.node, row.gpu, row.field)] = (datetime.fromtimestamp(row.time, UTC), row.value)
         return out
 
@@ -230,16 +239,15 @@ class TelemetryStore:
         rows = [{"time": _epoch(s.time), "node": s.node, "gpu": s.gpu, "field": s.field, "value": s.value}
                 for s in history]
         with self.engine.begin() as conn:
-            for i in range(0, len(rows), 10_000):
-                conn.execute(samples.insert(), rows[i : i + 10_000])
+            for batch in _batches(rows, 10_000):
+                conn.execute(samples.insert(), batch)
         return len(rows)
 
     def last_snapshots(self, nodes: Iterable[str]) -> dict[str, NodeTelemetry]:
-        names = list(nodes)
         out: dict[str, NodeTelemetry] = {}
         with self.engine.connect() as conn:
-            for i in range(0, len(names), 500):
-                query = select(snapshots.c.telemetry).where(snapshots.c.node.in_(names[i : i + 500]))
+            for names in _batches(nodes):
+                query = select(snapshots.c.telemetry).where(snapshots.c.node.in_(names))
                 for (text,) in conn.execute(query):
                     snap = telemetry_from_json(json.loads(text))
                     out[snap.node] = snap
@@ -247,14 +255,13 @@ class TelemetryStore:
 
     def prior_xids(self, nodes: Iterable[str], before: datetime, window: timedelta) -> dict[str, dict[str, set[int]]]:
         """node -> PCI bus id -> Xid codes seen in `[before - window, before)` (repeat-offender rules)."""
-        names = list(nodes)
         out: dict[str, dict[str, set[int]]] = {}
         with self.engine.connect() as conn:
-            for i in range(0, len(names), 500):
+            for names in _batches(nodes):
                 query = select(xid_events.c.node, xid_events.c.pci_bus_id, xid_events.c.code).where(
                     xid_events.c.time < _epoch(before),
                     xid_events.c.time >= _epoch(before - window),
-                    xid_events.c.node.in_(names[i : i + 500]),
+                    xid_events.c.node.in_(names),
                     xid_events.c.pci_bus_id.is_not(None),
                 )
                 for node, bus, code in conn.execute(query):
@@ -349,11 +356,10 @@ class TelemetryStore:
         return len(values)
 
     def latest_forecasts(self, nodes: Iterable[str]) -> dict[tuple[str, int | None], StoredForecast]:
-        names = list(nodes)
         out: dict[tuple[str, int | None], StoredForecast] = {}
         with self.engine.connect() as conn:
-            for i in range(0, len(names), 500):
-                for row in conn.execute(select(forecasts).where(forecasts.c.node.in_(names[i : i + 500]))):
+            for names in _batches(nodes):
+                for row in conn.execute(select(forecasts).where(forecasts.c.node.in_(names))):
                     gpu = None if row.gpu < 0 else int(row.gpu)
                     out[(row.node, gpu)] = StoredForecast(
                         node=row.node, gpu=gpu, risk=row.risk, lead_time_h=row.lead_time_h, alarm=bool(row.alarm),
