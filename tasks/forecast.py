@@ -62,12 +62,10 @@ def publish_forecast(
     riskiest = list(forecasts[:chart_gpus])
     since = now - timedelta(days=chart_days)
     history = TelemetryStore(store_url).samples_of([(f.node, f.gpu) for f in riskiest], since)
-    charts: dict[tuple[str, int | None], dict[str, list[float]]] = {}
-    for f in riskiest:
-        own = [s for s in history if s.node == f.node and s.gpu == f.gpu]
-        charts[(f.node, f.gpu)] = {
-            field: daily_increments(own, field, now=now, days=chart_days) for field, _ in CHART_FIELDS
-        }
+    charts = {
+        key: {field: daily_increments(own, field, now=now, days=chart_days) for field, _ in CHART_FIELDS}
+        for key, own in history.items()
+    }
     create_table_artifact(
         key="gpu-failure-risk",
         table=forecast_rows(forecasts) or [{"node": "-", "gpu": "-", "risk (horizon)": "-", "alarm": "",

@@ -290,15 +290,18 @@ class TelemetryStore:
                 values.append(value)
         return HistoryFrame.build(tuple(key_index), times, keys, fields, values)
 
-    def samples_of(self, gpus: Iterable[tuple[str, int | None]], since: datetime) -> list[Sample]:
-        """The history of a few GPUs (e.g. the riskiest, for their charts) since `since`."""
-        out: list[Sample] = []
+    def samples_of(
+        self, gpus: Iterable[tuple[str, int | None]], since: datetime
+    ) -> dict[tuple[str, int | None], list[Sample]]:
+        """The history of a few GPUs (e.g. the riskiest, for their charts) since `since`, per GPU."""
+        out: dict[tuple[str, int | None], list[Sample]] = {}
         with self.engine.connect() as conn:
             for node, gpu in set(gpus):
                 where = [samples.c.node == node, samples.c.time >= _epoch(since)]
                 where.append(samples.c.gpu.is_(None) if gpu is None else samples.c.gpu == gpu)
                 query = select(samples.c.time, samples.c.field, samples.c.value).where(*where).order_by(samples.c.time)
-                out += [Sample(datetime.fromtimestamp(t, UTC), node, gpu, f, v) for t, f, v in conn.execute(query)]
+                out[(node, gpu)] = [Sample(datetime.fromtimestamp(t, UTC), node, gpu, f, v)
+                                    for t, f, v in conn.execute(query)]
         return out
 
     def iter_samples(self, since: datetime | None = None) -> Iterator[Sample]:

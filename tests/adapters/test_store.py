@@ -128,7 +128,9 @@ def test_history_frame_is_the_same_history_as_the_samples_and_samples_of_picks_g
     expected = HistoryFrame.from_samples(s for s in store.iter_samples(since))
     assert len(frame) == len(expected) > 0
     assert sorted(frame.to_samples(), key=repr) == sorted(expected.to_samples(), key=repr)
-    picked = store.samples_of([("n2", 0)], since)
+    by_gpu = store.samples_of([("n2", 0)], since)
+    assert list(by_gpu) == [("n2", 0)]
+    picked = by_gpu[("n2", 0)]
     assert picked and {(s.node, s.gpu) for s in picked} == {("n2", 0)}
     assert all(s.time >= since for s in picked)
 
