@@ -84,13 +84,10 @@ def measure(sweeps: list[list[NodeTelemetry]], thinning: HistoryThinning, path: 
     for sweep in sweeps:
         store.record(sweep)
     elapsed = time.perf_counter() - t0
+    rows = store.count_samples()
     store.engine.dispose()
     size = sum(p.stat().st_size for p in path.parent.glob(path.name + "*"))
-    return store_rows(path), size, elapsed
-
-
-def store_rows(path: Path) -> int:
-    return TelemetryStore(f"sqlite:///{path}").count_samples()
+    return rows, size, elapsed
 
 
 def main() -> int:
