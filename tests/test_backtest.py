@@ -312,6 +312,38 @@ def test_failures_csv_errors_name_the_line(tmp_path: Path) -> None:
         read_failures(p)
 
 
+def test_failures_csv_carries_survived_incidents_only_when_there_are_any(tmp_path: Path) -> None:
+    replaced = [Failure(T0, "n1", 0, "hbm")]
+    write_failures(tmp_path / "plain.csv", replaced)
+    assert (tmp_path / "plain.csv").read_text().splitlines()[0] == "time,node,gpu,kind"
+
+    mixed = [*replaced, Failure(T0 + timedelta(days=2), "n1", None, "hbm", replaced=False)]
+    write_failures(tmp_path / "mixed.csv", mixed)
+    lines = (tmp_path / "mixed.csv").read_text().splitlines()
+    assert lines == [
+        "time,node,gpu,kind,replaced",
+        "2025-01-01T00:00:00Z,n1,0,hbm,true",
+        "2025-01-03T00:00:00Z,n1,,hbm,false",
+    ]
+    assert read_failures(tmp_path / "mixed.csv") == mixed
+
+
+@pytest.mark.parametrize(
+    ("cell", "replaced"), [("false", False), ("No", False), ("0", False), ("yes", True), ("", True)]
+)
+def test_failures_csv_reads_the_replaced_column(tmp_path: Path, cell: str, replaced: bool) -> None:
+    p = tmp_path / "FAILURES.csv"
+    p.write_text(f"kind,replaced,time,node,gpu\nhbm,{cell},0,n1,0\n")
+    assert [f.replaced for f in read_failures(p)] == [replaced]
+
+
+def test_failures_csv_refuses_a_replaced_cell_that_is_not_a_yes_or_no(tmp_path: Path) -> None:
+    p = tmp_path / "FAILURES.csv"
+    p.write_text("time,node,gpu,kind,replaced\n0,n1,0,hbm,maybe\n")
+    with pytest.raises(HistoryCsvError, match=r"line 2, column 'replaced': not true or false"):
+        read_failures(p)
+
+
 # --- CLI round trip ---------------------------------------------------------------------------------
 
 

@@ -11,6 +11,12 @@ FAILURES.csv — one failure or replacement::
     time,node,gpu,kind
     2025-01-09T04:55:00Z,node-0001,3,hbm
 
+An optional `replaced` column (`true`/`false`, `yes`/`no`, `1`/`0`; empty or absent:
+true) says whether the GPU (the node, for a node-level row) was replaced after the
+failure. `false` marks an incident it lived through (a reset, a reboot, an uncorrectable
+error that containment absorbed): its history keeps counting, and the incident counts
+against it as a prior. Written only when some failure was not a replacement.
+
 * `time`: ISO-8601 (`2025-01-01T00:13:07Z`, `2025-01-01 00:13:07+00:00`; without an
   offset it is UTC) or seconds since the Unix epoch (`1735690387`, `1735690387.5`).
 * `node`: any non-empty name. `gpu`: the GPU index (0, 1, ...) or empty for a row about
@@ -42,6 +48,9 @@ from gpumedic.parsers.errors import ParseError
 
 HISTORY_COLUMNS = ("time", "node", "gpu", "field", "value")
 FAILURE_COLUMNS = ("time", "node", "gpu", "kind")
+REPLACED_COLUMN = "replaced"
+_TRUE = frozenset({"true", "yes", "1", ""})
+_FALSE = frozenset({"false", "no", "0"})
 
 _EPOCH = re.compile(r"^[+-]?\d+(\.\d*)?$")
 Progress = Callable[[str], None]
@@ -166,7 +175,10 @@ def read_failures(path: Path | str) -> list[Failure]:
     out: list[Failure] = []
     with p.open(newline="", encoding="utf-8") as fh:
         reader = csv.reader(fh)
-        col = _columns(p, next(reader, None), FAILURE_COLUMNS)
+        header = next(reader, None)
+        col = _columns(p, header, FAILURE_COLUMNS)
+        names = [h.strip().lower() for h in header or ()]
+        replaced_col = names.index(REPLACED_COLUMN) if REPLACED_COLUMN in names else None
         width = max(col.values()) + 1
         for row in reader:
             line = reader.line_num
@@ -188,7 +200,13 @@ def read_failures(path: Path | str) -> list[Failure]:
             kind = row[col["kind"]].strip()
             if not kind:
                 raise HistoryCsvError(p, line, "kind", "empty failure kind")
-            out.append(Failure(from_epoch(t), node, gpu, kind))
+            replaced = True
+            if replaced_col is not None and replaced_col < len(row):
+                cell = row[replaced_col].strip().lower()
+                if cell not in _TRUE | _FALSE:
+                    raise HistoryCsvError(p, line, REPLACED_COLUMN, "not true or false", row[replaced_col])
+                replaced = cell in _TRUE
+            out.append(Failure(from_epoch(t), node, gpu, kind, replaced=replaced))
     return out
 
 
@@ -218,10 +236,13 @@ def write_history(path: Path | str, history: HistoryFrame | Iterable[Sample]) ->
 
 
 def write_failures(path: Path | str, failures: Iterable[Failure]) -> int:
+    """Write FAILURES.csv; the `replaced` column only when some failure was not a replacement."""
     rows = sorted(failures, key=lambda f: (to_epoch(f.time), f.node, -1 if f.gpu is None else f.gpu))
+    survived = any(not f.replaced for f in rows)
     with Path(path).open("w", newline="", encoding="utf-8") as fh:
         w = csv.writer(fh, lineterminator="\n")
-        w.writerow(FAILURE_COLUMNS)
+        w.writerow((*FAILURE_COLUMNS, REPLACED_COLUMN) if survived else FAILURE_COLUMNS)
         for f in rows:
-            w.writerow((_iso(to_epoch(f.time)), f.node, "" if f.gpu is None else f.gpu, f.kind))
+            row: tuple[object, ...] = (_iso(to_epoch(f.time)), f.node, "" if f.gpu is None else f.gpu, f.kind)
+            w.writerow((*row, "true" if f.replaced else "false") if survived else row)
     return len(rows)

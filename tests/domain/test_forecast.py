@@ -112,6 +112,23 @@ def test_an_incident_the_gpu_lived_through_keeps_its_history_and_counts_as_a_pri
     assert after["prior_node_failures_90d"] == pytest.approx(math.log1p(1))
 
 
+def test_survived_incidents_count_for_the_gpu_that_lived_through_them_until_it_is_replaced() -> None:
+    rows = healthy_gpu("n1", 0, 24 * 40)
+    incident = Failure(at(24), "n1", 0, "remediation:reset_gpu", replaced=False)
+    f = features_at(rows, 48, [incident])
+    assert f["survived_incidents_7d"] == f["survived_incidents_30d"] == pytest.approx(math.log1p(1))
+    later = features_at(rows, 24 * 10, [incident])
+    assert later["survived_incidents_7d"] == 0.0  # out of the week, still in the month
+    assert later["survived_incidents_30d"] == pytest.approx(math.log1p(1))
+
+    # A replacement: the new GPU lived through nothing, though the slot keeps its record.
+    replaced = features_at(rows, 24 * 10, [incident, Failure(at(24 * 5), "n1", 0, "hbm")])
+    assert replaced["survived_incidents_30d"] == replaced["survived_incidents_180d"] == 0.0
+    assert replaced["prior_gpu_failures_180d"] == pytest.approx(math.log1p(2))
+    # A failure that replaced the GPU is never counted as survived, even by itself.
+    assert features_at(rows, 48, [Failure(at(24), "n1", 0, "hbm")])["survived_incidents_7d"] == 0.0
+
+
 def test_node_level_xid_counts_against_every_gpu_of_the_node() -> None:
     rows = healthy_gpu("n1", 0, 48) + healthy_gpu("n1", 1, 48)
     rows.append(Sample(at(30), "n1", None, "xid", 79.0))

@@ -61,6 +61,9 @@ _WORDS: dict[str, Callable[[float], str]] = {
     "power_cv_48h": lambda v: f"power swings ({v:.0%} of mean over 48 h)",
     "prior_gpu_failures_180d": lambda v: f"{_n(v)} earlier failure(s) of this GPU slot in 180 days",
     "prior_node_failures_90d": lambda v: f"{_n(v)} earlier failure(s) on this node in 90 days",
+    "survived_incidents_7d": lambda v: f"{_n(v)} incident(s) this GPU lived through in the last 7 days",
+    "survived_incidents_30d": lambda v: f"{_n(v)} incident(s) this GPU lived through in 30 days",
+    "survived_incidents_180d": lambda v: f"{_n(v)} incident(s) this GPU lived through in 180 days",
 }
 
 # Layer (a): conditions NVIDIA's memory-error guidance treats as service-now on their own.

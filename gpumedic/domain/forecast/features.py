@@ -110,6 +110,13 @@ THERMAL_FEATURES: tuple[str, ...] = (
 PRIOR_FEATURES: tuple[str, ...] = (
     "prior_gpu_failures_180d",
     "prior_node_failures_90d",
+    # Incidents the GPU now in the slot lived through (a reset, a reboot, a contained
+    # uncorrectable error; `Failure.replaced` False). Failures come in runs on a part that
+    # is going bad: half the repeats in the Calchas HBM log followed the previous episode
+    # within 6 days, which a 180-day count of the slot cannot tell from one months ago.
+    "survived_incidents_7d",
+    "survived_incidents_30d",
+    "survived_incidents_180d",
 )
 
 # The order is the shipped model's: append, never reorder.
@@ -679,6 +686,10 @@ def chunk_features(src: FeatureSource, e0: int, e1: int) -> ChunkFeatures:
     nodef = W.cum(src.node_failures.dense_sum(e0, e1, K))
     put("prior_gpu_failures_180d", np.log1p(W.sum(own, 180 * DAY, segmented=False)))
     put("prior_node_failures_90d", np.log1p(W.sum(nodef, 90 * DAY, segmented=False)))
+    # Within the segment: a replacement's own hour opens the next segment and is not in
+    # it, so only incidents the current GPU lived through count.
+    for w, name in ((WEEK, "7d"), (30 * DAY, "30d"), (180 * DAY, "180d")):
+        put(f"survived_incidents_{name}", np.log1p(W.sum(own, w)))
 
     # Lifetime correctable count for the baseline: first reading, then reset-aware increases.
     lifetime = np.cumsum(sbe, axis=1) + src.sbe_initial[e0:e1, None]
