@@ -36,7 +36,7 @@ from __future__ import annotations
 import csv
 import math
 import re
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -93,7 +93,10 @@ def _gpu(text: str) -> int | None:
     return int(s)
 
 
-def _columns(path: Path, header: Sequence[str] | None, required: Sequence[str]) -> dict[str, int]:
+def _columns(
+    path: Path, header: Sequence[str] | None, required: Sequence[str], optional: Sequence[str] = ()
+) -> dict[str, int]:
+    """Index of each required column, and of each optional one the header has."""
     if header is None:
         raise HistoryCsvError(path, 1, None, f"empty file; expected a header {','.join(required)}")
     names = [h.strip().lower() for h in header]
@@ -106,7 +109,20 @@ def _columns(path: Path, header: Sequence[str] | None, required: Sequence[str]) 
             f"missing column(s) {', '.join(missing)}; expected header {','.join(required)}",
             ",".join(header),
         )
-    return {c: names.index(c) for c in required}
+    return {c: names.index(c) for c in (*required, *optional) if c in names}
+
+
+def _rows(
+    path: Path, reader: Iterator[list[str]], line_of: Callable[[], int], width: int
+) -> Iterator[tuple[int, list[str]]]:
+    """(line number, cells) of each non-blank row; a row shorter than `width` stops the read."""
+    for row in reader:
+        line = line_of()
+        if not row or (len(row) == 1 and not row[0].strip()):
+            continue
+        if len(row) < width:
+            raise HistoryCsvError(path, line, None, f"expected {width} columns, found {len(row)}", ",".join(row))
+        yield line, row
 
 
 def read_history(path: Path | str, progress: Progress | None = None) -> HistoryFrame:
@@ -122,13 +138,7 @@ def read_history(path: Path | str, progress: Progress | None = None) -> HistoryF
         reader = csv.reader(fh)
         col = _columns(p, next(reader, None), HISTORY_COLUMNS)
         ct, cn, cg, cf, cv = (col[c] for c in HISTORY_COLUMNS)
-        width = max(col.values()) + 1
-        for row in reader:
-            line = reader.line_num
-            if not row or (len(row) == 1 and not row[0].strip()):
-                continue
-            if len(row) < width:
-                raise HistoryCsvError(p, line, None, f"expected {width} columns, found {len(row)}", ",".join(row))
+        for line, row in _rows(p, reader, lambda: reader.line_num, max(col.values()) + 1):
             ts = row[ct]
             t = time_cache.get(ts)
             if t is None:
@@ -175,17 +185,9 @@ def read_failures(path: Path | str) -> list[Failure]:
     out: list[Failure] = []
     with p.open(newline="", encoding="utf-8") as fh:
         reader = csv.reader(fh)
-        header = next(reader, None)
-        col = _columns(p, header, FAILURE_COLUMNS)
-        names = [h.strip().lower() for h in header or ()]
-        replaced_col = names.index(REPLACED_COLUMN) if REPLACED_COLUMN in names else None
-        width = max(col.values()) + 1
-        for row in reader:
-            line = reader.line_num
-            if not row or (len(row) == 1 and not row[0].strip()):
-                continue
-            if len(row) < width:
-                raise HistoryCsvError(p, line, None, f"expected {width} columns, found {len(row)}", ",".join(row))
+        col = _columns(p, next(reader, None), FAILURE_COLUMNS, optional=(REPLACED_COLUMN,))
+        replaced_col = col.get(REPLACED_COLUMN)
+        for line, row in _rows(p, reader, lambda: reader.line_num, max(col[c] for c in FAILURE_COLUMNS) + 1):
             try:
                 t = parse_time(row[col["time"]])
             except ValueError as err:
