@@ -26,7 +26,14 @@ from pathlib import Path
 import numpy as np
 
 from gpumedic.adapters.history_csv import read_failures, read_history, write_failures, write_history
-from gpumedic.backtest import BacktestProtocol, BacktestResult, ScoredBacktest, score_backtest, training_set
+from gpumedic.backtest import (
+    BacktestProtocol,
+    BacktestResult,
+    ScoredBacktest,
+    pr_curve,
+    score_backtest,
+    training_set,
+)
 from gpumedic.domain.forecast import (
     DEFAULT_BASELINE,
     DEFAULT_MODEL,
@@ -446,13 +453,9 @@ def precision_in_calchas_units(scored: ScoredBacktest, recall: float = CALCHAS_R
     if positives == 0:
         return math.nan, math.nan
     weight = min(1.0, CALCHAS_NEGATIVES_PER_POSITIVE * positives / max(negatives, 1))
-    order = np.argsort(-risk, kind="stable")
-    ranked, scores = labels[order], risk[order]
-    last_of_tie = np.r_[scores[1:] != scores[:-1], True]
-    tp = np.cumsum(ranked)[last_of_tie]
-    fp = np.cumsum(~ranked)[last_of_tie]
+    thresholds, tp, fp = pr_curve(risk, labels)
     i = int(np.searchsorted(tp / positives, recall))
-    return float(tp[i] / (tp[i] + weight * fp[i])), float(scores[last_of_tie][i])
+    return float(tp[i] / (tp[i] + weight * fp[i])), float(thresholds[i])
 
 
 def evaluate_calchas(lead_hours: float = 24.0, horizon_days: float = 7.0) -> None:

@@ -306,22 +306,28 @@ def _fire(
     return fired
 
 
-def average_precision(scores: npt.NDArray[np.floating], labels: BoolArray) -> float:
-    """Area under the precision-recall curve as average precision, tied scores grouped."""
+def pr_curve(
+    scores: npt.NDArray[np.floating], labels: BoolArray
+) -> tuple[FloatArray, npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+    """(threshold, true positives, false positives) at each distinct score, highest first:
+    what alarming at score ≥ threshold catches, tied scores taken together."""
     s = np.asarray(scores, dtype=np.float64).ravel()
     y = np.asarray(labels, dtype=bool).ravel()
-    total = int(y.sum())
-    if total == 0 or len(s) == 0:
-        return math.nan
     order = np.argsort(-s, kind="stable")
     s, y = s[order], y[order]
-    tp = np.cumsum(y)
     last = np.ones(len(s), dtype=bool)
     last[:-1] = s[1:] != s[:-1]
-    tp_t = tp[last].astype(np.float64)
-    n_t = (np.flatnonzero(last) + 1).astype(np.float64)
-    precision = tp_t / n_t
-    recall = tp_t / total
+    return s[last], np.cumsum(y)[last], np.cumsum(~y)[last]
+
+
+def average_precision(scores: npt.NDArray[np.floating], labels: BoolArray) -> float:
+    """Area under the precision-recall curve as average precision, tied scores grouped."""
+    total = int(np.asarray(labels, dtype=bool).sum())
+    if total == 0 or np.size(scores) == 0:
+        return math.nan
+    _, tp, fp = pr_curve(scores, labels)
+    precision = tp / (tp + fp)
+    recall = tp / total
     return float(np.sum(np.diff(np.concatenate([[0.0], recall])) * precision))
 
 
