@@ -49,8 +49,7 @@ from gpumedic.parsers.errors import ParseError
 HISTORY_COLUMNS = ("time", "node", "gpu", "field", "value")
 FAILURE_COLUMNS = ("time", "node", "gpu", "kind")
 REPLACED_COLUMN = "replaced"
-_TRUE = frozenset({"true", "yes", "1", ""})
-_FALSE = frozenset({"false", "no", "0"})
+_REPLACED = {"true": True, "yes": True, "1": True, "": True, "false": False, "no": False, "0": False}
 
 _EPOCH = re.compile(r"^[+-]?\d+(\.\d*)?$")
 Progress = Callable[[str], None]
@@ -93,10 +92,14 @@ def _gpu(text: str) -> int | None:
     return int(s)
 
 
-def _columns(
-    path: Path, header: Sequence[str] | None, required: Sequence[str], optional: Sequence[str] = ()
-) -> dict[str, int]:
-    """Index of each required column, and of each optional one the header has."""
+def _table(
+    path: Path, fh: Iterable[str], required: Sequence[str], optional: Sequence[str] = ()
+) -> tuple[dict[str, int], Iterator[tuple[int, list[str]]]]:
+    """The header's index of each required column (and of each optional one it has), and
+    the (line number, cells) of each non-blank row. A missing required column or a row too
+    short for the required ones stops the read."""
+    reader = csv.reader(fh)
+    header = next(reader, None)
     if header is None:
         raise HistoryCsvError(path, 1, None, f"empty file; expected a header {','.join(required)}")
     names = [h.strip().lower() for h in header]
@@ -109,20 +112,20 @@ def _columns(
             f"missing column(s) {', '.join(missing)}; expected header {','.join(required)}",
             ",".join(header),
         )
-    return {c: names.index(c) for c in (*required, *optional) if c in names}
+    col = {c: names.index(c) for c in (*required, *optional) if c in names}
+    width = max(col[c] for c in required) + 1
 
+    def rows() -> Iterator[tuple[int, list[str]]]:
+        for row in reader:
+            if not row or (len(row) == 1 and not row[0].strip()):
+                continue
+            if len(row) < width:
+                raise HistoryCsvError(
+                    path, reader.line_num, None, f"expected {width} columns, found {len(row)}", ",".join(row)
+                )
+            yield reader.line_num, row
 
-def _rows(
-    path: Path, reader: Iterator[list[str]], line_of: Callable[[], int], width: int
-) -> Iterator[tuple[int, list[str]]]:
-    """(line number, cells) of each non-blank row; a row shorter than `width` stops the read."""
-    for row in reader:
-        line = line_of()
-        if not row or (len(row) == 1 and not row[0].strip()):
-            continue
-        if len(row) < width:
-            raise HistoryCsvError(path, line, None, f"expected {width} columns, found {len(row)}", ",".join(row))
-        yield line, row
+    return col, rows()
 
 
 def read_history(path: Path | str, progress: Progress | None = None) -> HistoryFrame:
@@ -135,10 +138,9 @@ def read_history(path: Path | str, progress: Progress | None = None) -> HistoryF
     values: list[float] = []
     time_cache: dict[str, int] = {}
     with p.open(newline="", encoding="utf-8") as fh:
-        reader = csv.reader(fh)
-        col = _columns(p, next(reader, None), HISTORY_COLUMNS)
+        col, rows = _table(p, fh, HISTORY_COLUMNS)
         ct, cn, cg, cf, cv = (col[c] for c in HISTORY_COLUMNS)
-        for line, row in _rows(p, reader, lambda: reader.line_num, max(col.values()) + 1):
+        for line, row in rows:
             ts = row[ct]
             t = time_cache.get(ts)
             if t is None:
@@ -184,10 +186,9 @@ def read_failures(path: Path | str) -> list[Failure]:
     p = Path(path)
     out: list[Failure] = []
     with p.open(newline="", encoding="utf-8") as fh:
-        reader = csv.reader(fh)
-        col = _columns(p, next(reader, None), FAILURE_COLUMNS, optional=(REPLACED_COLUMN,))
+        col, rows = _table(p, fh, FAILURE_COLUMNS, optional=(REPLACED_COLUMN,))
         replaced_col = col.get(REPLACED_COLUMN)
-        for line, row in _rows(p, reader, lambda: reader.line_num, max(col[c] for c in FAILURE_COLUMNS) + 1):
+        for line, row in rows:
             try:
                 t = parse_time(row[col["time"]])
             except ValueError as err:
@@ -202,12 +203,10 @@ def read_failures(path: Path | str) -> list[Failure]:
             kind = row[col["kind"]].strip()
             if not kind:
                 raise HistoryCsvError(p, line, "kind", "empty failure kind")
-            replaced = True
-            if replaced_col is not None and replaced_col < len(row):
-                cell = row[replaced_col].strip().lower()
-                if cell not in _TRUE | _FALSE:
-                    raise HistoryCsvError(p, line, REPLACED_COLUMN, "not true or false", row[replaced_col])
-                replaced = cell in _TRUE
+            cell = row[replaced_col] if replaced_col is not None and replaced_col < len(row) else ""
+            replaced = _REPLACED.get(cell.strip().lower())
+            if replaced is None:
+                raise HistoryCsvError(p, line, REPLACED_COLUMN, "not true or false", cell)
             out.append(Failure(from_epoch(t), node, gpu, kind, replaced=replaced))
     return out
 
