@@ -458,6 +458,19 @@ def precision_in_calchas_units(scored: ScoredBacktest, recall: float = CALCHAS_R
     return float(tp[i] / (tp[i] + weight * fp[i])), float(thresholds[i])
 
 
+def _print_thresholds(name: str, scored: ScoredBacktest, thresholds: tuple[float | None, ...]) -> BacktestResult:
+    """One row of the forecaster's figures per alarm threshold (None: the model's); the last result."""
+    for threshold in thresholds:
+        result = scored.evaluate(threshold=threshold)
+        m = result.forecaster
+        label = f"{name} @{_fmt(threshold or DEFAULT_MODEL.alarm_threshold, 2)}"
+        print(
+            f"{label:>32} {_fmt(m.precision):>6} {_fmt(m.recall):>6} {_fmt(m.pr_auc):>7} {m.alarms:>6} "
+            f"{f'{m.caught}/{m.failures}':>9} {result.prevalence:>10.5f}"
+        )
+    return result
+
+
 def evaluate_calchas(lead_hours: float = 24.0, horizon_days: float = 7.0) -> None:
     frame = read_history(CALCHAS / "HISTORY.csv")
     failures = read_failures(CALCHAS / "FAILURES.csv")
@@ -481,14 +494,7 @@ def evaluate_calchas(lead_hours: float = 24.0, horizon_days: float = 7.0) -> Non
             min_train_failures=5,
         )
         scored = score_backtest(frame, failures, protocol)
-        for threshold in (None, 0.5, 0.3, 0.2, 0.1):
-            result = scored.evaluate(threshold=threshold)
-            m = result.forecaster
-            label = f"{name} @{_fmt(threshold or DEFAULT_MODEL.alarm_threshold, 2)}"
-            print(
-                f"{label:>32} {_fmt(m.precision):>6} {_fmt(m.recall):>6} {_fmt(m.pr_auc):>7} {m.alarms:>6} "
-                f"{f'{m.caught}/{m.failures}':>9} {result.prevalence:>10.5f}"
-            )
+        result = _print_thresholds(name, scored, (None, 0.5, 0.3, 0.2, 0.1))
         b = result.baseline
         print(
             f"{'baseline (log-linear CE)':>32} {_fmt(b.precision):>6} {_fmt(b.recall):>6} {_fmt(b.pr_auc):>7} "
@@ -553,14 +559,7 @@ def evaluate_real(lead_hours: float = 24.0, horizon_days: float = 7.0) -> None:
         scored = score_backtest(HistoryFrame.empty(), failures, protocol, roster=roster, span=span)
         # The simulator-fitted alarm threshold, then lower ones: a fleet with no telemetry
         # only ever reaches the risk its own fault history implies.
-        for threshold in (None, 0.3, 0.2, 0.1, 0.05):
-            result = scored.evaluate(threshold=threshold)
-            m = result.forecaster
-            label = f"{name} @{_fmt(threshold or DEFAULT_MODEL.alarm_threshold, 2)}"
-            print(
-                f"{label:>32} {_fmt(m.precision):>6} {_fmt(m.recall):>6} {_fmt(m.pr_auc):>7} {m.alarms:>6} "
-                f"{f'{m.caught}/{m.failures}':>9} {result.prevalence:>10.5f}"
-            )
+        _print_thresholds(name, scored, (None, 0.3, 0.2, 0.1, 0.05))
 
 
 def main(argv: list[str] | None = None) -> int:
