@@ -10,6 +10,7 @@ from prefect import flow, get_run_logger
 from gpumedic.config import load_fleet_settings
 from tasks.forecast import (
     emit_failure_predicted,
+    load_forecast_model,
     load_history,
     load_prior_incidents,
     publish_forecast,
@@ -31,15 +32,17 @@ def failure_forecast(
     now = datetime.now(UTC)
     history = load_history(fleet.store_url, now - timedelta(days=lookback_days))
     incidents = load_prior_incidents(fleet.store_url, now - timedelta(days=PRIOR_INCIDENT_DAYS))
-    forecasts = score_gpus(history, incidents, now, horizon_days)
+    model = load_forecast_model(None if fleet.forecast_model is None else str(fleet.forecast_model))
+    forecasts = score_gpus(history, incidents, now, horizon_days, model)
     new_alarms = record_forecasts(fleet.store_url, forecasts, now)
-    publish_forecast(fleet.store_url, forecasts, now, horizon_days)
+    publish_forecast(fleet.store_url, forecasts, now, horizon_days, model.note)
     requested = emit_failure_predicted(new_alarms) if emit_events else []
     logger.info("scored %d GPUs from %d samples and %d prior incidents: %d alarms (%d new)", len(forecasts),
                 len(history), len(incidents), sum(f.alarm for f in forecasts), len(new_alarms))
     return {
         "computed_at": now.isoformat(),
         "gpus": len(forecasts),
+        "model": model.note,
         "alarms": [{"node": f.node, "gpu": f.gpu, "risk": f.risk, "factors": list(f.factors)}
                    for f in forecasts if f.alarm],
         "requested": requested,

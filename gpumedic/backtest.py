@@ -60,7 +60,7 @@ from gpumedic.domain.forecast.features import (
     chunk_features,
     prepare,
 )
-from gpumedic.domain.forecast.frame import Failure, FailureClass, HistoryFrame, Key, to_epoch
+from gpumedic.domain.forecast.frame import Failure, FailureClass, HistoryFrame, Key, from_epoch, to_epoch
 from gpumedic.domain.forecast.hazard import HazardModel, fit_hazard
 
 FloatArray = npt.NDArray[np.float64]
@@ -475,6 +475,23 @@ def training_rows(
     return TrainingRows(x[keep], y[keep], hours[keep], ttf[keep], fid[keep], targets.kinds)
 
 
+def _fit_rows(
+    rows: TrainingRows, usable: BoolArray, protocol: BacktestProtocol, prior: HazardModel, note: str = ""
+) -> HazardModel:
+    """The hazard model fitted on the `usable` rows, shrunk towards `prior` by the protocol's precision."""
+    return fit_hazard(
+        rows.x[usable],
+        rows.kinds()[usable],
+        prior.features,
+        lead_hours=float(protocol.lead_h),
+        horizon_hours=float(protocol.horizon_h),
+        prior=prior,
+        prior_precision=protocol.prior_precision,
+        time_to_failure=rows.time_to_failure[usable],
+        note=note,
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class _Schedule:
     starts: npt.NDArray[np.int64]  # first grid hour each model scores
@@ -498,17 +515,8 @@ def _walk_forward(
         n_fail = len(np.unique(rows.failure_id[usable & rows.y]))
         if n_fail < protocol.min_train_failures:
             continue
-        model = fit_hazard(
-            rows.x[usable],
-            rows.kinds(targets)[usable],
-            prior.features,
-            lead_hours=float(protocol.lead_h),
-            horizon_hours=float(protocol.horizon_h),
-            prior=prior,
-            prior_precision=protocol.prior_precision,
-            time_to_failure=rows.time_to_failure[usable],
-        )
         # The lead-time table and threshold stay the prior's when this fit saw too little.
+        model = _fit_rows(rows, usable, protocol, prior)
         starts.append(cutoff)
         models.append(model)
         if progress:
@@ -571,6 +579,17 @@ class ScoredBacktest:
             scored_hours=int(self.labels.size),
             entities=len(self.entities),
         )
+
+    def first_hour_at(self, when: datetime) -> int:
+        """The first scored hour at or after `when` (k_scored if none)."""
+        return int(min(max(-((self.grid.origin - to_epoch(when)) // HOUR), 0), self.k_scored))
+
+    def pr_auc_from(self, hour: int) -> tuple[float, float]:
+        """(PR-AUC, prevalence) of the forecaster over the scored hours from `hour` on (NaN if none)."""
+        labels, risk = self.labels[:, hour:], self.risk[:, hour:]
+        if labels.size == 0:
+            return math.nan, math.nan
+        return average_precision(risk.ravel(), labels.ravel()), float(labels.mean())
 
     def labels_for(self, *, lead_hours: int, horizon_hours: int) -> BoolArray:
         """Labels of the same scored hours for another window [t + lead, t + lead + horizon]."""
@@ -752,7 +771,78 @@ def training_set(
     span: tuple[datetime, datetime] | None = None,
 ) -> TrainingRows:
     """Labelled feature rows of a whole history (every row's window closed), for fitting models."""
+    return _labelled_rows(frame, failures, protocol, progress, roster, span)[0]
+
+
+def _labelled_rows(
+    frame: HistoryFrame,
+    failures: Sequence[Failure],
+    protocol: BacktestProtocol,
+    progress: Progress | None,
+    roster: Sequence[Key] = (),
+    span: tuple[datetime, datetime] | None = None,
+) -> tuple[TrainingRows, Grid]:
     grid, k_scored, entities = _setup(frame, protocol, roster, span)
     src = prepare(frame, grid, failures, entities)
     targets = _Targets.build(failures, entities)
-    return training_rows(src, targets, protocol, k_scored, progress)
+    return training_rows(src, targets, protocol, k_scored, progress), grid
+
+
+@dataclass(frozen=True, slots=True)
+class FleetFit:
+    """A model fitted on one fleet's history, and what it was fitted on."""
+
+    model: HazardModel
+    rows: int  # labelled feature rows (one per GPU every `train_every_hours`)
+    positive_rows: int
+    failures_by_cause: dict[str, int]  # distinct failures that made rows positive, per cause
+    first: datetime  # time of the first and last row fitted
+    last: datetime
+
+    @property
+    def failures(self) -> int:
+        return sum(self.failures_by_cause.values())
+
+
+def fit_fleet_model(
+    frame: HistoryFrame,
+    failures: Sequence[Failure],
+    protocol: BacktestProtocol = BacktestProtocol(),
+    *,
+    prior: HazardModel = DEFAULT_MODEL,
+    until: datetime | None = None,
+    note: str = "",
+    progress: Progress | None = None,
+) -> FleetFit:
+    """One walk-forward step on a whole history: the model fitted on every row whose window has
+    closed (by `until`, if given), shrunk towards `prior` with the protocol's prior precision.
+
+    Raises ValueError when fewer than the protocol's `min_train_failures` failures fall in
+    the fitted rows' windows: a fit on a quiet fleet only learns that GPUs do not fail.
+    """
+    rows, grid = _labelled_rows(frame, failures, protocol, progress)
+    usable = np.ones(len(rows.y), dtype=bool)
+    if until is not None:
+        closed_by = (to_epoch(until) - grid.origin) // HOUR
+        usable &= rows.hour + protocol.lead_h + protocol.horizon_h <= closed_by
+    if not usable.any():
+        raise ValueError("no row's window closes by --until: nothing to fit on")
+    ids = np.unique(rows.failure_id[usable & rows.y])
+    if len(ids) < protocol.min_train_failures:
+        raise ValueError(
+            f"the fitted rows' windows hold {len(ids)} failures, fewer than {protocol.min_train_failures}: "
+            "too few to move the model (a longer history, or more of the fleet, is needed)"
+        )
+    by_cause: dict[str, int] = {}
+    for i in ids.tolist():
+        cause = prior.cause_of(rows.failure_kinds[i])
+        by_cause[cause] = by_cause.get(cause, 0) + 1
+    hours = rows.hour[usable]
+    return FleetFit(
+        model=_fit_rows(rows, usable, protocol, prior, note),
+        rows=int(usable.sum()),
+        positive_rows=int((usable & rows.y).sum()),
+        failures_by_cause=by_cause,
+        first=from_epoch(grid.instant(int(hours.min()))),
+        last=from_epoch(grid.instant(int(hours.max()))),
+    )

@@ -4,6 +4,11 @@
     gpumedic forecast backtest --history runs/sim1/HISTORY.csv --failures runs/sim1/FAILURES.csv \\
         [--lead-hours 24] [--horizon-days 7] --json runs/sim1/backtest.json [--by-class]
     gpumedic forecast score --history HISTORY.csv --at 2025-03-01T00:00:00Z [--failures FAILURES.csv]
+    gpumedic forecast export --fleet fleet.yaml --days 90 --out runs/fleet   # the store's history as CSV
+    gpumedic forecast fit --history runs/fleet/HISTORY.csv --failures runs/fleet/FAILURES.csv \\
+        --out fleet-model.json [--until 2025-03-01]   # then `forecast_model: fleet-model.json` in the fleet file
+
+Every command that scores takes `--model FILE` (a model written by `forecast fit`).
 
 Wire into the main CLI with `add_forecast_commands(subparsers)`; every leaf parser sets
 `func(args) -> int` (the exit status). `python -m gpumedic.cli_forecast` runs it alone.
@@ -14,10 +19,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 from collections.abc import Callable
-from datetime import timedelta
+from dataclasses import replace
+from datetime import datetime, timedelta
 from pathlib import Path
 
 from gpumedic.adapters.history_csv import (
@@ -28,8 +35,14 @@ from gpumedic.adapters.history_csv import (
     write_failures,
     write_history,
 )
-from gpumedic.backtest import BacktestProtocol, score_backtest
-from gpumedic.domain.forecast import forecast_frame, from_epoch
+from gpumedic.adapters.model_file import ModelFileError, read_model, write_model
+from gpumedic.backtest import BacktestProtocol, FleetFit, fit_fleet_model, score_backtest
+from gpumedic.domain.forecast import DEFAULT_MODEL, Failure, HazardModel, HistoryFrame, forecast_frame, from_epoch
+
+_MODEL_HELP = "model file written by `forecast fit` (default: the shipped model)"
+_WALK_FORWARD_PRIOR_PRECISION = BacktestProtocol().prior_precision
+# A refitted model's note names the model it was shrunk towards; refits of refits would nest without end.
+_PRIOR_NOTE_CHARS = 200
 
 
 def _progress(start: float) -> Callable[[str], None]:
@@ -60,9 +73,10 @@ def _backtest(args: argparse.Namespace) -> int:
     say = _progress(start)
     try:
         say(f"reading {args.history}")
+        model = _model(args.model)
         frame = read_history(args.history, progress=say)
         failures = read_failures(args.failures)
-    except (HistoryCsvError, OSError) as err:
+    except (HistoryCsvError, ModelFileError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     say(f"{len(frame):,} rows, {len(frame.keys):,} series, {len(failures)} failures")
@@ -72,8 +86,9 @@ def _backtest(args: argparse.Namespace) -> int:
         training=args.training,
         rearm_after_window=not args.no_rearm,
     )
+    _warn_if_other_window(model, protocol)
     try:
-        scored = score_backtest(frame, failures, protocol, progress=say)
+        scored = score_backtest(frame, failures, protocol, model=model, progress=say)
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -93,18 +108,34 @@ def _backtest(args: argparse.Namespace) -> int:
     return 0
 
 
+def _model(path: str | None) -> HazardModel:
+    return DEFAULT_MODEL if path is None else read_model(path)
+
+
+def _warn_if_other_window(model: HazardModel, protocol: BacktestProtocol) -> None:
+    if (model.lead_hours, model.horizon_hours) != (protocol.lead_h, protocol.horizon_h):
+        print(
+            f"warning: the model was fitted for lead {model.lead_hours:g} h, horizon {model.horizon_hours:g} h; "
+            f"this run asks about lead {protocol.lead_h} h, horizon {protocol.horizon_h} h",
+            file=sys.stderr,
+        )
+
+
 def _score(args: argparse.Namespace) -> int:
     try:
+        model = _model(args.model)
         frame = read_history(args.history)
         failures = read_failures(args.failures) if args.failures else []
         at = from_epoch(parse_time(args.at))
-    except (HistoryCsvError, OSError) as err:
+    except (HistoryCsvError, ModelFileError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except ValueError as err:
         print(f"error: --at: {err}", file=sys.stderr)
         return 2
-    forecasts = forecast_frame(frame, at, horizon=timedelta(days=args.horizon_days), prior_failures=failures)
+    forecasts = forecast_frame(
+        frame, at, horizon=timedelta(days=args.horizon_days), model=model, prior_failures=failures
+    )
     print(f"risk of failure within {args.horizon_days:g} days, as of {at.isoformat()}")
     print(f"{'node':<16} {'gpu':>3} {'risk':>7} {'alarm':>5} {'lead_h':>6}  evidence")
     for fc in forecasts[: args.top]:
@@ -120,9 +151,120 @@ def _score(args: argparse.Namespace) -> int:
     return 0
 
 
+def _fit(args: argparse.Namespace) -> int:
+    start = time.perf_counter()
+    say = _progress(start)
+    try:
+        prior = _model(args.prior)
+        until = None if args.until is None else from_epoch(parse_time(args.until))
+        say(f"reading {args.history}")
+        frame = read_history(args.history, progress=say)
+        failures = read_failures(args.failures)
+    except (HistoryCsvError, ModelFileError, OSError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except ValueError as err:
+        print(f"error: --until: {err}", file=sys.stderr)
+        return 2
+    protocol = BacktestProtocol(
+        lead=timedelta(hours=args.lead_hours),
+        horizon=timedelta(days=args.horizon_days),
+        prior_precision=args.prior_precision,
+    )
+    try:
+        fit = fit_fleet_model(frame, failures, protocol, prior=prior, until=until, progress=say)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    model = fit.model if args.threshold is None else fit.model.with_threshold(args.threshold)
+    model = replace(model, note=_provenance(fit, Path(args.history).name, prior, protocol))
+    write_model(args.out, model)
+    say(f"wrote {args.out}")
+    print(model.note)
+    print(_largest_moves(prior, model))
+    if until is not None:
+        print(_held_out_check(frame, failures, protocol, prior, model, until, say))
+    return 0
+
+
+def _held_out_check(
+    frame: HistoryFrame,
+    failures: list[Failure],
+    protocol: BacktestProtocol,
+    prior: HazardModel,
+    model: HazardModel,
+    until: datetime,
+    say: Callable[[str], None],
+) -> str:
+    """Both models on the hours after --until, which the fit never saw: whether the fit is worth adopting."""
+    fixed = replace(protocol, training="fixed")
+    say("scoring the hours after --until with the prior and with the fitted model")
+    prior_scored = score_backtest(frame, failures, fixed, model=prior)
+    hour = prior_scored.first_hour_at(until)
+    (before, prevalence), (after, _) = (
+        prior_scored.pr_auc_from(hour),
+        score_backtest(frame, failures, fixed, model=model).pr_auc_from(hour),
+    )
+    if math.isnan(before):
+        return "held-out check: no scored hour after --until (the history ends within lead + horizon of it)"
+    return (
+        f"held-out check, {prior_scored.k_scored - hour:,} hours after --until (prevalence {prevalence:.4f}): "
+        f"PR-AUC prior {before:.3f}, fitted {after:.3f}"
+        + ("" if after >= before else " -- the fitted model ranks the unseen hours WORSE than its prior")
+    )
+
+
+def _provenance(fit: FleetFit, history: str, prior: HazardModel, protocol: BacktestProtocol) -> str:
+    causes = ", ".join(f"{cause} {n}" for cause, n in sorted(fit.failures_by_cause.items()))
+    return (
+        f"fitted by `gpumedic forecast fit` on {history}: {fit.rows:,} rows from "
+        f"{fit.first:%Y-%m-%d %H:%M} to {fit.last:%Y-%m-%d %H:%M} UTC, {fit.failures} failures ({causes}); "
+        f"shrunk towards [{_shortened(prior.note) or 'an unnamed model'}] "
+        f"with prior precision {protocol.prior_precision:g}"
+    )
+
+
+def _shortened(text: str) -> str:
+    return text if len(text) <= _PRIOR_NOTE_CHARS else text[: _PRIOR_NOTE_CHARS - 1] + "…"
+
+
+def _largest_moves(prior: HazardModel, model: HazardModel, top: int = 3) -> str:
+    """What the fleet's history changed, per cause: the coefficients that moved most (log-odds per spread)."""
+    lines = ["largest moves from the prior (log-odds per standardised unit):"]
+    for before, after in zip(prior.causes, model.causes, strict=True):
+        moves = sorted(zip(after.features, before.coef, after.coef, strict=True), key=lambda m: -abs(m[2] - m[1]))[:top]
+        shown = ", ".join(f"{f} {b:+.2f} -> {a:+.2f}" for f, b, a in moves if abs(a - b) >= 0.005)
+        intercept = f"intercept {before.intercept:+.2f} -> {after.intercept:+.2f}"
+        lines.append(f"  {after.name:<8} {intercept}; {shown or 'nothing else moved'}")
+    return "\n".join(lines)
+
+
+def _export(args: argparse.Namespace) -> int:
+    from datetime import UTC, datetime
+
+    from gpumedic.adapters.store import TelemetryStore
+    from gpumedic.config import load_fleet_settings
+
+    say = _progress(time.perf_counter())
+    store = TelemetryStore(load_fleet_settings(args.fleet).store_url)
+    since = datetime.now(UTC) - timedelta(days=args.days)
+    say(f"reading the store's history since {since:%Y-%m-%d %H:%M} UTC")
+    frame = store.history_frame(since)
+    incidents = store.prior_incidents(since)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_history(out / "HISTORY.csv", frame)
+    write_failures(out / "FAILURES.csv", incidents)
+    say(
+        f"wrote {len(frame):,} history rows of {len(frame.keys):,} GPUs and {len(incidents)} incidents "
+        f"to {out / 'HISTORY.csv'} and {out / 'FAILURES.csv'}"
+    )
+    return 0
+
+
 def add_forecast_commands(subparsers: argparse._SubParsersAction) -> None:
-    """Register `forecast simulate|backtest|score` on a parent parser's subparsers."""
-    forecast = subparsers.add_parser("forecast", help="failure forecasting: simulate, backtest, score")
+    """Register `forecast simulate|backtest|score|fit|export` on a parent parser's subparsers."""
+    forecast = subparsers.add_parser("forecast", help="failure forecasting: simulate, backtest, score, fit")
     sub = forecast.add_subparsers(dest="forecast_command", required=True)
 
     sim = sub.add_parser("simulate", help="write HISTORY.csv and FAILURES.csv of a simulated fleet")
@@ -150,6 +292,7 @@ def add_forecast_commands(subparsers: argparse._SubParsersAction) -> None:
         action="store_true",
         help="an unanswered alarm stays active until a failure or a reset (default: until its window closes)",
     )
+    bt.add_argument("--model", help=_MODEL_HELP + "; with walk-forward, the prior every refit starts from")
     bt.set_defaults(func=_backtest)
 
     sc = sub.add_parser("score", help="risk table of every GPU at one instant")
@@ -158,7 +301,46 @@ def add_forecast_commands(subparsers: argparse._SubParsersAction) -> None:
     sc.add_argument("--failures", help="earlier failures/replacements (only those up to --at are used)")
     sc.add_argument("--horizon-days", type=float, default=7.0)
     sc.add_argument("--top", type=int, default=20)
+    sc.add_argument("--model", help=_MODEL_HELP)
     sc.set_defaults(func=_score)
+
+    ft = sub.add_parser("fit", help="fit the hazard model on a fleet's own history, shrunk towards the shipped one")
+    ft.add_argument("--history", required=True)
+    ft.add_argument("--failures", required=True, help="the fleet's failures (or `forecast export`'s incidents)")
+    ft.add_argument("--out", required=True, help="model file to write (JSON); the fleet file's `forecast_model`")
+    ft.add_argument("--lead-hours", type=float, default=24.0)
+    ft.add_argument("--horizon-days", type=float, default=7.0)
+    ft.add_argument("--until", help="fit only on rows whose window closed by then (ISO-8601 or epoch seconds)")
+    ft.add_argument("--prior", help="model to start from and shrink towards (default: the shipped model)")
+    ft.add_argument(
+        "--prior-precision",
+        type=_positive,
+        default=_WALK_FORWARD_PRIOR_PRECISION,
+        help="how hard the fit leans on the prior: high keeps it, low lets the fleet's history decide "
+        f"(default {_WALK_FORWARD_PRIOR_PRECISION:g}, the walk-forward backtest's)",
+    )
+    ft.add_argument("--threshold", type=_probability, help="alarm threshold (default: the prior's)")
+    ft.set_defaults(func=_fit)
+
+    ex = sub.add_parser("export", help="the telemetry store's history and incidents as HISTORY.csv and FAILURES.csv")
+    ex.add_argument("--fleet", required=True, help="fleet file naming the store (`store_url`)")
+    ex.add_argument("--days", type=_positive, default=90.0, help="how far back (default 90)")
+    ex.add_argument("--out", required=True, help="directory to write HISTORY.csv and FAILURES.csv into")
+    ex.set_defaults(func=_export)
+
+
+def _positive(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text}: must be positive")
+    return value
+
+
+def _probability(text: str) -> float:
+    value = float(text)
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"{text}: a probability strictly between 0 and 1")
+    return value
 
 
 def main(argv: list[str] | None = None) -> int:

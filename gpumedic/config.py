@@ -82,6 +82,10 @@ class FleetSettings(_Strict):
     history_retention_days: int = Field(
         default=180, ge=31, description="telemetry history older than this is deleted by the nightly full sweep"
     )
+    forecast_model: Path | None = Field(
+        default=None,
+        description="hazard model fitted on this fleet's history by `gpumedic forecast fit` (default: the shipped one)",
+    )
     policy: dict[str, Any] = Field(default_factory=dict, description="HealthPolicy overrides")
     remediation: dict[str, Any] = Field(default_factory=dict, description="RemediationPolicy overrides")
     jira: JiraConfig | None = None
@@ -132,12 +136,15 @@ class FleetFile(_Strict):
         return self
 
 
+_PATH_KEYS = ("key_file", "known_hosts", "kubeconfig", "forecast_model")
+
+
 def _resolve_paths(data: Any, base: Path) -> Any:
-    """Relative key/known_hosts/kubeconfig paths are relative to the fleet file."""
+    """Relative key_file/known_hosts/kubeconfig/forecast_model paths are relative to the fleet file."""
     if isinstance(data, dict):
         out = {}
         for key, value in data.items():
-            if key in ("key_file", "known_hosts", "kubeconfig") and isinstance(value, str):
+            if key in _PATH_KEYS and isinstance(value, str):
                 path = Path(os.path.expanduser(value))
                 out[key] = str(path if path.is_absolute() else (base / path))
             else:

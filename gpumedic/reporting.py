@@ -180,7 +180,7 @@ def forecast_rows(forecasts: Sequence[Any], limit: int = 50) -> list[dict[str, s
 
 def forecast_markdown(
     forecasts: Sequence[Any], charts: dict[tuple[str, int | None], dict[str, list[float]]], *, now: datetime,
-    horizon_days: float, chart_days: int,
+    horizon_days: float, chart_days: int, model_note: str = "",
 ) -> str:
     alarms = [f for f in forecasts if f.alarm]
     lines = [
@@ -190,6 +190,8 @@ def forecast_markdown(
         f"(probability of failure within {horizon_days:g} days).",
         "",
     ]
+    if model_note:
+        lines += [f"Model: {model_note}.", ""]
     if forecasts:
         unseen = ", ".join(str(c) for c in forecasts[0].unpredictable_classes)
         lines += [f"Not predictable from telemetry, so never in these risks: {unseen}.", ""]

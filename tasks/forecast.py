@@ -12,10 +12,11 @@ from prefect.cache_policies import NO_CACHE
 from prefect.events import emit_event
 
 from gpumedic.adapters.jira_tickets import TicketRequest
+from gpumedic.adapters.model_file import read_model
 from gpumedic.adapters.store import StoredForecast, TelemetryStore
 from gpumedic.adapters.ticket_outbox import file_through_outbox
 from gpumedic.config import load_fleet_settings
-from gpumedic.domain.forecast import Failure, GpuForecast, HistoryFrame, forecast_frame
+from gpumedic.domain.forecast import DEFAULT_MODEL, Failure, GpuForecast, HazardModel, HistoryFrame, forecast_frame
 from gpumedic.reporting import CHART_FIELDS, daily_increments, forecast_markdown, forecast_rows
 from tasks.remediation import jira_for_fleet, retry_if_transient
 
@@ -33,11 +34,22 @@ def load_prior_incidents(store_url: str | None, since: datetime) -> list[Failure
     return TelemetryStore(store_url).prior_incidents(since)
 
 
+@task(name="load-forecast-model", cache_policy=NO_CACHE)
+def load_forecast_model(path: str | None) -> HazardModel:
+    """The fleet's own model (`gpumedic forecast fit`), or the shipped one. A model file that cannot be
+    read fails the run: scoring with a model nobody chose would be a silent change of every risk."""
+    model = DEFAULT_MODEL if path is None else read_model(path)
+    get_run_logger().info("forecast model: %s", model.note or path)
+    return model
+
+
 @task(name="score-gpus", cache_policy=NO_CACHE)
 def score_gpus(
-    history: HistoryFrame, prior_incidents: Sequence[Failure], now: datetime, horizon_days: float
+    history: HistoryFrame, prior_incidents: Sequence[Failure], now: datetime, horizon_days: float, model: HazardModel
 ) -> list[GpuForecast]:
-    return forecast_frame(history, now, horizon=timedelta(days=horizon_days), prior_failures=prior_incidents)
+    return forecast_frame(
+        history, now, horizon=timedelta(days=horizon_days), model=model, prior_failures=prior_incidents
+    )
 
 
 @task(name="record-forecasts", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5)
@@ -57,7 +69,7 @@ _NO_ALARM = StoredForecast("", None, 0.0, None, False, (), datetime.min)
 @task(name="publish-forecast", cache_policy=NO_CACHE)
 def publish_forecast(
     store_url: str | None, forecasts: Sequence[GpuForecast], now: datetime, horizon_days: float,
-    chart_gpus: int = 5, chart_days: int = 14,
+    model_note: str, chart_gpus: int = 5, chart_days: int = 14,
 ) -> None:
     riskiest = list(forecasts[:chart_gpus])
     since = now - timedelta(days=chart_days)
@@ -74,7 +86,8 @@ def publish_forecast(
     )
     create_markdown_artifact(
         key="gpu-failure-forecast",
-        markdown=forecast_markdown(forecasts, charts, now=now, horizon_days=horizon_days, chart_days=chart_days),
+        markdown=forecast_markdown(forecasts, charts, now=now, horizon_days=horizon_days, chart_days=chart_days,
+                                   model_note=model_note),
         description="Failure forecast with the evidence behind the riskiest GPUs",
     )
 

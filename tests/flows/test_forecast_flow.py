@@ -86,3 +86,50 @@ def test_prior_incidents_from_remediation_raise_the_risk_and_are_named(tmp_path:
         assert after[("n1", gpu)].risk > 2 * before[("n1", gpu)].risk
     assert any("GPU slot" in f for f in after[("n1", 2)].factors)  # and GPU 2's own are named
     assert not any("GPU slot" in f for f in after[("n1", 0)].factors)
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_the_fleet_s_own_model_scores_and_is_named_in_the_report(tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    from prefect.artifacts import Artifact
+
+    from flows.forecast import failure_forecast
+    from gpumedic.adapters.model_file import write_model
+    from gpumedic.domain.forecast import DEFAULT_MODEL
+
+    url = f"sqlite:///{tmp_path / 'store.db'}"
+    TelemetryStore(url).append_samples(_degrading_history(datetime.now(UTC)))
+    # A model that learnt nothing but base rates: GPU 3's evidence no longer counts, so it does not alarm.
+    blank = replace(DEFAULT_MODEL, causes=tuple(replace(c, coef=(0.0,) * len(c.coef)) for c in DEFAULT_MODEL.causes))
+    (tmp_path / "models").mkdir()
+    write_model(tmp_path / "models" / "fleet.json", replace(blank, note="fleet n1 model"))
+    fleet = tmp_path / "fleet.yaml"
+    fleet.write_text(
+        f"fleet:\n  source: exporter\n  nodes: [{{name: n1}}]\n  store_url: {url}\n"
+        "  forecast_model: models/fleet.json\n"
+    )
+
+    result = failure_forecast(fleet_file=str(fleet), emit_events=False)
+    assert result["model"] == "fleet n1 model"
+    assert result["gpus"] == 4 and result["alarms"] == []
+    report = Artifact.get("gpu-failure-forecast")
+    assert report is not None and "Model: fleet n1 model." in str(report.data)
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_a_model_file_that_cannot_be_read_fails_the_run_before_anything_is_scored(tmp_path: Path) -> None:
+    from flows.forecast import failure_forecast
+    from gpumedic.adapters.model_file import ModelFileError
+
+    url = f"sqlite:///{tmp_path / 'store.db'}"
+    store = TelemetryStore(url)
+    store.append_samples(_degrading_history(datetime.now(UTC)))
+    (tmp_path / "fleet.json").write_text('{"format": "gpumedic.hazard-model/1", "features": []}')
+    fleet = tmp_path / "fleet.yaml"
+    fleet.write_text(
+        f"fleet:\n  source: exporter\n  nodes: [{{name: n1}}]\n  store_url: {url}\n  forecast_model: fleet.json\n"
+    )
+    with pytest.raises(ModelFileError, match=r"fleet.json: features: .*refit it"):
+        failure_forecast(fleet_file=str(fleet), emit_events=False)
+    assert store.latest_forecasts(["n1"]) == {}  # the previous forecast (none) stands; no risk was recorded
