@@ -259,6 +259,12 @@ def _export(args: argparse.Namespace) -> int:
         f"wrote {len(frame):,} history rows of {len(frame.keys):,} GPUs and {len(incidents)} incidents "
         f"to {out / 'HISTORY.csv'} and {out / 'FAILURES.csv'}"
     )
+    if incidents:
+        # The store knows what remediation did, not what broke: a fit would file every incident under "other".
+        say(
+            "note: each incident's kind is the remediation it started (e.g. remediation:reset_gpu), not its cause; "
+            "before `forecast fit`, set the kind to hbm, sram, nvlink, pcie or thermal where the ticket says"
+        )
     return 0
 
 

@@ -43,6 +43,16 @@ def test_relative_key_paths_are_relative_to_the_fleet_file(tmp_path: Path) -> No
     assert fleet is not None and fleet.ssh is not None and fleet.ssh.key_file == tmp_path / "keys" / "id"
 
 
+def test_a_relative_forecast_model_is_relative_to_the_fleet_file(tmp_path: Path) -> None:
+    path = tmp_path / "fleet.yaml"
+    path.write_text("fleet:\n  source: exporter\n  nodes: [{name: a}]\n  forecast_model: models/fleet.json\n")
+    fleet = load_fleet_file(path).fleet
+    assert fleet is not None and fleet.forecast_model == tmp_path / "models" / "fleet.json"
+    path.write_text("fleet:\n  source: exporter\n  nodes: [{name: a}]\n")
+    fleet = load_fleet_file(path).fleet
+    assert fleet is not None and fleet.forecast_model is None  # the shipped model
+
+
 def test_not_yaml_is_a_clear_error(tmp_path: Path) -> None:
     path = tmp_path / "fleet.yaml"
     path.write_text("fleet: [unclosed\n")

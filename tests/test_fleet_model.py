@@ -180,7 +180,9 @@ def test_cli_refuses_a_bad_model_or_too_few_failures_without_a_traceback(
     assert not (tmp_path / "m.json").exists()
 
 
-def test_cli_export_writes_the_store_as_the_csv_files_fit_reads(tmp_path: Path) -> None:
+def test_cli_export_writes_the_store_as_the_csv_files_fit_reads(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     now = datetime.now(UTC).replace(microsecond=0)
     url = f"sqlite:///{tmp_path / 'store.db'}"
     store = TelemetryStore(url)
@@ -197,6 +199,7 @@ def test_cli_export_writes_the_store_as_the_csv_files_fit_reads(tmp_path: Path) 
 
     out = tmp_path / "export"
     assert forecast_cli(["forecast", "export", "--fleet", str(fleet), "--days", "30", "--out", str(out)]) == 0
+    assert "not its cause" in capsys.readouterr().err
     exported = read_history(out / "HISTORY.csv")
     stored = store.history_frame(now - timedelta(days=30))
 
