@@ -18,6 +18,7 @@ Progress goes to stderr; results to stdout or the named files.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import sys
@@ -52,6 +53,30 @@ def _progress(start: float) -> Callable[[str], None]:
     return report
 
 
+# Unreadable files, malformed rows, bad model files and histories the protocol cannot score
+# (ValueError from the backtest) end a command with the reason on stderr, not a traceback.
+_BAD_INPUT = (HistoryCsvError, ModelFileError, OSError, ValueError)
+
+
+def _bad_input_exits_2(command: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    @functools.wraps(command)
+    def run(args: argparse.Namespace) -> int:
+        try:
+            return command(args)
+        except _BAD_INPUT as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+
+    return run
+
+
+def _instant(text: str) -> datetime:
+    try:
+        return from_epoch(parse_time(text))
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from err
+
+
 def _simulate(args: argparse.Namespace) -> int:
     from gpumedic.sim.degradation import simulate_fleet_frame
 
@@ -68,17 +93,14 @@ def _simulate(args: argparse.Namespace) -> int:
     return 0
 
 
+@_bad_input_exits_2
 def _backtest(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     say = _progress(start)
-    try:
-        say(f"reading {args.history}")
-        model = _model(args.model)
-        frame = read_history(args.history, progress=say)
-        failures = read_failures(args.failures)
-    except (HistoryCsvError, ModelFileError, OSError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    say(f"reading {args.history}")
+    model = _model(args.model)
+    frame = read_history(args.history, progress=say)
+    failures = read_failures(args.failures)
     say(f"{len(frame):,} rows, {len(frame.keys):,} series, {len(failures)} failures")
     protocol = BacktestProtocol(
         lead=timedelta(hours=args.lead_hours),
@@ -87,11 +109,7 @@ def _backtest(args: argparse.Namespace) -> int:
         rearm_after_window=not args.no_rearm,
     )
     _warn_if_other_window(model, protocol)
-    try:
-        scored = score_backtest(frame, failures, protocol, model=model, progress=say)
-    except ValueError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    scored = score_backtest(frame, failures, protocol, model=model, progress=say)
     result = scored.evaluate()
     doc = result.to_json(by_class=args.by_class)
     text = json.dumps(doc, indent=2, allow_nan=False) + "\n"
@@ -121,18 +139,12 @@ def _warn_if_other_window(model: HazardModel, protocol: BacktestProtocol) -> Non
         )
 
 
+@_bad_input_exits_2
 def _score(args: argparse.Namespace) -> int:
-    try:
-        model = _model(args.model)
-        frame = read_history(args.history)
-        failures = read_failures(args.failures) if args.failures else []
-        at = from_epoch(parse_time(args.at))
-    except (HistoryCsvError, ModelFileError, OSError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except ValueError as err:
-        print(f"error: --at: {err}", file=sys.stderr)
-        return 2
+    model = _model(args.model)
+    frame = read_history(args.history)
+    failures = read_failures(args.failures) if args.failures else []
+    at: datetime = args.at
     forecasts = forecast_frame(
         frame, at, horizon=timedelta(days=args.horizon_days), model=model, prior_failures=failures
     )
@@ -151,31 +163,21 @@ def _score(args: argparse.Namespace) -> int:
     return 0
 
 
+@_bad_input_exits_2
 def _fit(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     say = _progress(start)
-    try:
-        prior = _model(args.prior)
-        until = None if args.until is None else from_epoch(parse_time(args.until))
-        say(f"reading {args.history}")
-        frame = read_history(args.history, progress=say)
-        failures = read_failures(args.failures)
-    except (HistoryCsvError, ModelFileError, OSError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except ValueError as err:
-        print(f"error: --until: {err}", file=sys.stderr)
-        return 2
+    prior = _model(args.prior)
+    until: datetime | None = args.until
+    say(f"reading {args.history}")
+    frame = read_history(args.history, progress=say)
+    failures = read_failures(args.failures)
     protocol = BacktestProtocol(
         lead=timedelta(hours=args.lead_hours),
         horizon=timedelta(days=args.horizon_days),
         prior_precision=args.prior_precision,
     )
-    try:
-        fit = fit_fleet_model(frame, failures, protocol, prior=prior, until=until, progress=say)
-    except ValueError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    fit = fit_fleet_model(frame, failures, protocol, prior=prior, until=until, progress=say)
     model = fit.model if args.threshold is None else fit.model.with_threshold(args.threshold)
     model = replace(model, note=_provenance(fit, Path(args.history).name, prior, protocol))
     write_model(args.out, model)
@@ -303,7 +305,9 @@ def add_forecast_commands(subparsers: argparse._SubParsersAction) -> None:
 
     sc = sub.add_parser("score", help="risk table of every GPU at one instant")
     sc.add_argument("--history", required=True)
-    sc.add_argument("--at", required=True, help="ISO-8601 or epoch seconds; only data up to then is used")
+    sc.add_argument(
+        "--at", required=True, type=_instant, help="ISO-8601 or epoch seconds; only data up to then is used"
+    )
     sc.add_argument("--failures", help="earlier failures/replacements (only those up to --at are used)")
     sc.add_argument("--horizon-days", type=float, default=7.0)
     sc.add_argument("--top", type=int, default=20)
@@ -316,7 +320,9 @@ def add_forecast_commands(subparsers: argparse._SubParsersAction) -> None:
     ft.add_argument("--out", required=True, help="model file to write (JSON); the fleet file's `forecast_model`")
     ft.add_argument("--lead-hours", type=float, default=24.0)
     ft.add_argument("--horizon-days", type=float, default=7.0)
-    ft.add_argument("--until", help="fit only on rows whose window closed by then (ISO-8601 or epoch seconds)")
+    ft.add_argument(
+        "--until", type=_instant, help="fit only on rows whose window closed by then (ISO-8601 or epoch seconds)"
+    )
     ft.add_argument("--prior", help="model to start from and shrink towards (default: the shipped model)")
     ft.add_argument(
         "--prior-precision",
