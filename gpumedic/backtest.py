@@ -500,7 +500,6 @@ class _Schedule:
 
 def _walk_forward(
     rows: TrainingRows,
-    targets: _Targets,
     k_scored: int,
     protocol: BacktestProtocol,
     prior: HazardModel,
@@ -663,7 +662,7 @@ def score_backtest(
 
     if protocol.training == "walk-forward":
         rows = training_rows(src, targets, protocol, k_scored, progress)
-        schedule = _walk_forward(rows, targets, k_scored, protocol, model, progress)
+        schedule = _walk_forward(rows, k_scored, protocol, model, progress)
     else:
         schedule = _Schedule(np.array([0], dtype=np.int64), (model,))
 
@@ -826,7 +825,7 @@ def fit_fleet_model(
         closed_by = (to_epoch(until) - grid.origin) // HOUR
         usable &= rows.hour + protocol.lead_h + protocol.horizon_h <= closed_by
     if not usable.any():
-        raise ValueError("no row's window closes by --until: nothing to fit on")
+        raise ValueError(f"no row's window closes by {until:%Y-%m-%d %H:%M} UTC: nothing to fit on")
     ids = np.unique(rows.failure_id[usable & rows.y])
     if len(ids) < protocol.min_train_failures:
         raise ValueError(
