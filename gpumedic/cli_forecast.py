@@ -207,8 +207,10 @@ def _held_out_check(
         prior_scored.pr_auc_from(hour),
         score_backtest(frame, failures, fixed, model=model).pr_auc_from(hour),
     )
-    if math.isnan(before):
+    if math.isnan(prevalence):
         return "held-out check: no scored hour after --until (the history ends within lead + horizon of it)"
+    if prevalence == 0:
+        return "held-out check: no failure in the windows after --until, so nothing to rank them by"
     return (
         f"held-out check, {prior_scored.k_scored - hour:,} hours after --until (prevalence {prevalence:.4f}): "
         f"PR-AUC prior {before:.3f}, fitted {after:.3f}"

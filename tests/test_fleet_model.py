@@ -245,3 +245,21 @@ def test_cli_fit_until_checks_both_models_on_the_hours_it_did_not_see(
     expected = f"PR-AUC prior {shipped.pr_auc_from(hour)[0]:.3f}, fitted {fitted.pr_auc_from(hour)[0]:.3f}"
     assert f"held-out check, {shipped.k_scored - hour:,} hours after --until" in printed
     assert expected in printed
+
+
+def test_cli_fit_until_says_when_the_unseen_hours_cannot_judge_the_fit(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], fleet_a: tuple[HistoryFrame, list[Failure]]
+) -> None:
+    frame, failures = fleet_a
+    start, end = (datetime.fromtimestamp(int(t), UTC) for t in (frame.time[0], frame.time[-1]))
+    write_history(tmp_path / "HISTORY.csv", frame)
+    args = ["forecast", "fit", "--history", str(tmp_path / "HISTORY.csv"), "--out", str(tmp_path / "m.json")]
+    until = start + timedelta(days=30)
+    early = [f for f in failures if f.time < until - timedelta(days=10)]
+    write_failures(tmp_path / "EARLY.csv", early)
+    assert forecast_cli([*args, "--failures", str(tmp_path / "EARLY.csv"), "--until", until.isoformat()]) == 0
+    assert "no failure in the windows after --until" in capsys.readouterr().out
+    write_failures(tmp_path / "FAILURES.csv", failures)
+    late = (end - timedelta(days=2)).isoformat()
+    assert forecast_cli([*args, "--failures", str(tmp_path / "FAILURES.csv"), "--until", late]) == 0
+    assert "no scored hour after --until" in capsys.readouterr().out
