@@ -32,7 +32,7 @@ def failure_forecast(
     now = datetime.now(UTC)
     history = load_history(fleet.store_url, now - timedelta(days=lookback_days))
     incidents = load_prior_incidents(fleet.store_url, now - timedelta(days=PRIOR_INCIDENT_DAYS))
-    model = load_forecast_model(None if fleet.forecast_model is None else str(fleet.forecast_model))
+    model = load_forecast_model(fleet.forecast_model)
     forecasts = score_gpus(history, incidents, now, horizon_days, model)
     new_alarms = record_forecasts(fleet.store_url, forecasts, now)
     publish_forecast(fleet.store_url, forecasts, now, horizon_days, model.note)

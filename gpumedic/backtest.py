@@ -475,9 +475,7 @@ def training_rows(
     return TrainingRows(x[keep], y[keep], hours[keep], ttf[keep], fid[keep], targets.kinds)
 
 
-def _fit_rows(
-    rows: TrainingRows, usable: BoolArray, protocol: BacktestProtocol, prior: HazardModel, note: str = ""
-) -> HazardModel:
+def _fit_rows(rows: TrainingRows, usable: BoolArray, protocol: BacktestProtocol, prior: HazardModel) -> HazardModel:
     """The hazard model fitted on the `usable` rows, shrunk towards `prior` by the protocol's precision."""
     return fit_hazard(
         rows.x[usable],
@@ -488,7 +486,6 @@ def _fit_rows(
         prior=prior,
         prior_precision=protocol.prior_precision,
         time_to_failure=rows.time_to_failure[usable],
-        note=note,
     )
 
 
@@ -810,7 +807,6 @@ def fit_fleet_model(
     *,
     prior: HazardModel = DEFAULT_MODEL,
     until: datetime | None = None,
-    note: str = "",
     progress: Progress | None = None,
 ) -> FleetFit:
     """One walk-forward step on a whole history: the model fitted on every row whose window has
@@ -838,7 +834,7 @@ def fit_fleet_model(
         by_cause[cause] = by_cause.get(cause, 0) + 1
     hours = rows.hour[usable]
     return FleetFit(
-        model=_fit_rows(rows, usable, protocol, prior, note),
+        model=_fit_rows(rows, usable, protocol, prior),
         rows=int(usable.sum()),
         positive_rows=int((usable & rows.y).sum()),
         failures_by_cause=by_cause,

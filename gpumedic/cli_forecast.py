@@ -36,9 +36,9 @@ from gpumedic.adapters.history_csv import (
     write_failures,
     write_history,
 )
-from gpumedic.adapters.model_file import ModelFileError, read_model, write_model
+from gpumedic.adapters.model_file import ModelFileError, load_model, write_model
 from gpumedic.backtest import BacktestProtocol, FleetFit, fit_fleet_model, score_backtest
-from gpumedic.domain.forecast import DEFAULT_MODEL, Failure, HazardModel, HistoryFrame, forecast_frame, from_epoch
+from gpumedic.domain.forecast import Failure, HazardModel, HistoryFrame, forecast_frame, from_epoch
 
 _MODEL_HELP = "model file written by `forecast fit` (default: the shipped model)"
 _WALK_FORWARD_PRIOR_PRECISION = BacktestProtocol().prior_precision
@@ -98,7 +98,7 @@ def _backtest(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     say = _progress(start)
     say(f"reading {args.history}")
-    model = _model(args.model)
+    model = load_model(args.model)
     frame = read_history(args.history, progress=say)
     failures = read_failures(args.failures)
     say(f"{len(frame):,} rows, {len(frame.keys):,} series, {len(failures)} failures")
@@ -126,10 +126,6 @@ def _backtest(args: argparse.Namespace) -> int:
     return 0
 
 
-def _model(path: str | None) -> HazardModel:
-    return DEFAULT_MODEL if path is None else read_model(path)
-
-
 def _warn_if_other_window(model: HazardModel, protocol: BacktestProtocol) -> None:
     if (model.lead_hours, model.horizon_hours) != (protocol.lead_h, protocol.horizon_h):
         print(
@@ -141,7 +137,7 @@ def _warn_if_other_window(model: HazardModel, protocol: BacktestProtocol) -> Non
 
 @_bad_input_exits_2
 def _score(args: argparse.Namespace) -> int:
-    model = _model(args.model)
+    model = load_model(args.model)
     frame = read_history(args.history)
     failures = read_failures(args.failures) if args.failures else []
     at: datetime = args.at
@@ -167,7 +163,7 @@ def _score(args: argparse.Namespace) -> int:
 def _fit(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     say = _progress(start)
-    prior = _model(args.prior)
+    prior = load_model(args.prior)
     until: datetime | None = args.until
     say(f"reading {args.history}")
     frame = read_history(args.history, progress=say)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 from prefect import get_run_logger, task
@@ -12,11 +13,11 @@ from prefect.cache_policies import NO_CACHE
 from prefect.events import emit_event
 
 from gpumedic.adapters.jira_tickets import TicketRequest
-from gpumedic.adapters.model_file import read_model
+from gpumedic.adapters.model_file import load_model
 from gpumedic.adapters.store import StoredForecast, TelemetryStore
 from gpumedic.adapters.ticket_outbox import file_through_outbox
 from gpumedic.config import load_fleet_settings
-from gpumedic.domain.forecast import DEFAULT_MODEL, Failure, GpuForecast, HazardModel, HistoryFrame, forecast_frame
+from gpumedic.domain.forecast import Failure, GpuForecast, HazardModel, HistoryFrame, forecast_frame
 from gpumedic.reporting import CHART_FIELDS, daily_increments, forecast_markdown, forecast_rows
 from tasks.remediation import jira_for_fleet, retry_if_transient
 
@@ -35,10 +36,10 @@ def load_prior_incidents(store_url: str | None, since: datetime) -> list[Failure
 
 
 @task(name="load-forecast-model", cache_policy=NO_CACHE)
-def load_forecast_model(path: str | None) -> HazardModel:
+def load_forecast_model(path: Path | None) -> HazardModel:
     """The fleet's own model (`gpumedic forecast fit`), or the shipped one. A model file that cannot be
     read fails the run: scoring with a model nobody chose would be a silent change of every risk."""
-    model = DEFAULT_MODEL if path is None else read_model(path)
+    model = load_model(path)
     get_run_logger().info("forecast model: %s", model.note or path)
     return model
 

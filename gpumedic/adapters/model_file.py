@@ -8,6 +8,7 @@ import tempfile
 from pathlib import Path
 
 from gpumedic.adapters.errors import PermanentError
+from gpumedic.domain.forecast.default_model import DEFAULT_MODEL
 from gpumedic.domain.forecast.hazard import HazardModel
 from gpumedic.domain.forecast.model_codec import ModelFormatError, model_from_dict, model_to_dict
 
@@ -16,6 +17,11 @@ _READABLE = 0o644
 
 class ModelFileError(PermanentError):
     """The model file is missing, unreadable, or not a model this release can score with."""
+
+
+def load_model(path: str | os.PathLike[str] | None) -> HazardModel:
+    """The model a file holds, or the shipped one when no file is named."""
+    return DEFAULT_MODEL if path is None else read_model(path)
 
 
 def read_model(path: str | os.PathLike[str]) -> HazardModel:
