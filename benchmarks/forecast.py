@@ -31,6 +31,7 @@ from gpumedic.backtest import (
     BacktestProtocol,
     BacktestResult,
     ScoredBacktest,
+    average_precision,
     fit_fleet_model,
     pr_curve,
     score_backtest,
@@ -45,9 +46,11 @@ from gpumedic.domain.forecast import (
     HistoryFrame,
     LogLinearBaseline,
     from_epoch,
+    to_epoch,
 )
 from gpumedic.domain.forecast.frame import FIELD_INDEX, FailureClass
 from gpumedic.domain.forecast.hazard import fit_hazard
+from gpumedic.refit import refit_on_history
 from gpumedic.sim.degradation import simulate, simulate_fleet_frame
 
 FIT_SEEDS = (1001, 1002, 1003, 1004)
@@ -549,6 +552,38 @@ def _fit_once_then_hold_out(
         print(
             f"{f'prior precision {precision:g}':>32} fitted once at the split {_fmt(once)}, "
             f"walk-forward (refit weekly) {_fmt(weekly)}"
+        )
+    _weekly_refit_as_the_flow_does(frame, failures, window, hour)
+
+
+def _weekly_refit_as_the_flow_does(
+    frame: HistoryFrame, failures: list[Failure], window: BacktestProtocol, hour: int, history_days: float = 180.0,
+    check_days: float = 28.0,
+) -> None:
+    """The weekly refit flow replayed on the held-out hours: every 7 days from the split,
+    `refit_on_history` at that instant on the last `history_days` of history and incidents (it uses
+    nothing after the instant, as if the store ended there), adopting only what passes its check; the
+    model it leaves in use scores the next week's hours. PR-AUC over all held-out hours, as above."""
+    fixed = replace(window, training="fixed")
+    shipped = score_backtest(frame, failures, fixed)
+    for precision in (1.0, 100.0, 1000.0):
+        protocol = replace(window, prior_precision=precision)
+        risk, in_use_risk, adopted, weeks = shipped.risk.copy(), shipped.risk, 0, 0
+        for week_start in range(hour, shipped.k_scored, 7 * 24):
+            now = from_epoch(shipped.grid.instant(week_start))
+            t, since = to_epoch(now), to_epoch(now - timedelta(days=history_days))
+            known = [f for f in failures if since <= to_epoch(f.time) <= t]
+            outcome = refit_on_history(frame.since(since), known, now, check_days=check_days, protocol=protocol)
+            weeks += 1
+            if outcome.adopted is not None:
+                adopted += 1
+                in_use_risk = score_backtest(frame, failures, fixed, model=outcome.adopted).risk
+            week = slice(week_start, min(week_start + 7 * 24, shipped.k_scored))
+            risk[:, week] = in_use_risk[:, week]
+        pr_auc = average_precision(risk[:, hour:].ravel(), shipped.labels[:, hour:].ravel())
+        print(
+            f"{f'prior precision {precision:g}':>32} the weekly refit flow (check {check_days:g} d, history "
+            f"{history_days:g} d): adopted {adopted} of {weeks} weeks, PR-AUC {_fmt(pr_auc)}"
         )
 
 

@@ -1,4 +1,4 @@
-"""Deployments of the failure forecast: daily scoring, and proactive maintenance on each new alarm."""
+"""Deployments of the failure forecast: daily scoring, a weekly refit, and proactive maintenance on each new alarm."""
 
 from __future__ import annotations
 
@@ -10,9 +10,11 @@ from prefect.schedules import Cron
 
 from flows.forecast import failure_forecast
 from flows.maintenance import proactive_maintenance
+from flows.refit import refit_forecast_model
 from tasks.forecast import FAILURE_PREDICTED_EVENT
 
 DAILY_FORECAST_CRON = "0 3 * * *"  # after the nightly full sweep at 02:00
+WEEKLY_REFIT_CRON = "0 4 * * 0"  # Sundays, after that day's forecast
 
 
 def forecast_deployments(fleet_file: str, timezone: str = "UTC") -> list[Any]:
@@ -22,6 +24,14 @@ def forecast_deployments(fleet_file: str, timezone: str = "UTC") -> list[Any]:
             schedules=[Cron(DAILY_FORECAST_CRON, timezone=timezone)],
             parameters={"fleet_file": fleet_file},
             description="Score every GPU's 7-day failure risk from telemetry history; raise proactive requests.",
+            tags=["gpumedic", "forecast"],
+        ),
+        refit_forecast_model.to_deployment(
+            name="weekly-forecast-refit",
+            schedules=[Cron(WEEKLY_REFIT_CRON, timezone=timezone)],
+            parameters={"fleet_file": fleet_file},
+            description="Refit the forecaster on the fleet's history and incidents; adopt it only if it passes a "
+            "check on weeks it did not see.",
             tags=["gpumedic", "forecast"],
         ),
         proactive_maintenance.to_deployment(

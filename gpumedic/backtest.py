@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Literal
 
@@ -580,9 +580,14 @@ class ScoredBacktest:
         """The first scored hour at or after `when` (k_scored if none)."""
         return int(min(max(-((self.grid.origin - to_epoch(when)) // HOUR), 0), self.k_scored))
 
-    def pr_auc_from(self, hour: int) -> tuple[float, float]:
-        """(PR-AUC, prevalence) of the forecaster over the scored hours from `hour` on (NaN if none)."""
-        labels, risk = self.labels[:, hour:], self.risk[:, hour:]
+    def hours_through(self, when: datetime) -> int:
+        """How many scored hours fall at or before `when`."""
+        return int(min(max((to_epoch(when) - self.grid.origin) // HOUR + 1, 0), self.k_scored))
+
+    def pr_auc_from(self, hour: int, stop: int | None = None) -> tuple[float, float]:
+        """(PR-AUC, prevalence) of the forecaster over the scored hours from `hour` on (to `stop`,
+        excluded, if given); NaN if there are none."""
+        labels, risk = self.labels[:, hour:stop], self.risk[:, hour:stop]
         if labels.size == 0:
             return math.nan, math.nan
         return average_precision(risk.ravel(), labels.ravel()), float(labels.mean())
@@ -784,6 +789,10 @@ def _labelled_rows(
     return training_rows(src, targets, protocol, k_scored, progress), grid
 
 
+class NothingToFit(ValueError):
+    """The history holds too little to fit on: no closed window, or too few failures in them."""
+
+
 @dataclass(frozen=True, slots=True)
 class FleetFit:
     """A model fitted on one fleet's history, and what it was fitted on."""
@@ -812,7 +821,7 @@ def fit_fleet_model(
     """One walk-forward step on a whole history: the model fitted on every row whose window has
     closed (by `until`, if given), shrunk towards `prior` with the protocol's prior precision.
 
-    Raises ValueError when fewer than the protocol's `min_train_failures` failures fall in
+    Raises NothingToFit when fewer than the protocol's `min_train_failures` failures fall in
     the fitted rows' windows: a fit on a quiet fleet only learns that GPUs do not fail.
     """
     rows, grid = _labelled_rows(frame, failures, protocol, progress)
@@ -821,10 +830,10 @@ def fit_fleet_model(
         closed_by = (to_epoch(until) - grid.origin) // HOUR
         usable &= rows.hour + protocol.lead_h + protocol.horizon_h <= closed_by
     if not usable.any():
-        raise ValueError(f"no row's window closes by {until:%Y-%m-%d %H:%M} UTC: nothing to fit on")
+        raise NothingToFit(f"no row's window closes by {until:%Y-%m-%d %H:%M} UTC: nothing to fit on")
     ids = np.unique(rows.failure_id[usable & rows.y])
     if len(ids) < protocol.min_train_failures:
-        raise ValueError(
+        raise NothingToFit(
             f"the fitted rows' windows hold {len(ids)} failures, fewer than {protocol.min_train_failures}: "
             "too few to move the model (a longer history, or more of the fleet, is needed)"
         )
@@ -841,3 +850,63 @@ def fit_fleet_model(
         first=from_epoch(grid.instant(int(hours.min()))),
         last=from_epoch(grid.instant(int(hours.max()))),
     )
+
+
+@dataclass(frozen=True, slots=True)
+class HeldOutCheck:
+    """A fitted model and its prior on the hours after the fit's `until`, which the fit never saw."""
+
+    until: datetime
+    hours: int  # scored hours from `until` on
+    prevalence: float  # NaN when no hour was scored
+    prior_pr_auc: float
+    fitted_pr_auc: float
+
+    @property
+    def judged(self) -> bool:
+        """Whether the unseen hours hold a failure to rank them by."""
+        return self.hours > 0 and self.prevalence > 0
+
+    @property
+    def fitted_is_no_worse(self) -> bool:
+        return self.judged and self.fitted_pr_auc >= self.prior_pr_auc
+
+    def describe(self) -> str:
+        if self.hours == 0:
+            return (f"held-out check: no scored hour after {self.until:%Y-%m-%d %H:%M} UTC "
+                    "(the history ends within lead + horizon of it)")
+        if not self.judged:
+            return (f"held-out check: no failure in the windows after {self.until:%Y-%m-%d %H:%M} UTC, "
+                    "so nothing to rank them by")
+        return (
+            f"held-out check, {self.hours:,} hours after {self.until:%Y-%m-%d %H:%M} UTC "
+            f"(prevalence {self.prevalence:.4f}): PR-AUC prior {self.prior_pr_auc:.3f}, fitted {self.fitted_pr_auc:.3f}"
+            + ("" if self.fitted_is_no_worse else " -- the fitted model ranks the unseen hours WORSE than its prior")
+        )
+
+
+def held_out_check(
+    frame: HistoryFrame,
+    failures: Sequence[Failure],
+    protocol: BacktestProtocol,
+    *,
+    prior: HazardModel,
+    fitted: HazardModel,
+    until: datetime,
+    now: datetime | None = None,
+    progress: Progress | None = None,
+) -> HeldOutCheck:
+    """Both models, as they are, on the scored hours from `until` on: whether a fit made with
+    `until` ranks hours it never saw better than its prior (PR-AUC, every hour counted). With
+    `now`, only the hours whose window had closed by then count (a replay on a longer history)."""
+    fixed = replace(protocol, training="fixed")
+    if progress:
+        progress(f"scoring the hours after {until:%Y-%m-%d %H:%M} UTC with the prior and with the fitted model")
+    prior_scored = score_backtest(frame, failures, fixed, model=prior)
+    hour = prior_scored.first_hour_at(until)
+    stop = prior_scored.k_scored
+    if now is not None:
+        stop = prior_scored.hours_through(now - timedelta(hours=protocol.lead_h + protocol.horizon_h))
+    before, prevalence = prior_scored.pr_auc_from(hour, stop)
+    after, _ = score_backtest(frame, failures, fixed, model=fitted).pr_auc_from(hour, stop)
+    return HeldOutCheck(until, max(stop - hour, 0), prevalence, before, after)

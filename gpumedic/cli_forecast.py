@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import functools
 import json
-import math
 import sys
 import time
 from collections.abc import Callable
@@ -37,13 +36,13 @@ from gpumedic.adapters.history_csv import (
     write_history,
 )
 from gpumedic.adapters.model_file import ModelFileError, load_model, write_model
-from gpumedic.backtest import BacktestProtocol, FleetFit, fit_fleet_model, score_backtest
-from gpumedic.domain.forecast import Failure, HazardModel, HistoryFrame, forecast_frame, from_epoch
+from gpumedic.backtest import BacktestProtocol, fit_fleet_model, held_out_check, score_backtest
+from gpumedic.domain.forecast import HazardModel, forecast_frame, from_epoch
+from gpumedic.domain.remediation import UNNAMED_CAUSE_PREFIX
+from gpumedic.refit import fit_note, largest_moves
 
 _MODEL_HELP = "model file written by `forecast fit` (default: the shipped model)"
 _WALK_FORWARD_PRIOR_PRECISION = BacktestProtocol().prior_precision
-# A refitted model's note names the model it was shrunk towards; refits of refits would nest without end.
-_PRIOR_NOTE_CHARS = 200
 
 
 def _progress(start: float) -> Callable[[str], None]:
@@ -175,68 +174,16 @@ def _fit(args: argparse.Namespace) -> int:
     )
     fit = fit_fleet_model(frame, failures, protocol, prior=prior, until=until, progress=say)
     model = fit.model if args.threshold is None else fit.model.with_threshold(args.threshold)
-    model = replace(model, note=_provenance(fit, Path(args.history).name, prior, protocol))
+    model = replace(model, note=fit_note(fit, f"`gpumedic forecast fit` on {Path(args.history).name}", prior, protocol))
     write_model(args.out, model)
     say(f"wrote {args.out}")
     print(model.note)
-    print(_largest_moves(prior, model))
+    print("largest moves from the prior (log-odds per standardised unit):")
+    print("\n".join(f"  {line}" for line in largest_moves(prior, model)))
     if until is not None:
-        print(_held_out_check(frame, failures, protocol, prior, model, until, say))
+        check = held_out_check(frame, failures, protocol, prior=prior, fitted=model, until=until, progress=say)
+        print(check.describe())
     return 0
-
-
-def _held_out_check(
-    frame: HistoryFrame,
-    failures: list[Failure],
-    protocol: BacktestProtocol,
-    prior: HazardModel,
-    model: HazardModel,
-    until: datetime,
-    say: Callable[[str], None],
-) -> str:
-    """Both models on the hours after --until, which the fit never saw: whether the fit is worth adopting."""
-    fixed = replace(protocol, training="fixed")
-    say("scoring the hours after --until with the prior and with the fitted model")
-    prior_scored = score_backtest(frame, failures, fixed, model=prior)
-    hour = prior_scored.first_hour_at(until)
-    (before, prevalence), (after, _) = (
-        prior_scored.pr_auc_from(hour),
-        score_backtest(frame, failures, fixed, model=model).pr_auc_from(hour),
-    )
-    if math.isnan(prevalence):
-        return "held-out check: no scored hour after --until (the history ends within lead + horizon of it)"
-    if prevalence == 0:
-        return "held-out check: no failure in the windows after --until, so nothing to rank them by"
-    return (
-        f"held-out check, {prior_scored.k_scored - hour:,} hours after --until (prevalence {prevalence:.4f}): "
-        f"PR-AUC prior {before:.3f}, fitted {after:.3f}"
-        + ("" if after >= before else " -- the fitted model ranks the unseen hours WORSE than its prior")
-    )
-
-
-def _provenance(fit: FleetFit, history: str, prior: HazardModel, protocol: BacktestProtocol) -> str:
-    causes = ", ".join(f"{cause} {n}" for cause, n in sorted(fit.failures_by_cause.items()))
-    return (
-        f"fitted by `gpumedic forecast fit` on {history}: {fit.rows:,} rows from "
-        f"{fit.first:%Y-%m-%d %H:%M} to {fit.last:%Y-%m-%d %H:%M} UTC, {fit.failures} failures ({causes}); "
-        f"shrunk towards [{_shortened(prior.note) or 'an unnamed model'}] "
-        f"with prior precision {protocol.prior_precision:g}"
-    )
-
-
-def _shortened(text: str) -> str:
-    return text if len(text) <= _PRIOR_NOTE_CHARS else text[: _PRIOR_NOTE_CHARS - 1] + "…"
-
-
-def _largest_moves(prior: HazardModel, model: HazardModel, top: int = 3) -> str:
-    """What the fleet's history changed, per cause: the coefficients that moved most (log-odds per spread)."""
-    lines = ["largest moves from the prior (log-odds per standardised unit):"]
-    for before, after in zip(prior.causes, model.causes, strict=True):
-        moves = sorted(zip(after.features, before.coef, after.coef, strict=True), key=lambda m: -abs(m[2] - m[1]))[:top]
-        shown = ", ".join(f"{f} {b:+.2f} -> {a:+.2f}" for f, b, a in moves if abs(a - b) >= 0.005)
-        intercept = f"intercept {before.intercept:+.2f} -> {after.intercept:+.2f}"
-        lines.append(f"  {after.name:<8} {intercept}; {shown or 'nothing else moved'}")
-    return "\n".join(lines)
 
 
 def _export(args: argparse.Namespace) -> int:
@@ -259,11 +206,14 @@ def _export(args: argparse.Namespace) -> int:
         f"wrote {len(frame):,} history rows of {len(frame.keys):,} GPUs and {len(incidents)} incidents "
         f"to {out / 'HISTORY.csv'} and {out / 'FAILURES.csv'}"
     )
-    if incidents:
-        # The store knows what remediation did, not what broke: a fit would file every incident under "other".
+    unnamed = sum(f.kind.startswith(UNNAMED_CAUSE_PREFIX) for f in incidents)
+    if unnamed:
+        # Where the evidence named no part, the store knows what remediation did, not what broke:
+        # a fit files those incidents under "other".
         say(
-            "note: each incident's kind is the remediation it started (e.g. remediation:reset_gpu), not its cause; "
-            "before `forecast fit`, set the kind to hbm, sram, nvlink, pcie or thermal where the ticket says"
+            f"note: {unnamed} of {len(incidents)} incidents name the remediation they started "
+            f"({UNNAMED_CAUSE_PREFIX}<action>), not what broke; before `forecast fit`, set their kind to "
+            "hbm, sram, nvlink, pcie or thermal where the ticket says"
         )
     return 0
 

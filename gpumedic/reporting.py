@@ -9,10 +9,16 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from gpumedic.domain.history import Sample
 from gpumedic.domain.verdict import Action, NodeAssessment, Verdict
+from gpumedic.refit import largest_moves
+
+if TYPE_CHECKING:
+    from gpumedic.domain.forecast import HazardModel
+    from gpumedic.refit import RefitOutcome
 
 
 def sweep_document(sweep_id: str, started: datetime, assessments: Sequence[NodeAssessment]) -> dict[str, Any]:
@@ -211,4 +217,46 @@ def forecast_markdown(
     if alarms:
         lines.append("Each alarm raises a proactive-maintenance request: a human approves or rejects an "
                      "\"Order Replacement\" ticket in the Prefect UI.")
+    return "\n".join(lines) + "\n"
+
+
+def refit_markdown(
+    outcome: RefitOutcome, *, path: Path, archived: Path | None, now: datetime, prior: HazardModel
+) -> str:
+    """The weekly refit's report: the decision first, then the evidence an SRE needs to trust or undo it."""
+    decision = "Adopted a refitted model" if outcome.adopted is not None else "Kept the model in use"
+    lines = [f"# Forecast model refit, {now:%Y-%m-%d %H:%M} UTC: {decision.lower()}", "", f"{outcome.reason}.", ""]
+    check = outcome.check
+    if check is not None and check.judged:
+        lines += [
+            f"Check on the {check.hours:,} GPU-hours since {check.until:%Y-%m-%d %H:%M} UTC, which the candidate "
+            f"was not fitted on (prevalence {check.prevalence:.4f}; PR-AUC, higher ranks failing GPUs first):",
+            "",
+            "| model | PR-AUC |",
+            "| --- | --- |",
+            f"| shipped (the prior) | {check.prior_pr_auc:.3f} |",
+            f"| fitted on this fleet | {check.fitted_pr_auc:.3f} |",
+            "",
+        ]
+    fit = outcome.final or outcome.candidate
+    if fit is not None:
+        causes = ", ".join(f"{cause} {n}" for cause, n in sorted(fit.failures_by_cause.items()))
+        lines += [
+            f"Fitted on {fit.rows:,} GPU rows from {fit.first:%Y-%m-%d} to {fit.last:%Y-%m-%d}, "
+            f"{fit.failures} incidents by cause: {causes}. Incidents whose evidence named no part "
+            "(recorded as `remediation:<action>`) count under \"other\".",
+            "",
+            "Largest moves from the shipped model (log-odds per standardised unit):",
+            "",
+            "```",
+            *largest_moves(prior, fit.model),
+            "```",
+            "",
+        ]
+    if outcome.adopted is not None:
+        lines.append(f"The daily forecast reads it from `{path}` from its next run.")
+        if archived is not None:
+            lines.append(f"The model it replaced is kept as `{archived}`: copy it over `{path}` to roll back.")
+    else:
+        lines.append(f"`{path}` is unchanged.")
     return "\n".join(lines) + "\n"

@@ -37,9 +37,11 @@ def load_prior_incidents(store_url: str | None, since: datetime) -> list[Failure
 
 @task(name="load-forecast-model", cache_policy=NO_CACHE)
 def load_forecast_model(path: Path | None) -> HazardModel:
-    """The fleet's own model (`gpumedic forecast fit`), or the shipped one. A model file that cannot be
-    read fails the run: scoring with a model nobody chose would be a silent change of every risk."""
-    model = load_model(path)
+    """The fleet's own model (the weekly refit's, or `gpumedic forecast fit`'s), or the shipped one; also
+    the shipped one while the named file does not exist yet (no refit has passed its check), and the report
+    says so. A model file that cannot be read fails the run: scoring with a model nobody chose would be a
+    silent change of every risk."""
+    model = load_model(path, missing_is_shipped=True)
     get_run_logger().info("forecast model: %s", model.note or path)
     return model
 

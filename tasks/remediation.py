@@ -65,6 +65,7 @@ from gpumedic.domain.remediation import (
     Succeeded,
     TicketFiled,
     VerifyRebooted,
+    incident_kinds,
 )
 from gpumedic.domain.verdict import GpuAssessment, NodeAssessment
 from gpumedic.inventory import resolve_fleet
@@ -201,14 +202,14 @@ class FreshEvidence:
 
 @task(name="remember-incident", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2)
 def remember_incident(fleet_file: str, record: NodeRecord, assessment: NodeAssessment, *, resumed: bool) -> bool:
-    """Record the incident's failing GPUs (none: the node) in the telemetry store: the daily
-    forecast reads them as prior incidents, the strongest predictor in every field study.
+    """Record the incident's failing GPUs (none: the node) in the telemetry store, each with what its
+    evidence says broke: the daily forecast reads them as prior incidents (the strongest predictor in
+    every field study), and the weekly refit learns from them per failure class.
 
     `resumed`: the incident was opened by an earlier run, which may have crashed before
     recording it; record it now unless it already was (today's failing GPUs stand in)."""
-    failing = [g.index for g in assessment.gpus if g.action.needs_remediation]
     return TelemetryStore(load_fleet_settings(fleet_file).store_url).record_incident(
-        record.incident_id, record.node, failing, record.opened_at, f"remediation:{record.requested}",
+        record.incident_id, record.node, incident_kinds(assessment, record.requested), record.opened_at,
         overwrite=not resumed,
     )
 

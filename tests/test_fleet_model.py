@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import stat
 from dataclasses import replace
@@ -12,12 +13,20 @@ import numpy as np
 import pytest
 
 from gpumedic.adapters.history_csv import read_failures, read_history, write_failures, write_history
-from gpumedic.adapters.model_file import ModelFileError, read_model, write_model
+from gpumedic.adapters.model_file import (
+    ModelFileError,
+    archived_models,
+    install_model,
+    load_model,
+    read_model,
+    write_model,
+)
 from gpumedic.adapters.store import TelemetryStore
-from gpumedic.backtest import BacktestProtocol, fit_fleet_model, score_backtest
+from gpumedic.backtest import BacktestProtocol, fit_fleet_model, held_out_check, score_backtest
 from gpumedic.cli_forecast import main as forecast_cli
 from gpumedic.domain.forecast import DEFAULT_MODEL, Failure, HazardModel, HistoryFrame, to_epoch
 from gpumedic.domain.history import Sample
+from gpumedic.refit import refit_on_history
 from gpumedic.sim.degradation import DegradationParams, simulate_fleet_frame
 
 # Failures ten times as frequent as the field's, so that a small fleet holds enough to fit on.
@@ -125,6 +134,101 @@ def _as_doc(model: HazardModel) -> dict[str, object]:
     return model_to_dict(model)
 
 
+def test_installing_a_model_keeps_the_ones_it_replaced_newest_last_and_only_so_many(tmp_path: Path) -> None:
+    path = tmp_path / "fleet-model.json"
+    t0 = datetime(2026, 1, 4, 4, 0, tzinfo=UTC)
+    assert install_model(path, DEFAULT_MODEL.with_threshold(0.1), at=t0) is None  # nothing to keep yet
+    kept = [install_model(path, DEFAULT_MODEL.with_threshold(0.1 * (w + 2)), at=t0 + timedelta(weeks=w + 1), keep=3)
+            for w in range(4)]
+    assert read_model(path).alarm_threshold == pytest.approx(0.5)
+    assert archived_models(path) == kept[1:]  # the oldest went once there were more than 3
+    assert kept[-1] is not None and kept[-1].name == "fleet-model.20260201T040000Z.json"
+    assert read_model(kept[-1]).alarm_threshold == pytest.approx(0.4)  # the model the last install replaced
+    (tmp_path / "fleet-model.notes.json").write_text("{}")  # someone else's file is never touched
+    install_model(path, DEFAULT_MODEL, at=t0 + timedelta(weeks=9), keep=1)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "fleet-model.20260308T040000Z.json", "fleet-model.json", "fleet-model.notes.json"
+    ]
+
+
+def test_a_named_model_file_that_does_not_exist_yet_is_the_shipped_model_where_asked(tmp_path: Path) -> None:
+    absent = tmp_path / "fleet-model.json"
+    model = load_model(absent, missing_is_shipped=True)
+    assert model.causes == DEFAULT_MODEL.causes
+    assert f"no fitted model at {absent} yet" in model.note
+    with pytest.raises(ModelFileError, match="No such file"):
+        load_model(absent)
+    absent.write_text("{}")  # there, but not a model: never quietly the shipped one
+    with pytest.raises(ModelFileError):
+        load_model(absent, missing_is_shipped=True)
+
+
+# --- the weekly refit ---------------------------------------------------------------------------------
+
+
+def _end(frame: HistoryFrame) -> datetime:
+    return datetime.fromtimestamp(int(frame.time[-1]), UTC)
+
+
+def test_a_refit_is_adopted_exactly_when_its_fit_ranks_the_unseen_weeks_no_worse(
+    fleet_a: tuple[HistoryFrame, list[Failure]], fleet_b: tuple[HistoryFrame, list[Failure]]
+) -> None:
+    adopted = []
+    for (frame, failures), precision in itertools.product((fleet_a, fleet_b), (1.0, 100.0)):
+        protocol = BacktestProtocol(prior_precision=precision)
+        now = _end(frame)
+        outcome = refit_on_history(frame, failures, now, check_days=15, protocol=protocol)
+        until = now - timedelta(days=15)
+        candidate = fit_fleet_model(frame, failures, protocol, until=until)
+        check = held_out_check(frame, failures, protocol, prior=DEFAULT_MODEL, fitted=candidate.model, until=until)
+        assert outcome.check == check and check.judged
+        assert (outcome.adopted is not None) == (check.fitted_pr_auc >= check.prior_pr_auc), outcome.reason
+        adopted.append(outcome.adopted is not None)
+        if outcome.adopted is None:
+            assert "worse than its prior" in outcome.reason
+            continue
+        everything = fit_fleet_model(frame, failures, protocol)
+        for got, want in zip(outcome.adopted.causes, everything.model.causes, strict=True):
+            assert got.coef == want.coef and got.intercept == want.intercept
+        assert f"fitted {check.fitted_pr_auc:.3f}" in outcome.adopted.note
+        assert outcome.final is not None and outcome.final.rows > candidate.rows
+    assert set(adopted) == {True, False}  # both decisions were exercised
+
+
+def test_a_refit_uses_nothing_after_its_now(fleet_b: tuple[HistoryFrame, list[Failure]]) -> None:
+    """Rows and failures after `now` may say anything: the decision, the check and the model stay the same."""
+    frame, failures = fleet_b
+    now = _end(frame) - timedelta(days=8)
+    t = to_epoch(now)
+    cut = int(np.searchsorted(frame.time, t, side="right"))
+    garbled_values = frame.value.copy()
+    garbled_values[cut:] = garbled_values[cut:] * 7 + 3
+    garbled = HistoryFrame(frame.keys, frame.time, frame.key, frame.field, garbled_values)
+    moved = [f if to_epoch(f.time) <= t else replace(f, node=failures[0].node, gpu=0) for f in failures]
+    assert len(frame) > cut and moved != failures
+    protocol = BacktestProtocol(prior_precision=100.0)
+    honest = refit_on_history(frame, failures, now, check_days=15, protocol=protocol)
+    other = refit_on_history(garbled, moved, now, check_days=15, protocol=protocol)
+    assert honest.check == other.check and honest.check is not None and honest.check.judged
+    assert honest.reason == other.reason
+    assert honest.adopted is not None and other.adopted is not None
+    assert _as_doc(honest.adopted) == _as_doc(other.adopted)  # as written to the file (a NaN is never == itself)
+
+
+def test_a_refit_keeps_the_model_when_there_is_nothing_to_fit_on_or_to_judge_by(
+    fleet_a: tuple[HistoryFrame, list[Failure]],
+) -> None:
+    frame, failures = fleet_a
+    now = _end(frame)
+    few = refit_on_history(frame, failures[:2], now, check_days=15)
+    assert few.adopted is None and few.check is None
+    assert "nothing to fit on" in few.reason and "fewer than 3" in few.reason
+    early = [f for f in failures if f.time < now - timedelta(days=20)]
+    quiet = refit_on_history(frame, early, now, check_days=15)
+    assert quiet.adopted is None and quiet.check is not None and not quiet.check.judged
+    assert "no failure in the windows after" in quiet.reason
+
+
 # --- the commands ----------------------------------------------------------------------------------
 
 
@@ -192,14 +296,15 @@ def test_cli_export_writes_the_store_as_the_csv_files_fit_reads(
         for gpu in (0, 1)
     )
     store.append_samples([Sample(now - timedelta(hours=5), "n1", 1, "xid", 63.0)])
-    store.record_incident("inc-1", "n1", [1], now - timedelta(hours=2), "remediation:reset_gpu")
-    store.record_incident("inc-0", "n1", [0], now - timedelta(days=40), "remediation:reset_gpu")  # before --days
+    store.record_incident("inc-1", "n1", {1: "remediation:reset_gpu"}, now - timedelta(hours=2))
+    store.record_incident("inc-2", "n1", {0: "hbm"}, now - timedelta(hours=3))
+    store.record_incident("inc-0", "n1", {0: "remediation:reset_gpu"}, now - timedelta(days=40))  # before --days
     fleet = tmp_path / "fleet.yaml"
     fleet.write_text(f"fleet:\n  source: exporter\n  nodes: [{{name: n1}}]\n  store_url: {url}\n")
 
     out = tmp_path / "export"
     assert forecast_cli(["forecast", "export", "--fleet", str(fleet), "--days", "30", "--out", str(out)]) == 0
-    assert "not its cause" in capsys.readouterr().err
+    assert "1 of 2 incidents name the remediation they started" in capsys.readouterr().err
     exported = read_history(out / "HISTORY.csv")
     stored = store.history_frame(now - timedelta(days=30))
 
@@ -209,7 +314,9 @@ def test_cli_export_writes_the_store_as_the_csv_files_fit_reads(
     assert rows(exported) == rows(stored)
     assert len(exported) == 2 * 72 + 1
     incidents = read_failures(out / "FAILURES.csv")
-    assert [(f.node, f.gpu, f.kind, f.replaced) for f in incidents] == [("n1", 1, "remediation:reset_gpu", False)]
+    assert [(f.node, f.gpu, f.kind, f.replaced) for f in incidents] == [
+        ("n1", 0, "hbm", False), ("n1", 1, "remediation:reset_gpu", False)
+    ]
 
 
 def test_pr_auc_from_the_first_hour_is_the_backtest_s_and_later_hours_are_a_tail(
@@ -243,7 +350,7 @@ def test_cli_fit_until_checks_both_models_on_the_hours_it_did_not_see(
     fitted = score_backtest(*fleet_a, BacktestProtocol(training="fixed"), model=read_model(tmp_path / "m.json"))
     hour = shipped.first_hour_at(until)
     expected = f"PR-AUC prior {shipped.pr_auc_from(hour)[0]:.3f}, fitted {fitted.pr_auc_from(hour)[0]:.3f}"
-    assert f"held-out check, {shipped.k_scored - hour:,} hours after --until" in printed
+    assert f"held-out check, {shipped.k_scored - hour:,} hours after {until:%Y-%m-%d %H:%M} UTC" in printed
     assert expected in printed
 
 
@@ -258,8 +365,8 @@ def test_cli_fit_until_says_when_the_unseen_hours_cannot_judge_the_fit(
     early = [f for f in failures if f.time < until - timedelta(days=10)]
     write_failures(tmp_path / "EARLY.csv", early)
     assert forecast_cli([*args, "--failures", str(tmp_path / "EARLY.csv"), "--until", until.isoformat()]) == 0
-    assert "no failure in the windows after --until" in capsys.readouterr().out
+    assert f"no failure in the windows after {until:%Y-%m-%d %H:%M} UTC" in capsys.readouterr().out
     write_failures(tmp_path / "FAILURES.csv", failures)
-    late = (end - timedelta(days=2)).isoformat()
-    assert forecast_cli([*args, "--failures", str(tmp_path / "FAILURES.csv"), "--until", late]) == 0
-    assert "no scored hour after --until" in capsys.readouterr().out
+    late = end - timedelta(days=2)
+    assert forecast_cli([*args, "--failures", str(tmp_path / "FAILURES.csv"), "--until", late.isoformat()]) == 0
+    assert f"no scored hour after {late:%Y-%m-%d %H:%M} UTC" in capsys.readouterr().out

@@ -17,7 +17,7 @@ Tables:
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -313,13 +313,17 @@ class TelemetryStore:
                 yield Sample(datetime.fromtimestamp(time, UTC), node, gpu, field, value)
 
     def record_incident(
-        self, incident_id: str, node: str, gpus: Iterable[int], opened_at: datetime, kind: str, *,
+        self, incident_id: str, node: str, kinds: Mapping[int | None, str], opened_at: datetime, *,
         overwrite: bool = True,
     ) -> bool:
-        """Remember that remediation took these GPUs (none: the node) out of service. Idempotent per
-        incident; with `overwrite=False` an incident already remembered is left as it is. True if written."""
-        rows = [{"incident_id": incident_id, "gpu": g, "node": node, "time": _epoch(opened_at), "kind": kind[:64]}
-                for g in (sorted(set(gpus)) or [-1])]
+        """Remember that remediation took these GPUs (key None: the node as a whole) out of service,
+        each with its kind: the failure class its evidence named, else the remediation it started.
+        Idempotent per incident; with `overwrite=False` an incident already remembered is left as it is.
+        True if written."""
+        if not kinds:
+            raise ValueError(f"incident {incident_id}: no GPU and no node-level kind to record")
+        rows = [{"incident_id": incident_id, "gpu": -1 if gpu is None else gpu, "node": node,
+                 "time": _epoch(opened_at), "kind": kind[:64]} for gpu, kind in kinds.items()]
         with self.engine.begin() as conn:
             if not overwrite:
                 known = conn.execute(select(incidents.c.gpu).where(incidents.c.incident_id == incident_id)).first()

@@ -36,6 +36,7 @@ import re
 from collections.abc import Collection, Iterable, Mapping
 from datetime import datetime
 
+from gpumedic.domain.failure_class import FailureClass
 from gpumedic.domain.policy import HealthPolicy
 from gpumedic.domain.telemetry import GpuTelemetry, NodeTelemetry, NvLinkState, XidEvent, canonical_pci_bus_id
 from gpumedic.domain.verdict import (
@@ -77,6 +78,14 @@ def summarise(findings: Iterable[Finding]) -> tuple[Verdict, Action, tuple[str, 
         tuple(f.reason for f in found),
         any(f.field_diagnostics for f in found),
     )
+
+
+def likely_cause(findings: Iterable[Finding]) -> FailureClass | None:
+    """What broke, by the findings behind the strongest action: the first of them that names a
+    part, else the first naming one behind a weaker action (a driver's recovery action names
+    none; the DBE beside it does). None when no finding names one."""
+    named = [f for f in findings if f.cause is not None and f.verdict is not Verdict.HEALTHY]
+    return max(named, key=lambda f: f.action.rank).cause if named else None
 
 
 def unknown_node(node: str, reason: str) -> NodeAssessment:
@@ -130,7 +139,15 @@ def _gpu_count_findings(telemetry: NodeTelemetry) -> list[Finding]:
     if found < expected:
         if missing:
             listed += f", {_ranges(missing)} missing"
-        return [Finding(Verdict.FAILED, Action.REBOOT, f"expected {expected} GPUs, found {found}: {listed}")]
+        # A GPU that drops out of the list has, as a rule, fallen off the bus.
+        return [
+            Finding(
+                Verdict.FAILED,
+                Action.REBOOT,
+                f"expected {expected} GPUs, found {found}: {listed}",
+                cause=FailureClass.FALLEN_OFF_BUS,
+            )
+        ]
     return [
         Finding(
             Verdict.WATCH,
@@ -156,6 +173,7 @@ def _fabric_findings(telemetry: NodeTelemetry, policy: HealthPolicy) -> list[Fin
             Action.REBOOT,
             f"NVLinks down on {len(affected)} GPUs ({_ranges(affected)}), at or above "
             f"{policy.nvlink_down_gpus_reboot}: likely the NVSwitch/fabric side, reboot the node",
+            cause=FailureClass.NVLINK,
         )
     ]
 
@@ -184,6 +202,7 @@ def _memory_findings(gpu: GpuTelemetry, label: str, policy: HealthPolicy) -> lis
                 Verdict.FAILED,
                 Action.RESET_GPU,
                 f"{label}: {_plural(dbe, 'volatile uncorrectable (DBE) ECC error')} since the last driver load",
+                cause=FailureClass.HBM,
             )
         )
     if gpu.row_remap_failure:
@@ -192,6 +211,7 @@ def _memory_findings(gpu: GpuTelemetry, label: str, policy: HealthPolicy) -> lis
                 Verdict.FAILED,
                 Action.REPLACE,
                 f"{label}: row remapping failed (no spare row for an uncorrectable error): replacement criterion",
+                cause=FailureClass.HBM,
             )
         )
     banks = gpu.remap_banks
@@ -201,6 +221,7 @@ def _memory_findings(gpu: GpuTelemetry, label: str, policy: HealthPolicy) -> lis
                 Verdict.FAILED,
                 Action.REPLACE,
                 f"{label}: {_plural(banks.none, 'bank has', 'banks have')} no spare rows left",
+                cause=FailureClass.HBM,
             )
         )
     if banks is not None and banks.low is not None and banks.low >= policy.banks_low_spare_watch:
@@ -210,6 +231,7 @@ def _memory_findings(gpu: GpuTelemetry, label: str, policy: HealthPolicy) -> lis
                 Action.MONITOR,
                 f"{label}: {_plural(banks.low, 'bank has', 'banks have')} few spare rows left "
                 f"(watch at {policy.banks_low_spare_watch})",
+                cause=FailureClass.HBM,
             )
         )
     if gpu.row_remap_pending:
@@ -218,6 +240,7 @@ def _memory_findings(gpu: GpuTelemetry, label: str, policy: HealthPolicy) -> lis
                 Verdict.DEGRADED,
                 Action.RESET_GPU,
                 f"{label}: pending row remap: takes effect at the next GPU reset",
+                cause=FailureClass.HBM,
             )
         )
     if gpu.retired_pages_pending:
@@ -226,6 +249,7 @@ def _memory_findings(gpu: GpuTelemetry, label: str, policy: HealthPolicy) -> lis
                 Verdict.DEGRADED,
                 Action.RESET_GPU,
                 f"{label}: pending page retirement: takes effect at the next GPU reset",
+                cause=FailureClass.HBM,
             )
         )
     counts = [c for c in (gpu.retired_pages_sbe, gpu.retired_pages_dbe) if c is not None]
@@ -238,6 +262,7 @@ def _memory_findings(gpu: GpuTelemetry, label: str, policy: HealthPolicy) -> lis
                     Action.REPLACE,
                     f"{label}: {retired} retired pages, at or above {policy.retired_pages_replace}: "
                     "replacement criterion",
+                    cause=FailureClass.HBM,
                 )
             )
         elif retired >= policy.retired_pages_watch:
@@ -246,6 +271,7 @@ def _memory_findings(gpu: GpuTelemetry, label: str, policy: HealthPolicy) -> lis
                     Verdict.WATCH,
                     Action.MONITOR,
                     f"{label}: {retired} retired pages (watch at {policy.retired_pages_watch})",
+                    cause=FailureClass.HBM,
                 )
             )
     return found
@@ -269,6 +295,7 @@ def _thermal_findings(gpu: GpuTelemetry, label: str, policy: HealthPolicy) -> li
                     Verdict.DEGRADED,
                     Action.INSPECT,
                     f"{label}: {_fmt(temperature)} C is at or above {threshold}",
+                    cause=FailureClass.THERMAL,
                 )
             )
     active = {reason.strip().lower() for reason in gpu.throttle_reasons}
@@ -279,6 +306,7 @@ def _thermal_findings(gpu: GpuTelemetry, label: str, policy: HealthPolicy) -> li
                 Verdict.DEGRADED,
                 Action.INSPECT,
                 f"{label}: thermal slowdown active: {', '.join(thermal)}",
+                cause=FailureClass.THERMAL,
             )
         )
     power = sorted(active & policy.power_throttle_reasons)
@@ -288,6 +316,7 @@ def _thermal_findings(gpu: GpuTelemetry, label: str, policy: HealthPolicy) -> li
                 Verdict.DEGRADED,
                 Action.INSPECT,
                 f"{label}: hardware power slowdown active: {', '.join(power)}",
+                cause=FailureClass.THERMAL,
             )
         )
     return found
@@ -304,6 +333,7 @@ def _nvlink_findings(gpu: GpuTelemetry, label: str, policy: HealthPolicy) -> lis
                 Verdict.DEGRADED,
                 Action.REBOOT,
                 f"{label}: all {_plural(len(down), 'NVLink')} down ({links}): likely the fabric side, reboot",
+                cause=FailureClass.NVLINK,
             )
         ]
     return [
@@ -311,6 +341,7 @@ def _nvlink_findings(gpu: GpuTelemetry, label: str, policy: HealthPolicy) -> lis
             Verdict.DEGRADED,
             Action.RESET_GPU,
             f"{label}: NVLink {links} down ({len(down)} of {len(gpu.nvlinks)} links): reset the GPU to retrain",
+            cause=FailureClass.NVLINK,
         )
     ]
 
@@ -401,6 +432,7 @@ def _rate_findings(
                 Action.MONITOR,
                 f"{label}: {sbe:.0f} correctable (SBE) ECC errors per hour ({counter} counter, {window}), "
                 f"above {_fmt(policy.sbe_rate_per_hour_watch)}/h",
+                cause=FailureClass.HBM,
             )
         )
     replay = _rate(old.pcie_replay, gpu.pcie_replay, hours)
@@ -411,6 +443,7 @@ def _rate_findings(
                 Action.MONITOR,
                 f"{label}: {replay:.0f} PCIe replays per hour ({window}), "
                 f"above {_fmt(policy.pcie_replay_rate_per_hour_watch)}/h",
+                cause=FailureClass.PCIE,
             )
         )
     old_links = {link.link: link for link in old.nvlinks}
@@ -427,6 +460,7 @@ def _rate_findings(
                 Action.MONITOR,
                 f"{label}: NVLink CRC errors {', '.join(noisy)} ({window}), "
                 f"above {_fmt(policy.nvlink_crc_rate_per_hour_watch)}/h",
+                cause=FailureClass.NVLINK,
             )
         )
     return found
@@ -485,6 +519,7 @@ def _assess_gpu(
         uuid=gpu.uuid,
         serial=gpu.serial,
         field_diagnostics=diagnostics,
+        cause=likely_cause(findings),
     )
 
 
@@ -553,4 +588,5 @@ def assess_node(
         reasons=reasons,
         gpus=gpus,
         field_diagnostics=diagnostics or any(g.field_diagnostics for g in gpus),
+        cause=likely_cause(node_findings),
     )

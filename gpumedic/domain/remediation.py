@@ -811,6 +811,21 @@ def open_incident(
     )
 
 
+# The kind of an incident whose evidence named no part: the remediation it started.
+UNNAMED_CAUSE_PREFIX = "remediation:"
+
+
+def incident_kinds(assessment: NodeAssessment, requested: Action) -> dict[int | None, str]:
+    """What an incident records per failing GPU (key None: the node as a whole) for the forecaster:
+    the failure class its evidence named ("hbm", "fallen_off_bus"), else the remediation the
+    incident started ("remediation:reset_gpu"), which a fit files under "other"."""
+    started = f"{UNNAMED_CAUSE_PREFIX}{requested}"
+    failing: dict[int | None, str] = {
+        g.index: str(g.cause or started) for g in assessment.gpus if g.action.needs_remediation
+    }
+    return failing or {None: str(assessment.cause or started)}
+
+
 # --------------------------------------------------------------------------- transitions
 
 

@@ -6,6 +6,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import StrEnum
 
+from gpumedic.domain.failure_class import FailureClass
+
 
 class Verdict(StrEnum):
     HEALTHY = "healthy"
@@ -68,6 +70,9 @@ class Finding:
     reason: str
     # Run field diagnostics after the action (Xid 48 with 63/64: drain, reset, then diagnose).
     field_diagnostics: bool = False
+    # What the evidence says broke, where it says (a DBE: HBM); None for findings that do not
+    # name a part (a driver recovery action, a collection error).
+    cause: FailureClass | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +84,7 @@ class GpuAssessment:
     uuid: str | None = None
     serial: str | None = None
     field_diagnostics: bool = False  # see Finding.field_diagnostics
+    cause: FailureClass | None = None  # of the findings behind the action; see `assess.likely_cause`
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +95,7 @@ class NodeAssessment:
     reasons: tuple[str, ...]  # node-level reasons (collection, missing GPUs, unattributed Xids)
     gpus: tuple[GpuAssessment, ...]
     field_diagnostics: bool = False  # any GPU or node-level finding asks for field diagnostics
+    cause: FailureClass | None = None  # of the node-level findings (missing GPUs, fabric)
 
     @property
     def needs_remediation(self) -> bool:

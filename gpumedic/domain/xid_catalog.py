@@ -47,10 +47,11 @@ from __future__ import annotations
 
 import re
 from collections.abc import Collection, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 from typing import Literal
 
+from gpumedic.domain.failure_class import FailureClass
 from gpumedic.domain.telemetry import XidEvent
 from gpumedic.domain.verdict import Action, Finding, Verdict, worst_action
 
@@ -522,6 +523,20 @@ def _times(count: int) -> str:
     return f" x{count}" if count > 1 else ""
 
 
+# The part an Xid points at, where it points at one: what an incident it opens records as its
+# cause, for the forecaster to learn from. Codes not here (application faults, timeouts,
+# driver errors) name no part.
+_MEMORY_XIDS = (48, 63, 64, 92, 94, 95, 140)
+_NVLINK_XIDS = (74, 137, 144, 145, 146, 147, 148, 149, 150, 155)
+XID_CAUSES: dict[int, FailureClass] = {
+    **dict.fromkeys(_MEMORY_XIDS, FailureClass.HBM),
+    **dict.fromkeys(_NVLINK_XIDS, FailureClass.NVLINK),
+    79: FailureClass.FALLEN_OFF_BUS,
+    119: FailureClass.GSP,
+    120: FailureClass.GSP,
+}
+
+
 class XidCatalog:
     """Look up Xid entries, and judge the Xids one GPU logged in one sweep."""
 
@@ -586,7 +601,8 @@ class XidCatalog:
                 )
                 continue
             head = f"{subject}: Xid {code} ({entry.name}){times}"
-            findings.append(self._judge(entry, group, head, codes - {code}, prior))
+            finding = self._judge(entry, group, head, codes - {code}, prior)
+            findings.append(replace(finding, cause=XID_CAUSES.get(code)))
         return tuple(findings)
 
     def _judge(

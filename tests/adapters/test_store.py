@@ -104,18 +104,20 @@ def test_prune_deletes_old_history_but_remembers_the_last_reading(tmp_path: Path
     assert store.count_samples() == before  # unchanged, and the gauge was read 15 minutes ago
 
 
-def test_incidents_are_remembered_once_per_incident_as_prior_failures(tmp_path: Path) -> None:
+def test_incidents_are_remembered_once_per_incident_with_each_gpus_kind(tmp_path: Path) -> None:
     store = TelemetryStore(f"sqlite:///{tmp_path / 't.db'}")
-    store.record_incident("inc-1", "n1", [3, 1, 3], T0, "remediation:reset_gpu")
-    store.record_incident("inc-1", "n1", [3, 1], T0, "remediation:reset_gpu")  # a resumed run: same rows
-    store.record_incident("inc-2", "n2", [], T0 + timedelta(days=2), "remediation:reboot")  # the node as a whole
-    got = [(f.node, f.gpu, f.kind, f.time) for f in store.prior_incidents(T0 - timedelta(days=1))]
+    store.record_incident("inc-1", "n1", {3: "hbm", 1: "remediation:reset_gpu"}, T0)
+    store.record_incident("inc-1", "n1", {3: "hbm", 1: "nvlink"}, T0)  # a resumed run: the same rows, restated
+    store.record_incident("inc-2", "n2", {None: "fallen_off_bus"}, T0 + timedelta(days=2))  # the node as a whole
+    got = sorted((f.node, f.gpu, f.kind, f.time, f.replaced) for f in store.prior_incidents(T0 - timedelta(days=1)))
     assert got == [
-        ("n1", 1, "remediation:reset_gpu", T0),
-        ("n1", 3, "remediation:reset_gpu", T0),
-        ("n2", None, "remediation:reboot", T0 + timedelta(days=2)),
+        ("n1", 1, "nvlink", T0, False),
+        ("n1", 3, "hbm", T0, False),
+        ("n2", None, "fallen_off_bus", T0 + timedelta(days=2), False),
     ]
     assert [f.node for f in store.prior_incidents(T0 + timedelta(days=1))] == ["n2"]
+    with pytest.raises(ValueError, match="inc-3"):
+        store.record_incident("inc-3", "n3", {}, T0)
 
 
 def test_history_frame_is_the_same_history_as_the_samples_and_samples_of_picks_gpus(tmp_path: Path) -> None:
@@ -137,8 +139,8 @@ def test_history_frame_is_the_same_history_as_the_samples_and_samples_of_picks_g
 
 def test_a_resumed_run_records_an_incident_only_if_it_was_never_recorded(tmp_path: Path) -> None:
     store = TelemetryStore(f"sqlite:///{tmp_path / 't.db'}")
-    assert store.record_incident("inc-1", "n1", [2], T0, "remediation:reset_gpu")
-    assert not store.record_incident("inc-1", "n1", [5], T0, "remediation:reset_gpu", overwrite=False)
+    assert store.record_incident("inc-1", "n1", {2: "hbm"}, T0)
+    assert not store.record_incident("inc-1", "n1", {5: "hbm"}, T0, overwrite=False)
     assert [f.gpu for f in store.prior_incidents(T0)] == [2]
-    assert store.record_incident("inc-2", "n1", [5], T0, "remediation:reset_gpu", overwrite=False)
+    assert store.record_incident("inc-2", "n1", {5: "hbm"}, T0, overwrite=False)
     assert sorted(f.gpu or -1 for f in store.prior_incidents(T0)) == [2, 5]

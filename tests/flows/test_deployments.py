@@ -65,3 +65,13 @@ def test_the_daily_forecast_follows_the_nightly_sweep_and_alarms_trigger_mainten
     built = {d.name: d for d in build_deployments("/tmp/fleet.yaml")}
     assert built["proactive-maintenance"].triggers
     assert built["daily-failure-forecast"].schedules[0].schedule.cron == "0 3 * * *"
+
+
+def test_the_weekly_refit_runs_after_sundays_forecast_in_both_places() -> None:
+    from deployments.serve import build_deployments
+
+    by_name = {d["name"]: d for d in _deployments()}
+    assert by_name["weekly-forecast-refit"]["schedules"][0]["cron"] == "0 4 * * 0"
+    assert by_name["weekly-forecast-refit"]["entrypoint"] == "flows/refit.py:refit_forecast_model"
+    built = {d.name: d for d in build_deployments("/tmp/fleet.yaml")}
+    assert built["weekly-forecast-refit"].schedules[0].schedule.cron == "0 4 * * 0"

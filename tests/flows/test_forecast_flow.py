@@ -77,8 +77,8 @@ def test_prior_incidents_from_remediation_raise_the_risk_and_are_named(tmp_path:
     before = store.latest_forecasts(["n1"])
     assert before[("n1", 2)].risk == pytest.approx(before[("n1", 0)].risk)
 
-    store.record_incident("inc-a", "n1", [2], now - timedelta(days=40), "remediation:reset_gpu")
-    store.record_incident("inc-b", "n1", [2], now - timedelta(days=12), "remediation:reset_gpu")
+    store.record_incident("inc-a", "n1", {2: "remediation:reset_gpu"}, now - timedelta(days=40))
+    store.record_incident("inc-b", "n1", {2: "remediation:reset_gpu"}, now - timedelta(days=12))
     failure_forecast(fleet_file=str(fleet), emit_events=False)
     after = store.latest_forecasts(["n1"])
     # Prior incidents on a node are the field's strongest predictor: every GPU of n1 is riskier now.

@@ -181,10 +181,11 @@ def test_reset_then_passing_diagnostics_readmits_the_node(dbe_rig: Rig) -> None:
     assert again["actions"] == []
     assert len(dbe_rig.actions("gpu-node-00")) == 2
     assert dbe_rig.issues() == []
-    # The daily forecast will read the incident as a prior incident of that GPU.
+    # The daily forecast will read the incident as a prior incident of that GPU, and the weekly refit
+    # learns from it as a memory failure: the DBE named the part.
     store = TelemetryStore(dbe_rig.store_url)
     incidents = store.prior_incidents(datetime.now(UTC) - timedelta(days=1))
-    assert [(f.node, f.gpu, f.kind) for f in incidents] == [("gpu-node-00", 1, "remediation:reset_gpu")]
+    assert [(f.node, f.gpu, f.kind) for f in incidents] == [("gpu-node-00", 1, "hbm")]
     # Had the orchestrator died between opening the incident and recording it, a later run records it.
     with store.engine.begin() as conn:
         conn.execute(store_tables.incidents.delete())

@@ -11,11 +11,13 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from enum import StrEnum
 
 import numpy as np
 import numpy.typing as npt
 
+# Re-exported: the forecaster's vocabulary of what broke.
+from gpumedic.domain.failure_class import UNPREDICTABLE_CLASSES as UNPREDICTABLE_CLASSES
+from gpumedic.domain.failure_class import FailureClass as FailureClass
 from gpumedic.domain.history import HISTORY_FIELDS, Sample
 
 FIELD_INDEX: dict[str, int] = {name: i for i, name in enumerate(HISTORY_FIELDS)}
@@ -35,44 +37,6 @@ def to_epoch(t: datetime) -> int:
 
 def from_epoch(seconds: float) -> datetime:
     return datetime.fromtimestamp(float(seconds), tz=UTC)
-
-
-class FailureClass(StrEnum):
-    """Failure classes of the simulator and of the forecaster's explanations.
-
-    Real failure logs carry free-text kinds; those are kept as given (`Failure.kind`
-    is a plain string) and only these names get per-class meaning.
-    """
-
-    HBM = "hbm"  # HBM / row remapping exhaustion, uncorrectable memory errors
-    NVLINK = "nvlink"
-    THERMAL = "thermal"
-    PCIE = "pcie"
-    GSP = "gsp"  # GPU System Processor timeouts (Xid 119/120)
-    SRAM = "sram"
-    SDC = "sdc"  # silent data corruption, found by a job, not by telemetry
-    FALLEN_OFF_BUS = "fallen_off_bus"  # Xid 79
-
-    @property
-    def has_precursor(self) -> bool:
-        """True for the classes whose failures usually announce themselves in telemetry."""
-        return self in _PRECURSOR_CLASSES
-
-    @property
-    def why_unpredictable(self) -> str:
-        return _UNPREDICTABLE_REASON.get(self, "")
-
-
-_PRECURSOR_CLASSES = frozenset({FailureClass.HBM, FailureClass.NVLINK, FailureClass.THERMAL, FailureClass.PCIE})
-
-_UNPREDICTABLE_REASON = {
-    FailureClass.FALLEN_OFF_BUS: "Xid 79 (fallen off the bus) gives almost no numeric warning",
-    FailureClass.SDC: "silent data corruption leaves no telemetry trace until a job detects it",
-    FailureClass.GSP: "GSP timeouts (Xid 119/120) are preceded by a warning only sometimes",
-    FailureClass.SRAM: "SRAM uncorrectable errors rarely follow a correctable-error trend",
-}
-
-UNPREDICTABLE_CLASSES: tuple[FailureClass, ...] = tuple(c for c in FailureClass if not c.has_precursor)
 
 
 @dataclass(frozen=True, slots=True)

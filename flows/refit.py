@@ -1,0 +1,57 @@
+"""The weekly refit of the failure forecaster, as the runbook reads: load, fit and check, install, report."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from prefect import flow
+
+from gpumedic.adapters.errors import PermanentError
+from gpumedic.backtest import BacktestProtocol
+from gpumedic.config import load_fleet_settings
+from tasks.forecast import load_history, load_prior_incidents
+from tasks.refit import fit_and_check, install_forecast_model, publish_refit
+
+
+@flow(
+    name="forecast-model-refit",
+    description="Refit the failure forecaster on the fleet's own history and incidents; adopt it only if it "
+    "ranks the last weeks, which it did not see, at least as well as the shipped model.",
+)
+def refit_forecast_model(
+    fleet_file: str,
+    history_days: float = 180.0,
+    check_days: float = 28.0,
+    prior_precision: float = BacktestProtocol().prior_precision,
+) -> dict[str, Any]:
+    fleet = load_fleet_settings(fleet_file)
+    if fleet.forecast_model is None:
+        raise PermanentError(
+            f"{fleet_file} has no forecast_model: name the file the refit writes and the daily forecast reads "
+            "(e.g. forecast_model: fleet-model.json)"
+        )
+    now = datetime.now(UTC)
+    since = now - timedelta(days=history_days)
+    history = load_history(fleet.store_url, since)
+    incidents = load_prior_incidents(fleet.store_url, since)
+    outcome = fit_and_check(history, incidents, now, check_days, prior_precision)
+    archived = install_forecast_model(fleet.forecast_model, outcome.adopted, now) if outcome.adopted else None
+    publish_refit(outcome, fleet.forecast_model, archived, now)
+    check = outcome.check
+    return {
+        "computed_at": now.isoformat(),
+        "adopted": outcome.adopted is not None,
+        "reason": outcome.reason,
+        "model_file": str(fleet.forecast_model),
+        "previous_model": None if archived is None else str(archived),
+        "incidents": len(incidents),
+        "held_out": None
+        if check is None
+        else {
+            "hours": check.hours,
+            "prevalence": check.prevalence,
+            "pr_auc_shipped": check.prior_pr_auc,
+            "pr_auc_fitted": check.fitted_pr_auc,
+        },
+    }
