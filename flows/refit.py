@@ -5,9 +5,8 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from prefect import flow
+from prefect import flow, get_run_logger
 
-from gpumedic.adapters.errors import PermanentError
 from gpumedic.backtest import BacktestProtocol
 from gpumedic.config import load_fleet_settings
 from tasks.forecast import load_history, load_prior_incidents
@@ -26,12 +25,15 @@ def refit_forecast_model(
     prior_precision: float = BacktestProtocol().prior_precision,
 ) -> dict[str, Any]:
     fleet = load_fleet_settings(fleet_file)
-    if fleet.forecast_model is None:
-        raise PermanentError(
-            f"{fleet_file} has no forecast_model: name the file the refit writes and the daily forecast reads "
-            "(e.g. forecast_model: fleet-model.json)"
-        )
     now = datetime.now(UTC)
+    if fleet.forecast_model is None:
+        # Refitting is opt-in: without a file to write, the daily forecast keeps the shipped model.
+        reason = (
+            f"not refitted: {fleet_file} names no forecast_model, the file the refit writes and the daily "
+            "forecast reads (e.g. forecast_model: fleet-model.json)"
+        )
+        get_run_logger().warning("%s", reason)
+        return {"computed_at": now.isoformat(), "adopted": False, "reason": reason, "model_file": None}
     since = now - timedelta(days=history_days)
     history = load_history(fleet.store_url, since)
     incidents = load_prior_incidents(fleet.store_url, since)

@@ -92,11 +92,12 @@ def test_a_fleet_with_too_few_incidents_keeps_the_shipped_model_and_says_so(tmp_
 
 
 @pytest.mark.usefixtures("prefect_harness")
-def test_a_refit_needs_to_know_where_the_model_goes(tmp_path: Path) -> None:
+def test_a_fleet_file_without_a_model_file_is_not_refitted_and_the_run_says_why(tmp_path: Path) -> None:
     from flows.refit import refit_forecast_model
-    from gpumedic.adapters.errors import PermanentError
 
     fleet = tmp_path / "fleet.yaml"
     fleet.write_text(f"fleet:\n  source: exporter\n  nodes: [{{name: n1}}]\n  store_url: sqlite:///{tmp_path}/s.db\n")
-    with pytest.raises(PermanentError, match="has no forecast_model"):
-        refit_forecast_model(fleet_file=str(fleet))
+    result = refit_forecast_model(fleet_file=str(fleet))
+    assert not result["adopted"] and result["model_file"] is None
+    assert "names no forecast_model" in result["reason"]
+    assert list(tmp_path.iterdir()) == [fleet]  # nothing written, not even the store
