@@ -61,7 +61,7 @@ def refit_on_history(
     check_days: float = 28.0,
     protocol: BacktestProtocol = BacktestProtocol(),
     prior: HazardModel = DEFAULT_MODEL,
-    source: str = "the telemetry store",
+    source: str = "a refit on the telemetry store",
     progress: Progress | None = None,
 ) -> RefitOutcome:
     """Fit, check on the last `check_days`, and adopt a refit only if the check holds (module docstring)."""
@@ -78,8 +78,9 @@ def refit_on_history(
     if not check.fitted_is_no_worse:
         return RefitOutcome(
             None,
-            f"kept the model in use: a fit on this fleet ranked the last {check_days:g} days worse than "
-            f"its prior (PR-AUC {check.fitted_pr_auc:.3f} < {check.prior_pr_auc:.3f})",
+            f"kept the model in use: a fit on this fleet ranked the {check.hours:,} hours since "
+            f"{until:%Y-%m-%d %H:%M} UTC, which it never saw, worse than its prior "
+            f"(PR-AUC {check.fitted_pr_auc:.3f} < {check.prior_pr_auc:.3f})",
             check,
             candidate,
         )
@@ -87,8 +88,8 @@ def refit_on_history(
     model = replace(final.model, note=fit_note(final, source, prior, protocol, check))
     return RefitOutcome(
         model,
-        f"adopted a refit: on the last {check_days:g} days a fit ranked hours it never saw at least as well "
-        f"as its prior (PR-AUC {check.fitted_pr_auc:.3f} vs {check.prior_pr_auc:.3f})",
+        f"adopted a refit: a fit ranked the {check.hours:,} hours since {until:%Y-%m-%d %H:%M} UTC, which it "
+        f"never saw, at least as well as its prior (PR-AUC {check.fitted_pr_auc:.3f} vs {check.prior_pr_auc:.3f})",
         check,
         candidate,
         final,

@@ -229,8 +229,8 @@ def refit_markdown(
     check = outcome.check
     if check is not None and check.judged:
         lines += [
-            f"Check on the {check.hours:,} GPU-hours since {check.until:%Y-%m-%d %H:%M} UTC, which the candidate "
-            f"was not fitted on (prevalence {check.prevalence:.4f}; PR-AUC, higher ranks failing GPUs first):",
+            f"Check on the {check.hours:,} hours since {check.until:%Y-%m-%d %H:%M} UTC, which the candidate "
+            f"was not fitted on (prevalence {check.prevalence:.4f}; PR-AUC: higher ranks failing GPUs first):",
             "",
             "| model | PR-AUC |",
             "| --- | --- |",
@@ -242,7 +242,8 @@ def refit_markdown(
     if fit is not None:
         causes = ", ".join(f"{cause} {n}" for cause, n in sorted(fit.failures_by_cause.items()))
         lines += [
-            f"Fitted on {fit.rows:,} GPU rows from {fit.first:%Y-%m-%d} to {fit.last:%Y-%m-%d}, "
+            f"{'Fitted' if outcome.adopted is not None else 'The candidate was fitted'} on {fit.rows:,} training rows "
+            f"from {fit.first:%Y-%m-%d} to {fit.last:%Y-%m-%d}, "
             f"{fit.failures} incidents by cause: {causes}. Incidents whose evidence named no part "
             "(recorded as `remediation:<action>`) count under \"other\".",
             "",
