@@ -808,6 +808,11 @@ class FleetFit:
     def failures(self) -> int:
         return sum(self.failures_by_cause.values())
 
+    @property
+    def causes_text(self) -> str:
+        """"memory 15, nvlink 4": the failures per cause, in words."""
+        return ", ".join(f"{cause} {n}" for cause, n in sorted(self.failures_by_cause.items()))
+
 
 def fit_fleet_model(
     frame: HistoryFrame,

@@ -39,7 +39,8 @@ from gpumedic.adapters.model_file import ModelFileError, load_model, write_model
 from gpumedic.backtest import BacktestProtocol, fit_fleet_model, held_out_check, score_backtest
 from gpumedic.domain.forecast import HazardModel, forecast_frame, from_epoch
 from gpumedic.domain.remediation import UNNAMED_CAUSE_PREFIX
-from gpumedic.refit import fit_note, largest_moves
+from gpumedic.refit import fit_note
+from gpumedic.reporting import largest_moves
 
 _MODEL_HELP = "model file written by `forecast fit` (default: the shipped model)"
 _WALK_FORWARD_PRIOR_PRECISION = BacktestProtocol().prior_precision

@@ -100,7 +100,6 @@ def fit_note(
     fit: FleetFit, source: str, prior: HazardModel, protocol: BacktestProtocol, check: HeldOutCheck | None = None
 ) -> str:
     """The model file's note: what the model was fitted on, towards what, and how it was checked."""
-    causes = ", ".join(f"{cause} {n}" for cause, n in sorted(fit.failures_by_cause.items()))
     checked = (
         ""
         if check is None or not check.judged
@@ -111,7 +110,7 @@ def fit_note(
     )
     return (
         f"fitted by {source}: {fit.rows:,} rows from "
-        f"{fit.first:%Y-%m-%d %H:%M} to {fit.last:%Y-%m-%d %H:%M} UTC, {fit.failures} failures ({causes}); "
+        f"{fit.first:%Y-%m-%d %H:%M} to {fit.last:%Y-%m-%d %H:%M} UTC, {fit.failures} failures ({fit.causes_text}); "
         f"shrunk towards [{_shortened(prior.note) or 'an unnamed model'}] "
         f"with prior precision {protocol.prior_precision:g}{checked}"
     )
@@ -119,15 +118,3 @@ def fit_note(
 
 def _shortened(text: str) -> str:
     return text if len(text) <= _PRIOR_NOTE_CHARS else text[: _PRIOR_NOTE_CHARS - 1] + "…"
-
-
-def largest_moves(prior: HazardModel, model: HazardModel, top: int = 3) -> list[str]:
-    """What the fleet's history changed, one line per cause: the coefficients that moved most
-    (log-odds per standardised unit)."""
-    lines = []
-    for before, after in zip(prior.causes, model.causes, strict=True):
-        moves = sorted(zip(after.features, before.coef, after.coef, strict=True), key=lambda m: -abs(m[2] - m[1]))[:top]
-        shown = ", ".join(f"{f} {b:+.2f} -> {a:+.2f}" for f, b, a in moves if abs(a - b) >= 0.005)
-        intercept = f"intercept {before.intercept:+.2f} -> {after.intercept:+.2f}"
-        lines.append(f"{after.name:<8} {intercept}; {shown or 'nothing else moved'}")
-    return lines

@@ -14,7 +14,6 @@ from typing import TYPE_CHECKING, Any
 
 from gpumedic.domain.history import Sample
 from gpumedic.domain.verdict import Action, NodeAssessment, Verdict
-from gpumedic.refit import largest_moves
 
 if TYPE_CHECKING:
     from gpumedic.domain.forecast import HazardModel
@@ -240,11 +239,10 @@ def refit_markdown(
         ]
     fit = outcome.final or outcome.candidate
     if fit is not None:
-        causes = ", ".join(f"{cause} {n}" for cause, n in sorted(fit.failures_by_cause.items()))
         lines += [
             f"{'Fitted' if outcome.adopted is not None else 'The candidate was fitted'} on {fit.rows:,} training rows "
             f"from {fit.first:%Y-%m-%d} to {fit.last:%Y-%m-%d}, "
-            f"{fit.failures} incidents by cause: {causes}. Incidents whose evidence named no part "
+            f"{fit.failures} incidents by cause: {fit.causes_text}. Incidents whose evidence named no part "
             "(recorded as `remediation:<action>`) count under \"other\".",
             "",
             "Largest moves from the shipped model (log-odds per standardised unit):",
@@ -261,3 +259,15 @@ def refit_markdown(
     else:
         lines.append(f"`{path}` is unchanged.")
     return "\n".join(lines) + "\n"
+
+
+def largest_moves(prior: HazardModel, model: HazardModel, top: int = 3) -> list[str]:
+    """What the fleet's history changed, one line per cause: the coefficients that moved most
+    (log-odds per standardised unit)."""
+    lines = []
+    for before, after in zip(prior.causes, model.causes, strict=True):
+        moves = sorted(zip(after.features, before.coef, after.coef, strict=True), key=lambda m: -abs(m[2] - m[1]))[:top]
+        shown = ", ".join(f"{f} {b:+.2f} -> {a:+.2f}" for f, b, a in moves if abs(a - b) >= 0.005)
+        intercept = f"intercept {before.intercept:+.2f} -> {after.intercept:+.2f}"
+        lines.append(f"{after.name:<8} {intercept}; {shown or 'nothing else moved'}")
+    return lines
