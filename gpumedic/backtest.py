@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Literal
 
@@ -67,7 +67,6 @@ FloatArray = npt.NDArray[np.float64]
 BoolArray = npt.NDArray[np.bool_]
 Progress = Callable[[str], None]
 
-CHUNK_ENTITIES = 256
 METRIC_KEYS = (
     "precision",
     "recall",
@@ -236,6 +235,19 @@ def _window_hours(t: int, grid: Grid, lead_h: int, horizon_h: int) -> tuple[int,
     lo = -(-(t - (lead_h + horizon_h) * HOUR - grid.origin) // HOUR)
     hi = (t - lead_h * HOUR - grid.origin) // HOUR
     return int(lo), int(hi)
+
+
+def _a_tenth_done(i: int, n: int) -> bool:
+    """Whether chunk `i` of `n` completes another tenth of the work (progress every ~10%, and at the end)."""
+    return i == n - 1 or (10 * (i + 1)) // n > (10 * i) // n
+
+
+def _first_hour_at(grid: Grid, k_scored: int, when: datetime) -> int:
+    return int(min(max(-((grid.origin - to_epoch(when)) // HOUR), 0), k_scored))
+
+
+def _hours_through(grid: Grid, k_scored: int, when: datetime) -> int:
+    return int(min(max((to_epoch(when) - grid.origin) // HOUR + 1, 0), k_scored))
 
 
 def _is_counted(lo: int, hi: int, k_scored: int) -> bool:
@@ -453,26 +465,27 @@ def training_rows(
     they are neither a clean positive nor a clean negative for a window that starts at
     t + lead.
     """
-    step = protocol.train_every_hours
-    cols = np.arange(0, k_scored, step)
-    xs: list[npt.NDArray[np.float32]] = []
-    es: list[npt.NDArray[np.int64]] = []
-    hs: list[npt.NDArray[np.int64]] = []
-    chunks = src.entities.node_chunks(CHUNK_ENTITIES)
+    cols = np.arange(0, k_scored, protocol.train_every_hours)
+    parts: list[TrainingRows] = []
+    chunks = src.entities.feature_chunks(src.grid.hours)
     for i, (e0, e1) in enumerate(chunks):
-        feats = chunk_features(src, e0, e1)
-        sub = feats.x[:, :, cols]  # features × entities × rows
-        xs.append(sub.reshape(len(FEATURES), -1).T.copy())
-        es.append(np.repeat(np.arange(e0, e1), len(cols)))
-        hs.append(np.tile(cols, e1 - e0))
-        if progress:
-            progress(f"training features {i + 1}/{len(chunks)} chunks")
-    x = np.concatenate(xs) if xs else np.zeros((0, len(FEATURES)), dtype=np.float32)
-    ents = np.concatenate(es) if es else np.zeros(0, dtype=np.int64)
-    hours = np.concatenate(hs) if hs else np.zeros(0, dtype=np.int64)
-    y, ttf, fid, too_late = _row_targets(ents, hours, targets, src.grid, protocol)
-    keep = ~too_late
-    return TrainingRows(x[keep], y[keep], hours[keep], ttf[keep], fid[keep], targets.kinds)
+        sub = chunk_features(src, e0, e1).x[:, :, cols]  # features × entities × rows
+        ents = np.repeat(np.arange(e0, e1), len(cols))
+        hours = np.tile(cols, e1 - e0)
+        y, ttf, fid, too_late = _row_targets(ents, hours, targets, src.grid, protocol)
+        keep = ~too_late
+        # Dropped chunk by chunk, so the whole set of rows is never held twice.
+        parts.append(TrainingRows(sub.reshape(len(FEATURES), -1).T[keep], y[keep], hours[keep], ttf[keep], fid[keep]))
+        if progress and _a_tenth_done(i, len(chunks)):
+            progress(f"training features of {e1:,}/{len(src.entities):,} GPUs")
+    return TrainingRows(  # entities are never empty (_setup refuses): there is a part to concatenate
+        np.concatenate([p.x for p in parts]),
+        np.concatenate([p.y for p in parts]),
+        np.concatenate([p.hour for p in parts]),
+        np.concatenate([p.time_to_failure for p in parts]),
+        np.concatenate([p.failure_id for p in parts]),
+        targets.kinds,
+    )
 
 
 def _fit_rows(rows: TrainingRows, usable: BoolArray, protocol: BacktestProtocol, prior: HazardModel) -> HazardModel:
@@ -578,11 +591,11 @@ class ScoredBacktest:
 
     def first_hour_at(self, when: datetime) -> int:
         """The first scored hour at or after `when` (k_scored if none)."""
-        return int(min(max(-((self.grid.origin - to_epoch(when)) // HOUR), 0), self.k_scored))
+        return _first_hour_at(self.grid, self.k_scored, when)
 
     def hours_through(self, when: datetime) -> int:
         """How many scored hours fall at or before `when`."""
-        return int(min(max((to_epoch(when) - self.grid.origin) // HOUR + 1, 0), self.k_scored))
+        return _hours_through(self.grid, self.k_scored, when)
 
     def pr_auc_from(self, hour: int, stop: int | None = None) -> tuple[float, float]:
         """(PR-AUC, prevalence) of the forecaster over the scored hours from `hour` on (to `stop`,
@@ -673,8 +686,8 @@ def score_backtest(
     resets: list[npt.NDArray[np.int64]] = [np.zeros(0, dtype=np.int64)] * len(entities)
     ahead = float(protocol.lead_h + protocol.horizon_h)
     bounds = [*schedule.starts.tolist(), k_scored]
-    chunks = entities.node_chunks(CHUNK_ENTITIES)
-    for e0, e1 in chunks:
+    chunks = entities.feature_chunks(grid.hours)
+    for i, (e0, e1) in enumerate(chunks):
         feats = chunk_features(src, e0, e1)
         for j, mdl in enumerate(schedule.models):
             a, b = bounds[j], min(bounds[j + 1], k_scored)
@@ -683,8 +696,8 @@ def score_backtest(
         base[e0:e1] = baseline.scores(feats.sbe_cumulative, ahead)[:, :k_scored]
         for r in range(e1 - e0):
             resets[e0 + r] = np.flatnonzero(feats.resets[r, :k_scored]).astype(np.int64)
-        if progress:
-            progress(f"scored {e1}/{len(entities)} GPUs")
+        if progress and _a_tenth_done(i, len(chunks)):
+            progress(f"scored {e1:,}/{len(entities):,} GPUs")
     return ScoredBacktest(
         protocol=protocol,
         grid=grid,
@@ -755,7 +768,7 @@ def score_with(
                 raw[e, k] = alarm
     resets = tuple(
         np.flatnonzero(r[:k_scored]).astype(np.int64)
-        for e0, e1 in entities.node_chunks(CHUNK_ENTITIES)
+        for e0, e1 in entities.feature_chunks(grid.hours)
         for r in chunk_features(src, e0, e1).resets
     )
     fired = _fire(raw, resets, targets, grid, protocol)
@@ -772,21 +785,7 @@ def training_set(
     span: tuple[datetime, datetime] | None = None,
 ) -> TrainingRows:
     """Labelled feature rows of a whole history (every row's window closed), for fitting models."""
-    return _labelled_rows(frame, failures, protocol, progress, roster, span)[0]
-
-
-def _labelled_rows(
-    frame: HistoryFrame,
-    failures: Sequence[Failure],
-    protocol: BacktestProtocol,
-    progress: Progress | None,
-    roster: Sequence[Key] = (),
-    span: tuple[datetime, datetime] | None = None,
-) -> tuple[TrainingRows, Grid]:
-    grid, k_scored, entities = _setup(frame, protocol, roster, span)
-    src = prepare(frame, grid, failures, entities)
-    targets = _Targets.build(failures, entities)
-    return training_rows(src, targets, protocol, k_scored, progress), grid
+    return FleetHistory(frame, failures, protocol, progress, roster=roster, span=span).rows
 
 
 class NothingToFit(ValueError):
@@ -812,49 +811,6 @@ class FleetFit:
     def causes_text(self) -> str:
         """"memory 15, nvlink 4": the failures per cause, in words."""
         return ", ".join(f"{cause} {n}" for cause, n in sorted(self.failures_by_cause.items()))
-
-
-def fit_fleet_model(
-    frame: HistoryFrame,
-    failures: Sequence[Failure],
-    protocol: BacktestProtocol = BacktestProtocol(),
-    *,
-    prior: HazardModel = DEFAULT_MODEL,
-    until: datetime | None = None,
-    progress: Progress | None = None,
-) -> FleetFit:
-    """One walk-forward step on a whole history: the model fitted on every row whose window has
-    closed (by `until`, if given), shrunk towards `prior` with the protocol's prior precision.
-
-    Raises NothingToFit when fewer than the protocol's `min_train_failures` failures fall in
-    the fitted rows' windows: a fit on a quiet fleet only learns that GPUs do not fail.
-    """
-    rows, grid = _labelled_rows(frame, failures, protocol, progress)
-    usable = np.ones(len(rows.y), dtype=bool)
-    if until is not None:
-        closed_by = (to_epoch(until) - grid.origin) // HOUR
-        usable &= rows.hour + protocol.lead_h + protocol.horizon_h <= closed_by
-    if not usable.any():
-        raise NothingToFit(f"no row's window closes by {until:%Y-%m-%d %H:%M} UTC: nothing to fit on")
-    ids = np.unique(rows.failure_id[usable & rows.y])
-    if len(ids) < protocol.min_train_failures:
-        raise NothingToFit(
-            f"the fitted rows' windows hold {len(ids)} failures, fewer than {protocol.min_train_failures}: "
-            "too few to move the model (a longer history, or more of the fleet, is needed)"
-        )
-    by_cause: dict[str, int] = {}
-    for i in ids.tolist():
-        cause = prior.cause_of(rows.failure_kinds[i])
-        by_cause[cause] = by_cause.get(cause, 0) + 1
-    hours = rows.hour[usable]
-    return FleetFit(
-        model=_fit_rows(rows, usable, protocol, prior),
-        rows=int(usable.sum()),
-        positive_rows=int((usable & rows.y).sum()),
-        failures_by_cause=by_cause,
-        first=from_epoch(grid.instant(int(hours.min()))),
-        last=from_epoch(grid.instant(int(hours.max()))),
-    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -890,6 +846,125 @@ class HeldOutCheck:
         )
 
 
+class FleetHistory:
+    """One fleet's history and failures binned once on the protocol's hourly grid.
+
+    What fitting on a history and checking that fit on its later hours share: the binning, and
+    the labelled training rows (one pass over every GPU's features, made on first use). A refit
+    that fits, checks and fits again computes features twice, not once per step.
+    """
+
+    def __init__(
+        self,
+        frame: HistoryFrame,
+        failures: Sequence[Failure],
+        protocol: BacktestProtocol = BacktestProtocol(),
+        progress: Progress | None = None,
+        *,
+        roster: Sequence[Key] = (),
+        span: tuple[datetime, datetime] | None = None,
+    ) -> None:
+        self.protocol = protocol
+        self.grid, self.k_scored, self.entities = _setup(frame, protocol, roster, span)
+        self.src = prepare(frame, self.grid, failures, self.entities)
+        self.targets = _Targets.build(failures, self.entities)
+        self._progress = progress
+        self._rows: TrainingRows | None = None
+
+    @property
+    def rows(self) -> TrainingRows:
+        """Labelled rows every `train_every_hours` for every entity over the scored hours."""
+        if self._rows is None:
+            self._rows = training_rows(self.src, self.targets, self.protocol, self.k_scored, self._progress)
+        return self._rows
+
+    def fit(self, prior: HazardModel = DEFAULT_MODEL, until: datetime | None = None) -> FleetFit:
+        """One walk-forward step: the model fitted on every row whose window has closed (by `until`,
+        if given), shrunk towards `prior` with the protocol's prior precision.
+
+        Raises NothingToFit when fewer than the protocol's `min_train_failures` failures fall in
+        the fitted rows' windows: a fit on a quiet fleet only learns that GPUs do not fail.
+        """
+        protocol, rows = self.protocol, self.rows
+        usable = np.ones(len(rows.y), dtype=bool)
+        if until is not None:
+            closed_by = (to_epoch(until) - self.grid.origin) // HOUR
+            usable &= rows.hour + protocol.lead_h + protocol.horizon_h <= closed_by
+        if not usable.any():
+            raise NothingToFit(f"no row's window closes by {until:%Y-%m-%d %H:%M} UTC: nothing to fit on")
+        ids = np.unique(rows.failure_id[usable & rows.y])
+        if len(ids) < protocol.min_train_failures:
+            raise NothingToFit(
+                f"the fitted rows' windows hold {len(ids)} failures, fewer than {protocol.min_train_failures}: "
+                "too few to move the model (a longer history, or more of the fleet, is needed)"
+            )
+        by_cause: dict[str, int] = {}
+        for i in ids.tolist():
+            cause = prior.cause_of(rows.failure_kinds[i])
+            by_cause[cause] = by_cause.get(cause, 0) + 1
+        hours = rows.hour[usable]
+        return FleetFit(
+            model=_fit_rows(rows, usable, protocol, prior),
+            rows=int(usable.sum()),
+            positive_rows=int((usable & rows.y).sum()),
+            failures_by_cause=by_cause,
+            first=from_epoch(self.grid.instant(int(hours.min()))),
+            last=from_epoch(self.grid.instant(int(hours.max()))),
+        )
+
+    def check(
+        self, *, prior: HazardModel, fitted: HazardModel, until: datetime, now: datetime | None = None
+    ) -> HeldOutCheck:
+        """Both models, as they are, on the scored hours from `until` on: whether a fit made with
+        `until` ranks hours it never saw better than its prior (PR-AUC, every hour counted). With
+        `now`, only the hours whose window had closed by then count (a replay on a longer history)."""
+        hour = _first_hour_at(self.grid, self.k_scored, until)
+        stop = self.k_scored
+        if now is not None:
+            window = timedelta(hours=self.protocol.lead_h + self.protocol.horizon_h)
+            stop = _hours_through(self.grid, self.k_scored, now - window)
+        if stop <= hour:
+            return HeldOutCheck(until, 0, math.nan, math.nan, math.nan)
+        if self._progress:
+            self._progress(f"scoring the hours after {until:%Y-%m-%d %H:%M} UTC with the prior and the fitted model")
+        labels = _labels(
+            self.targets, len(self.entities), self.grid, self.k_scored, self.protocol.lead_h, self.protocol.horizon_h
+        )[:, hour:stop]
+        before, after = self._risks((prior, fitted), hour, stop)
+        return HeldOutCheck(
+            until,
+            stop - hour,
+            float(labels.mean()),
+            average_precision(before.ravel(), labels.ravel()),
+            average_precision(after.ravel(), labels.ravel()),
+        )
+
+    def _risks(self, models: Sequence[HazardModel], hour: int, stop: int) -> list[npt.NDArray[np.float32]]:
+        """Each model's hourly risk of every entity over scored hours [hour, stop), from one feature pass."""
+        out = [np.zeros((len(self.entities), stop - hour), dtype=np.float32) for _ in models]
+        chunks = self.entities.feature_chunks(self.grid.hours)
+        for i, (e0, e1) in enumerate(chunks):
+            x = chunk_features(self.src, e0, e1).x[:, :, hour:stop]
+            for risk, model in zip(out, models, strict=True):
+                risk[e0:e1] = model.risk(x)
+            if self._progress and _a_tenth_done(i, len(chunks)):
+                self._progress(f"checked {e1:,}/{len(self.entities):,} GPUs")
+        return out
+
+
+def fit_fleet_model(
+    frame: HistoryFrame,
+    failures: Sequence[Failure],
+    protocol: BacktestProtocol = BacktestProtocol(),
+    *,
+    prior: HazardModel = DEFAULT_MODEL,
+    until: datetime | None = None,
+    progress: Progress | None = None,
+) -> FleetFit:
+    """`FleetHistory.fit` on a history used once."""
+    return FleetHistory(frame, failures, protocol, progress).fit(prior, until)
+
+
 def held_out_check(
     frame: HistoryFrame,
     failures: Sequence[Failure],
@@ -901,17 +976,5 @@ def held_out_check(
     now: datetime | None = None,
     progress: Progress | None = None,
 ) -> HeldOutCheck:
-    """Both models, as they are, on the scored hours from `until` on: whether a fit made with
-    `until` ranks hours it never saw better than its prior (PR-AUC, every hour counted). With
-    `now`, only the hours whose window had closed by then count (a replay on a longer history)."""
-    fixed = replace(protocol, training="fixed")
-    if progress:
-        progress(f"scoring the hours after {until:%Y-%m-%d %H:%M} UTC with the prior and with the fitted model")
-    prior_scored = score_backtest(frame, failures, fixed, model=prior)
-    hour = prior_scored.first_hour_at(until)
-    stop = prior_scored.k_scored
-    if now is not None:
-        stop = prior_scored.hours_through(now - timedelta(hours=protocol.lead_h + protocol.horizon_h))
-    before, prevalence = prior_scored.pr_auc_from(hour, stop)
-    after, _ = score_backtest(frame, failures, fixed, model=fitted).pr_auc_from(hour, stop)
-    return HeldOutCheck(until, max(stop - hour, 0), prevalence, before, after)
+    """`FleetHistory.check` on a history used once."""
+    return FleetHistory(frame, failures, protocol, progress).check(prior=prior, fitted=fitted, until=until, now=now)

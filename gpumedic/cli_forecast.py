@@ -36,7 +36,7 @@ from gpumedic.adapters.history_csv import (
     write_history,
 )
 from gpumedic.adapters.model_file import ModelFileError, load_model, write_model
-from gpumedic.backtest import BacktestProtocol, fit_fleet_model, held_out_check, score_backtest
+from gpumedic.backtest import BacktestProtocol, FleetHistory, score_backtest
 from gpumedic.domain.forecast import HazardModel, forecast_frame, from_epoch
 from gpumedic.domain.remediation import UNNAMED_CAUSE_PREFIX
 from gpumedic.refit import fit_note
@@ -173,7 +173,8 @@ def _fit(args: argparse.Namespace) -> int:
         horizon=timedelta(days=args.horizon_days),
         prior_precision=args.prior_precision,
     )
-    fit = fit_fleet_model(frame, failures, protocol, prior=prior, until=until, progress=say)
+    history = FleetHistory(frame, failures, protocol, say)
+    fit = history.fit(prior, until)
     model = fit.model if args.threshold is None else fit.model.with_threshold(args.threshold)
     model = replace(model, note=fit_note(fit, f"`gpumedic forecast fit` on {Path(args.history).name}", prior, protocol))
     write_model(args.out, model)
@@ -182,7 +183,7 @@ def _fit(args: argparse.Namespace) -> int:
     print("largest moves from the prior (log-odds per standardised unit):")
     print("\n".join(f"  {line}" for line in largest_moves(prior, model)))
     if until is not None:
-        check = held_out_check(frame, failures, protocol, prior=prior, fitted=model, until=until, progress=say)
+        check = history.check(prior=prior, fitted=model, until=until)
         print(check.describe())
     return 0
 

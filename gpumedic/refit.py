@@ -6,7 +6,7 @@ history and remediation incidents, which carry the failure class their evidence 
 1. fit a candidate on everything whose window had closed `check_days` ago, shrunk towards
    the prior (the shipped model): exactly one step of the walk-forward backtest;
 2. score the hours since then, which that fit never saw, with the prior and with the
-   candidate (`backtest.held_out_check`);
+   candidate (`backtest.FleetHistory.check`);
 3. only if the candidate ranks those hours at least as well (PR-AUC) does it fit again on
    everything whose window has closed now, and that model is adopted.
 
@@ -18,6 +18,8 @@ hours worse than the shipped model at one prior precision in three, while weekly
 beat it at every precision (docs/forecasting.md). No failures to judge by, or too few to
 fit on, keeps the model in use: a quiet fleet teaches the model nothing.
 
+The history is binned, and its features computed for fitting, once for both fits.
+
 Pure: history and incidents in, a decision and models out; no Prefect, no files.
 """
 
@@ -27,15 +29,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
-from gpumedic.backtest import (
-    BacktestProtocol,
-    FleetFit,
-    HeldOutCheck,
-    NothingToFit,
-    Progress,
-    fit_fleet_model,
-    held_out_check,
-)
+from gpumedic.backtest import BacktestProtocol, FleetFit, FleetHistory, HeldOutCheck, NothingToFit, Progress
 from gpumedic.domain.forecast import DEFAULT_MODEL, Failure, HazardModel, HistoryFrame
 
 # A refitted model's note names the model it was shrunk towards; refits of refits would nest without end.
@@ -66,13 +60,12 @@ def refit_on_history(
 ) -> RefitOutcome:
     """Fit, check on the last `check_days`, and adopt a refit only if the check holds (module docstring)."""
     until = now - timedelta(days=check_days)
+    history = FleetHistory(frame, failures, protocol, progress)
     try:
-        candidate = fit_fleet_model(frame, failures, protocol, prior=prior, until=until, progress=progress)
+        candidate = history.fit(prior, until)
     except NothingToFit as why:
         return RefitOutcome(None, f"kept the model in use: nothing to fit on before the check period ({why})")
-    check = held_out_check(
-        frame, failures, protocol, prior=prior, fitted=candidate.model, until=until, now=now, progress=progress
-    )
+    check = history.check(prior=prior, fitted=candidate.model, until=until, now=now)
     if not check.judged:
         return RefitOutcome(None, f"kept the model in use: {check.describe()}", check, candidate)
     if not check.fitted_is_no_worse:
@@ -84,7 +77,7 @@ def refit_on_history(
             check,
             candidate,
         )
-    final = fit_fleet_model(frame, failures, protocol, prior=prior, until=now, progress=progress)
+    final = history.fit(prior, now)
     model = replace(final.model, note=fit_note(final, source, prior, protocol, check))
     return RefitOutcome(
         model,

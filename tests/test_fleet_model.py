@@ -22,7 +22,7 @@ from gpumedic.adapters.model_file import (
     write_model,
 )
 from gpumedic.adapters.store import TelemetryStore
-from gpumedic.backtest import BacktestProtocol, fit_fleet_model, held_out_check, score_backtest
+from gpumedic.backtest import BacktestProtocol, FleetHistory, fit_fleet_model, held_out_check, score_backtest
 from gpumedic.cli_forecast import main as forecast_cli
 from gpumedic.domain.forecast import DEFAULT_MODEL, Failure, HazardModel, HistoryFrame, to_epoch
 from gpumedic.domain.history import Sample
@@ -193,6 +193,44 @@ def test_a_refit_is_adopted_exactly_when_its_fit_ranks_the_unseen_weeks_no_worse
         assert f"fitted {check.fitted_pr_auc:.3f}" in outcome.adopted.note
         assert outcome.final is not None and outcome.final.rows > candidate.rows
     assert set(adopted) == {True, False}  # both decisions were exercised
+
+
+def test_the_check_scores_the_unseen_hours_exactly_as_the_backtest_does(
+    fleet_a: tuple[HistoryFrame, list[Failure]],
+) -> None:
+    """The check scores only the hours it judges, both models from one feature pass; its figures are
+    those of two whole fixed-model backtests cut to the same hours."""
+    frame, failures = fleet_a
+    protocol = BacktestProtocol(prior_precision=1.0)
+    history = FleetHistory(frame, failures, protocol)
+    until = _end(frame) - timedelta(days=20)
+    fitted = history.fit(DEFAULT_MODEL, until).model
+    fixed = replace(protocol, training="fixed")
+    prior_scored = score_backtest(frame, failures, fixed)
+    fitted_scored = score_backtest(frame, failures, fixed, model=fitted)
+    hour = prior_scored.first_hour_at(until)
+    for now in (None, _end(frame) - timedelta(days=3)):
+        window_closed = None if now is None else now - protocol.lead - protocol.horizon
+        stop = prior_scored.k_scored if window_closed is None else prior_scored.hours_through(window_closed)
+        check = history.check(prior=DEFAULT_MODEL, fitted=fitted, until=until, now=now)
+        assert check.judged and check.hours == stop - hour > 0
+        assert (check.prior_pr_auc, check.prevalence) == prior_scored.pr_auc_from(hour, stop)
+        assert check.fitted_pr_auc == fitted_scored.pr_auc_from(hour, stop)[0]
+        assert check.fitted_pr_auc != check.prior_pr_auc
+    assert history.check(prior=DEFAULT_MODEL, fitted=fitted, until=until, now=until).hours == 0
+
+
+def test_a_refit_computes_the_training_features_once_for_both_fits(
+    fleet_a: tuple[HistoryFrame, list[Failure]],
+) -> None:
+    said: list[str] = []
+    frame, failures = fleet_a
+    protocol = BacktestProtocol(prior_precision=1.0)
+    outcome = refit_on_history(frame, failures, _end(frame), check_days=15, protocol=protocol, progress=said.append)
+    assert outcome.final is not None, outcome.reason  # both fits were made
+    gpus = len({key for key in frame.keys if key[1] is not None})
+    assert sum(line == f"training features of {gpus:,}/{gpus:,} GPUs" for line in said) == 1, said
+    assert sum(line.startswith("scoring the hours after") for line in said) == 1
 
 
 def test_a_refit_uses_nothing_after_its_now(fleet_b: tuple[HistoryFrame, list[Failure]]) -> None:

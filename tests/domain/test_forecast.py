@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 from datetime import UTC, datetime, timedelta
 
@@ -26,6 +27,7 @@ from gpumedic.domain.forecast import (
     to_epoch,
 )
 from gpumedic.domain.forecast.cusum import CUSUM_DECISION
+from gpumedic.domain.forecast.features import CHUNK_GPU_HOURS, MIN_CHUNK_ENTITIES
 from gpumedic.domain.history import Sample
 from gpumedic.sim.degradation import simulate_fleet_frame
 
@@ -202,6 +204,25 @@ def test_fit_hazard_recovers_a_known_effect_and_is_calibrated_in_the_large() -> 
     assert risk.mean() == pytest.approx(fails.mean(), rel=0.02)
 
 
+def test_a_fit_on_float32_rows_is_the_fit_on_the_same_rows_widened() -> None:
+    """Rows are merged in their own precision (half the bytes to sort): widening float32 is exact,
+    so the same rows merge and the fit is the same, from scratch and towards a prior."""
+    frame, failures = simulate_fleet_frame(240, 50, seed=8)
+    rows = training_set(frame, failures)
+    assert rows.x.dtype == np.float32
+    for prior in (None, DEFAULT_MODEL):
+        fits = [
+            fit_hazard(x, rows.kinds(), FEATURES, lead_hours=24, horizon_hours=168, prior=prior,
+                       time_to_failure=rows.time_to_failure)
+            for x in (rows.x, rows.x.astype(np.float64))
+        ]
+        for narrow, wide in zip(fits[0].causes, fits[1].causes, strict=True):
+            np.testing.assert_allclose(narrow.coef, wide.coef, rtol=0, atol=1e-9)
+            np.testing.assert_allclose(narrow.mean, wide.mean, rtol=1e-12)
+            assert narrow.intercept == pytest.approx(wide.intercept, abs=1e-9)
+            np.testing.assert_array_equal(narrow.lead_by_feature, wide.lead_by_feature)
+
+
 def test_default_model_is_calibrated_on_a_fleet_it_was_not_fitted_on() -> None:
     frame, failures = simulate_fleet_frame(800, 75, seed=41)
     rows = training_set(frame, failures, BacktestProtocol(train_every_hours=12))
@@ -283,3 +304,36 @@ def test_forecast_fleet_ignores_samples_after_now() -> None:
 
 def test_forecast_fleet_of_nothing_is_empty() -> None:
     assert forecast_fleet([], T0) == []
+
+
+# --- feature chunks: memory bounded by GPU-hours, features independent of the chunking ----------------
+
+
+def test_feature_chunks_bound_gpu_hours_never_split_a_node_and_cover_every_entity() -> None:
+    keys = [(f"n{n:03d}", g) for n in range(300) for g in range(8)] + [("solo", None)]
+    entities = Entities.from_keys(keys)
+    for hours in (24, 1_000, 4_320, 8_760, 100_000):
+        chunks = entities.feature_chunks(hours)
+        assert chunks[0][0] == 0 and chunks[-1][1] == len(entities)
+        assert all(b == c for (_, b), (c, _) in itertools.pairwise(chunks))
+        for a, b in chunks:
+            assert a == 0 or entities.node_index[a] != entities.node_index[a - 1], "a node was split"
+            # A chunk reaches its target and then closes at the next node boundary: at most one node over.
+            target = max(MIN_CHUNK_ENTITIES, CHUNK_GPU_HOURS // hours)
+            assert b - a < target + 8
+    # A year of history is computed for fewer GPUs at a time than six weeks are.
+    assert len(entities.feature_chunks(8_760)) > 4 * len(entities.feature_chunks(1_000))
+
+
+def test_features_of_a_gpu_do_not_depend_on_which_chunk_computes_them() -> None:
+    frame, failures = simulate_fleet_frame(96, 60, seed=5)
+    entities = Entities.from_keys(frame.keys)
+    grid = Grid.covering(int(frame.time[0]), int(frame.time[-1]))
+    src = prepare(frame, grid, failures, entities)
+    whole = chunk_features(src, 0, len(entities))
+    chunks = entities.feature_chunks(CHUNK_GPU_HOURS)  # as if the history were that long: one node a chunk
+    assert len(chunks) == len(entities.nodes)
+    for e0, e1 in chunks:
+        part = chunk_features(src, e0, e1)
+        np.testing.assert_array_equal(part.x, whole.x[:, e0:e1])
+        np.testing.assert_array_equal(part.resets, whole.resets[e0:e1])

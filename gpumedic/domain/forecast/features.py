@@ -43,6 +43,10 @@ WEEK = 7 * DAY
 PRIOR_BURST_RATE = 5e-4
 PRIOR_EXPOSURE_HOURS = 100 * DAY
 BASELINE_WINDOW_HOURS = 30 * DAY
+# GPU-hours of features computed at once: 256 GPUs over six weeks, about 150 MiB at the peak of
+# `chunk_features` (benchmarks/forecast_cost.py); longer histories are computed for fewer GPUs at a time.
+CHUNK_GPU_HOURS = 256 * 1024
+MIN_CHUNK_ENTITIES = 8  # one node
 
 # Xid groups (NVIDIA Xid catalog): 63 row-remap event; 48 DBE, 64 remap failure, 94/95
 # contained/uncontained ECC error; 74 NVLink error; 119/120 GSP error/timeout; 79 fallen
@@ -215,6 +219,14 @@ class Entities:
                 bounds.append(s)
         bounds.append(len(self.keys))
         return [(a, b) for a, b in itertools.pairwise(bounds) if b > a]
+
+    def feature_chunks(self, hours: int) -> list[tuple[int, int]]:
+        """Entity ranges whose features over `hours` grid hours stay within CHUNK_GPU_HOURS (node-aligned).
+
+        `chunk_features` holds a few hundred bytes per GPU-hour at its peak, so a fixed number of
+        GPUs per chunk would make a year of history cost eight times what six weeks do.
+        """
+        return self.node_chunks(max(MIN_CHUNK_ENTITIES, CHUNK_GPU_HOURS // max(hours, 1)))
 
 
 @dataclass(frozen=True, slots=True)

@@ -33,7 +33,6 @@ from gpumedic.domain.history import Sample
 
 # Longest window any feature looks back (prior incidents of the slot: 180 days).
 LOOKBACK_HOURS = 200 * DAY
-CHUNK_ENTITIES = 256
 # A feature is named as a factor when it adds at least this much log-odds over the fleet.
 FACTOR_MIN_LOG_ODDS = 0.25
 MAX_FACTORS = 4
@@ -92,7 +91,7 @@ def forecast_frame(
     src: FeatureSource = prepare(frame, grid, known, Entities.from_keys(frame.keys))
     horizon_h = horizon.total_seconds() / HOUR
     out: list[GpuForecast] = []
-    for e0, e1 in src.entities.node_chunks(CHUNK_ENTITIES):
+    for e0, e1 in src.entities.feature_chunks(grid.hours):
         feats = chunk_features(src, e0, e1)
         x_now = feats.x[:, :, -1].astype(np.float64)
         risk = model.risk(x_now, horizon_h)

@@ -170,15 +170,19 @@ def _fit_logistic(
 def _group_rows(
     X: npt.NDArray[np.floating], Y: FloatArray
 ) -> tuple[FloatArray, FloatArray, FloatArray, npt.NDArray[np.int64]]:
-    """Identical feature rows merged (exactly): (unique rows, trials, events, row → group)."""
-    A = np.ascontiguousarray(X, dtype=np.float64)
+    """Identical feature rows merged (exactly): (unique rows as float64, trials, events, row → group).
+
+    Rows are compared in their own precision (float32 rows are never widened before merging: widening
+    is exact, so it merges the same rows, and sorting half the bytes halves the fit's peak memory).
+    """
+    A = np.ascontiguousarray(X)
     if A.shape[0] == 0:
-        return A, np.zeros(0), np.zeros(0), np.zeros(0, dtype=np.int64)
+        return A.astype(np.float64), np.zeros(0), np.zeros(0), np.zeros(0, dtype=np.int64)
     keys = A.view(np.dtype((np.void, A.dtype.itemsize * A.shape[1]))).ravel()
     _, first, inverse, counts = np.unique(keys, return_index=True, return_inverse=True, return_counts=True)
     inverse = inverse.ravel()
     events = np.bincount(inverse, weights=Y, minlength=len(first))
-    return A[first], counts.astype(np.float64), events.astype(np.float64), inverse.astype(np.int64)
+    return A[first].astype(np.float64), counts.astype(np.float64), events.astype(np.float64), inverse.astype(np.int64)
 
 
 def fit_hazard(
@@ -203,7 +207,9 @@ def fit_hazard(
     `prior_precision` is the Gaussian prior's precision per standardised coefficient.
     `time_to_failure` (hours, for positive rows) feeds the lead-time estimate.
     """
-    X = np.asarray(x, dtype=np.float64)
+    # Each cause reads its own columns in their own precision, widened to float64 only where
+    # arithmetic needs it: a float64 copy of every row would be the fit's largest allocation.
+    X = np.asarray(x)
     n, d = X.shape
     if d != len(features):
         raise ValueError("x has one column per feature")
@@ -225,8 +231,9 @@ def fit_hazard(
             mean, scale = np.array(pc.mean), np.array(pc.scale)
             beta0 = np.concatenate([[pc.intercept], pc.coef])
         else:
-            mean = Xc.mean(axis=0) if n else np.zeros(len(cols))
-            scale = np.maximum(Xc.std(axis=0) if n else np.ones(len(cols)), SCALE_FLOOR)
+            wide = Xc.astype(np.float64)
+            mean = wide.mean(axis=0) if n else np.zeros(len(cols))
+            scale = np.maximum(wide.std(axis=0) if n else np.ones(len(cols)), SCALE_FLOOR)
             base = min(max(float(Y.mean()) if n else 1e-3, 1e-6), 1 - 1e-6)
             beta0 = np.zeros(len(cols) + 1)
             beta0[0] = np.log(base / (1 - base))
@@ -245,7 +252,7 @@ def fit_hazard(
         if ttf is not None and n:
             pos = (Y > 0.5) & np.isfinite(ttf)
             if pos.any():
-                top = np.argmax(coef[None, :] * ((Xc[pos] - mean) / scale), axis=1)
+                top = np.argmax(coef[None, :] * ((Xc[pos].astype(np.float64) - mean) / scale), axis=1)
                 for j in range(len(cols)):
                     hit = top == j
                     if hit.sum() >= 5:
