@@ -23,29 +23,38 @@ def refit_forecast_model(
     history_days: float = 180.0,
     check_days: float = 28.0,
     prior_precision: float = BacktestProtocol().prior_precision,
+    dry_run: bool = False,
 ) -> dict[str, Any]:
+    """`dry_run`: fit, check and report what the refit would decide, and write no model file; it runs
+    even where the fleet file names no `forecast_model`, to see what refitting would do before turning it on."""
     fleet = load_fleet_settings(fleet_file)
     now = datetime.now(UTC)
-    if fleet.forecast_model is None:
+    if fleet.forecast_model is None and not dry_run:
         # Refitting is opt-in: without a file to write, the daily forecast keeps the shipped model.
         reason = (
             f"not refitted: {fleet_file} names no forecast_model, the file the refit writes and the daily "
-            "forecast reads (e.g. forecast_model: fleet-model.json)"
+            "forecast reads (e.g. forecast_model: fleet-model.json); dry_run=true shows what a refit would do"
         )
         get_run_logger().warning("%s", reason)
-        return {"computed_at": now.isoformat(), "adopted": False, "reason": reason, "model_file": None}
+        return {"computed_at": now.isoformat(), "adopted": False, "would_adopt": False, "dry_run": False,
+                "reason": reason, "model_file": None}
     since = now - timedelta(days=history_days)
     history = load_history(fleet.store_url, since)
     incidents = load_prior_incidents(fleet.store_url, since)
     outcome = fit_and_check(history, incidents, now, check_days, prior_precision)
-    archived = install_forecast_model(fleet.forecast_model, outcome.adopted, now) if outcome.adopted else None
-    publish_refit(outcome, fleet.forecast_model, archived, now)
+    archived, installed = None, False
+    if outcome.adopted is not None and fleet.forecast_model is not None and not dry_run:
+        archived = install_forecast_model(fleet.forecast_model, outcome.adopted, now)
+        installed = True
+    publish_refit(outcome, fleet.forecast_model, archived, now, dry_run)
     check = outcome.check
     return {
         "computed_at": now.isoformat(),
-        "adopted": outcome.adopted is not None,
-        "reason": outcome.reason,
-        "model_file": str(fleet.forecast_model),
+        "adopted": installed,  # a model was written where the daily forecast reads it
+        "would_adopt": outcome.adopted is not None,  # the check's decision, dry run or not
+        "dry_run": dry_run,
+        "reason": f"dry run, nothing written; a real run would have {outcome.reason}" if dry_run else outcome.reason,
+        "model_file": None if fleet.forecast_model is None else str(fleet.forecast_model),
         "previous_model": None if archived is None else str(archived),
         "incidents": len(incidents),
         "held_out": None

@@ -220,11 +220,22 @@ def forecast_markdown(
 
 
 def refit_markdown(
-    outcome: RefitOutcome, *, path: Path, archived: Path | None, now: datetime, prior: HazardModel
+    outcome: RefitOutcome,
+    *,
+    path: Path | None,
+    archived: Path | None,
+    now: datetime,
+    prior: HazardModel,
+    dry_run: bool = False,
 ) -> str:
     """The weekly refit's report: the decision first, then the evidence an SRE needs to trust or undo it."""
-    decision = "Adopted a refitted model" if outcome.adopted is not None else "Kept the model in use"
-    lines = [f"# Forecast model refit, {now:%Y-%m-%d %H:%M} UTC: {decision.lower()}", "", f"{outcome.reason}.", ""]
+    if dry_run:
+        decision = "would adopt a refitted model" if outcome.adopted is not None else "would keep the model in use"
+        title = f"# Forecast model refit (dry run), {now:%Y-%m-%d %H:%M} UTC: {decision}"
+    else:
+        decision = "adopted a refitted model" if outcome.adopted is not None else "kept the model in use"
+        title = f"# Forecast model refit, {now:%Y-%m-%d %H:%M} UTC: {decision}"
+    lines = [title, "", f"{'A real run would have ' if dry_run else ''}{outcome.reason}.", ""]
     check = outcome.check
     if check is not None and check.judged:
         lines += [
@@ -252,7 +263,13 @@ def refit_markdown(
             "```",
             "",
         ]
-    if outcome.adopted is not None:
+    if dry_run:
+        lines.append(
+            "Dry run: no model file was written. "
+            + (f"`{path}` is unchanged." if path is not None else
+               "The fleet file names no `forecast_model`; name one to let the weekly refit install what it adopts.")
+        )
+    elif outcome.adopted is not None:
         lines.append(f"The daily forecast reads it from `{path}` from its next run.")
         if archived is not None:
             lines.append(f"The model it replaced is kept as `{archived}`: copy it over `{path}` to roll back.")

@@ -46,10 +46,12 @@ def install_forecast_model(path: Path, model: HazardModel, now: datetime) -> Pat
 
 
 @task(name="publish-refit", cache_policy=NO_CACHE)
-def publish_refit(outcome: RefitOutcome, path: Path, archived: Path | None, now: datetime) -> None:
+def publish_refit(
+    outcome: RefitOutcome, path: Path | None, archived: Path | None, now: datetime, dry_run: bool = False
+) -> None:
     create_markdown_artifact(
         key="forecast-model-refit",
-        markdown=refit_markdown(outcome, path=path, archived=archived, now=now, prior=DEFAULT_MODEL),
+        markdown=refit_markdown(outcome, path=path, archived=archived, now=now, prior=DEFAULT_MODEL, dry_run=dry_run),
         description="Weekly refit of the failure forecaster: what it was fitted on, how it was checked, whether it "
         "is in use",
     )

@@ -99,5 +99,34 @@ def test_a_fleet_file_without_a_model_file_is_not_refitted_and_the_run_says_why(
     fleet.write_text(f"fleet:\n  source: exporter\n  nodes: [{{name: n1}}]\n  store_url: sqlite:///{tmp_path}/s.db\n")
     result = refit_forecast_model(fleet_file=str(fleet))
     assert not result["adopted"] and result["model_file"] is None
-    assert "names no forecast_model" in result["reason"]
+    assert "names no forecast_model" in result["reason"] and "dry_run=true shows" in result["reason"]
     assert list(tmp_path.iterdir()) == [fleet]  # nothing written, not even the store
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_a_dry_run_fits_checks_and_reports_but_writes_no_model_even_without_a_model_file(tmp_path: Path) -> None:
+    from prefect.artifacts import Artifact
+
+    from flows.forecast import failure_forecast
+    from flows.refit import refit_forecast_model
+
+    fleet, _, _ = _fleet_in_store(tmp_path)
+    result = refit_forecast_model(fleet_file=str(fleet), check_days=CHECK_DAYS, dry_run=True)
+    held_out = result["held_out"]
+    assert result["dry_run"] and not result["adopted"]
+    assert result["would_adopt"] is (held_out["pr_auc_fitted"] >= held_out["pr_auc_shipped"]) is True
+    assert result["reason"].startswith("dry run, nothing written; a real run would have adopted a refit")
+    assert not (tmp_path / "models").exists()
+    report = str(Artifact.get("forecast-model-refit").data)  # type: ignore[union-attr]
+    assert "(dry run)" in report and "would adopt a refitted model" in report
+    assert "Dry run: no model file was written" in report and "reads it from" not in report
+    daily = failure_forecast(fleet_file=str(fleet), emit_events=False)
+    assert "no fitted model at" in daily["model"]  # the daily forecast still scores with the shipped model
+
+    # Before refitting is turned on (no forecast_model), a dry run shows what it would do.
+    fleet.write_text(fleet.read_text().replace("  forecast_model: models/fleet-model.json\n", ""))
+    preview = refit_forecast_model(fleet_file=str(fleet), check_days=CHECK_DAYS, dry_run=True)
+    assert preview["model_file"] is None and preview["held_out"]["hours"] > 0  # it fitted and checked
+    assert preview["would_adopt"] and not preview["adopted"]
+    assert "names no `forecast_model`" in str(Artifact.get("forecast-model-refit").data)  # type: ignore[union-attr]
+    assert not (tmp_path / "models").exists()
