@@ -27,6 +27,17 @@ PRIOR_INCIDENT_DAYS = 180
 def failure_forecast(
     fleet_file: str, horizon_days: float = 7.0, lookback_days: float = 30.0, emit_events: bool = True,
 ) -> dict[str, Any]:
+    """Returns `{computed_at, gpus, model, alarms: [{node, gpu, risk, factors}], requested}`.
+
+    Args:
+        fleet_file: Path of the fleet YAML file on the worker: its telemetry store and forecast model.
+        horizon_days: Each GPU's risk is its probability of failure within this many days; reports, approval
+            forms and order tickets state it. Alarms do not move with it: they compare the risk over the
+            model's own horizon (7 days for the shipped model) with its alarm threshold.
+        lookback_days: Days of telemetry history to read (prior incidents: always the last 180 days).
+        emit_events: Raise `gpumedic.gpu.failure_predicted` for each new alarm, which starts a
+            proactive-maintenance run (a human approves before anything is ordered). Off: report only.
+    """
     logger = get_run_logger()
     fleet = load_fleet_settings(fleet_file)
     now = datetime.now(UTC)
@@ -34,7 +45,7 @@ def failure_forecast(
     incidents = load_prior_incidents(fleet.store_url, now - timedelta(days=PRIOR_INCIDENT_DAYS))
     model = load_forecast_model(fleet.forecast_model)
     forecasts = score_gpus(history, incidents, now, horizon_days, model)
-    new_alarms = record_forecasts(fleet.store_url, forecasts, now)
+    new_alarms = record_forecasts(fleet.store_url, forecasts, now, horizon_days)
     publish_forecast(fleet.store_url, forecasts, now, horizon_days, model.note)
     requested = emit_failure_predicted(new_alarms) if emit_events else []
     logger.info("scored %d GPUs from %d samples and %d prior incidents: %d alarms (%d new)", len(forecasts),

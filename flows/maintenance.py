@@ -19,18 +19,19 @@ from flows.remediation import ReplacementDecision, approval_key, approval_wait_m
 from gpumedic.adapters.jira_tickets import Approval, TicketRequest, gpu_dedup_key
 from gpumedic.adapters.store import TelemetryStore
 from gpumedic.config import ConfigError, load_fleet_settings
+from gpumedic.reporting import within
 from tasks.forecast import file_order_ticket
 
 AUTO_APPROVER = "auto-approve (demo)"
 
 
-def order_description(node: str, gpu: int | None, risk: float, lead: float | None, factors: list[str],
-                      uuid: str | None, serial: str | None) -> str:
+def order_description(node: str, gpu: int | None, risk: float, horizon_days: float | None, lead: float | None,
+                      factors: list[str], uuid: str | None, serial: str | None) -> str:
     where = "the node" if gpu is None else f"GPU {gpu} (UUID {uuid or 'unknown'}, serial {serial or 'unknown'})"
     lines = [
         f"## Proactive replacement: {node} {where}",
         "",
-        f"The failure forecast gives a **{risk:.0%}** probability of failure within 7 days"
+        f"The failure forecast gives a **{risk:.0%}** probability of failure {within(horizon_days)}"
         + (f", typically ~{lead:.0f} h ahead on this evidence." if lead else "."),
         "",
         "Evidence:",
@@ -42,10 +43,21 @@ def order_description(node: str, gpu: int | None, risk: float, lead: float | Non
     return "\n".join(lines) + "\n"
 
 
-@flow(name="proactive-maintenance", log_prints=True)
+@flow(name="proactive-maintenance", log_prints=True,
+      description="Order a replacement for a GPU the failure forecast expects to fail, if a human approves: "
+      "one Order Replacement ticket per GPU. Nothing is taken out of service.")
 def proactive_maintenance(
     node: str, gpu: int | None, fleet_file: str, auto_approve: bool = False, approval_timeout_s: int = 86400,
 ) -> dict[str, Any]:
+    """Returns `{node, gpu, outcome, ticket}`; outcome: ticketed, rejected, no decision or no longer at risk.
+
+    Args:
+        node: The node whose GPU the forecast alarmed on.
+        gpu: The GPU's index on the node; empty: the node as a whole.
+        fleet_file: Path of the fleet YAML file on the worker: its telemetry store and `fleet.jira`.
+        auto_approve: Order without asking a human. For demos and tests only.
+        approval_timeout_s: Seconds a human has to approve or reject; without a decision nothing is ordered.
+    """
     logger = get_run_logger()
     fleet = load_fleet_settings(fleet_file)
     if fleet.jira is None:
@@ -63,8 +75,8 @@ def proactive_maintenance(
     except ValueError:
         dedup = f"gpumedic-node-{node.lower()}"
     incident = f"forecast-{node}-{'node' if gpu is None else gpu}-{forecast.computed_at:%Y%m%d}"
-    description = order_description(node, gpu, forecast.risk, forecast.lead_time_h, list(forecast.factors), uuid,
-                                    serial)
+    description = order_description(node, gpu, forecast.risk, forecast.horizon_days, forecast.lead_time_h,
+                                    list(forecast.factors), uuid, serial)
 
     decision: dict[str, Any] | None
     if auto_approve:
@@ -81,7 +93,7 @@ def proactive_maintenance(
     request = TicketRequest(
         dedup_key=dedup, incident_id=incident, project=fleet.jira.project, issue_type=fleet.jira.forecast_issue_type,
         summary=f"Order replacement GPU for {node}" + ("" if gpu is None else f" GPU {gpu} ({uuid or serial})")
-        + f": {forecast.risk:.0%} failure risk within 7 days",
+        + f": {forecast.risk:.0%} failure risk {within(forecast.horizon_days)}",
         description=description, node=node, labels=("gpumedic-forecast",), gpu_index=gpu, gpu_uuid=uuid,
         gpu_serial=serial, approval=Approval(decision["approver"], decision["reason"], decision["rma"]),
     )

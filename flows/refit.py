@@ -25,8 +25,19 @@ def refit_forecast_model(
     prior_precision: float = BacktestProtocol().prior_precision,
     dry_run: bool = False,
 ) -> dict[str, Any]:
-    """`dry_run`: fit, check and report what the refit would decide, and write no model file; it runs
-    even where the fleet file names no `forecast_model`, to see what refitting would do before turning it on."""
+    """Returns `{computed_at, adopted, would_adopt, dry_run, reason, model_file, ...}`.
+
+    Args:
+        fleet_file: Path of the fleet YAML file on the worker: its telemetry store and `forecast_model`, the
+            file a refit that passes its check is written to (without one, only a dry run does anything).
+        history_days: Days of history and incidents to fit on.
+        check_days: The most recent days, held out of the fit; the refit is adopted only if it ranks them at
+            least as well as the shipped model.
+        prior_precision: How strongly the fit is held to the shipped model: higher moves less on few
+            incidents.
+        dry_run: Fit, check and report what the refit would decide, and write no model file; it runs even where
+            the fleet file names no `forecast_model`, to see what refitting would do before turning it on.
+    """
     fleet = load_fleet_settings(fleet_file)
     now = datetime.now(UTC)
     if fleet.forecast_model is None and not dry_run:

@@ -58,7 +58,7 @@ from prefect.flow_runs import pause_flow_run, suspend_flow_run
 from prefect.input import RunInput
 from prefect.states import State
 
-from gpumedic.adapters.store import StoredForecast
+from gpumedic.adapters.store import StoredForecast, shared_horizon
 from gpumedic.domain.budget import FleetView, RemediationPolicy
 from gpumedic.domain.remediation import (
     ApprovalKind,
@@ -96,6 +96,7 @@ from gpumedic.domain.remediation import (
     should_open_incident,
     simulated_outcome,
 )
+from gpumedic.reporting import within
 from tasks.forecast import read_node_forecast
 from tasks.remediation import (
     FreshEvidence,
@@ -177,7 +178,8 @@ def evidence_markdown(
         "## Diagnostics",
         *([f"- {h.time:%Y-%m-%d %H:%M:%S} {h.note}" for h in diags] or ["- none run in this incident"]),
         "",
-        "## Failure forecast (risk of failure within 7 days)",
+        f"## Failure forecast (risk of failure {within(shared_horizon(forecast))})" if forecast
+        else "## Failure forecast",
         *([f"- {'node' if f.gpu is None else f'GPU {f.gpu}'}: {f.risk:.0%}"
            + (f" ({'; '.join(f.factors[:3])})" if f.factors else "")
            + f", computed {f.computed_at:%Y-%m-%d %H:%M} UTC" for f in forecast[:8]]
@@ -209,12 +211,23 @@ def ticket_markdown(record: NodeRecord, step: FileTicket) -> str:
     return evidence_markdown(record, step) + "\n## Decision\n" + decision + "\n"
 
 
-@flow(name="request-replacement-approval", log_prints=True)
+@flow(name="request-replacement-approval", log_prints=True,
+      description="Wait for a human's decision on a replacement, with the evidence in the form.")
 def request_replacement_approval(
     node: str, incident: str, kind: str, description: str, timeout_s: int, poll_interval_s: int = 5,
     key: str | None = None,
 ) -> dict[str, Any]:
-    """Pause until a human submits a `ReplacementDecision`; fails when the pause times out."""
+    """Pause until a human submits a `ReplacementDecision`; fails when the pause times out.
+
+    Args:
+        node: The node the decision is about.
+        incident: Its remediation incident (or forecast order).
+        kind: What is asked: replace, inspect, breaker or order.
+        description: The evidence, in markdown, shown in the form.
+        timeout_s: Seconds to wait for a decision before the run fails.
+        poll_interval_s: Seconds between checks for a decision.
+        key: The pause key the decision is stored under; empty: derived from incident and kind.
+    """
     logger = get_run_logger()
     logger.info("node=%s incident=%s waiting up to %ss for a %s decision", node, incident, timeout_s, kind)
     decision = pause_flow_run(
@@ -343,7 +356,9 @@ def _slug(text: str) -> str:
     return "".join(c if c.isalnum() else "-" for c in text.lower()).strip("-")
 
 
-@flow(name="remediate-node", log_prints=True)
+@flow(name="remediate-node", log_prints=True,
+      description="Remediate one node: cordon, drain, reset its GPUs, diagnose and readmit, or escalate to a human "
+      "for replacement approval and a Jira ticket. Every step is recorded on the Node; a re-run resumes.")
 def remediate_node(
     node: str,
     incident: str | None = None,
@@ -363,9 +378,24 @@ def remediate_node(
     Returns `{node, incident, final_state, outcome, waiting, actions, ticket}`. `waiting`
     names what stopped the run short of a closed incident (budget, evidence, probation, an
     approval awaited elsewhere, a halt), or is None. Re-running for the same node resumes
-    from the record on the Node. `policy` overrides the fleet file's `fleet.remediation`;
-    `approval_timeout_s` overrides its approval timeout; `tickets="jira"` files through the
-    outbox and the fleet file's `fleet.jira` (token from the environment variable it names).
+    from the record on the Node.
+
+    Args:
+        node: The Kubernetes node to remediate.
+        incident: The incident to resume or open under this id; empty opens a new one (a node's open incident
+            is always resumed, whatever is asked).
+        fleet_file: Path of the fleet YAML file on the worker: how to reach the node for fresh evidence, the
+            remediation policy, the Jira project.
+        kubeconfig: Path of the kubeconfig on the worker (cordon, drain, the incident record on the Node).
+        dry_run: Decide and log every step, and change nothing: no cordon, eviction, reset, reboot or ticket.
+        auto_approve: Approve replacements without asking a human. For demos and tests only.
+        policy: Overrides of the fleet file's `fleet.remediation` keys (disruption budget, loop caps, timeouts).
+        tickets: The ticket desk: "jira" files through the durable outbox into the fleet file's `fleet.jira`
+            (token from the environment variable it names).
+        approval_timeout_s: Seconds a human has to approve or reject; empty: the policy's approval timeout.
+        approval_poll_s: Seconds between checks for a decision while the run waits paused.
+        evidence_retries: Fresh-evidence reads allowed to fail before the run stops (a later run resumes).
+        evidence_retry_s: Seconds between those reads.
     """
     logger = get_run_logger()
     rules = remediation_policy(fleet_file, policy)

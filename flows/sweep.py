@@ -42,7 +42,16 @@ def _shards(targets: list[NodeTarget], size: int) -> list[list[NodeTarget]]:
     log_prints=True,
 )
 def fleet_sweep(fleet_file: str, depth: Depth = "full", emit_events: bool = True) -> dict[str, Any]:
-    """Returns the sweep document: `{sweep_id, started, nodes: [{node, verdict, action, reasons, gpus}]}`."""
+    """Returns the sweep document: `{sweep_id, started, nodes: [{node, verdict, action, reasons, gpus}]}`.
+
+    Args:
+        fleet_file: Path of the fleet YAML file on the worker: how to reach the nodes, the telemetry store,
+            the health policy.
+        depth: "full" also reads `nvidia-smi -q` (row remapping, retired pages) and NVLink error counters over
+            SSH, and applies the history retention; "quick" skips those, for frequent sweeps.
+        emit_events: Raise `gpumedic.node.unhealthy` for every node whose recommended action is reset_gpu or
+            worse, which starts its remediate-node run. Off: report only.
+    """
     logger = get_run_logger()
     started = datetime.now(UTC)
     clock = time.monotonic()

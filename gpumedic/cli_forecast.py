@@ -40,7 +40,7 @@ from gpumedic.backtest import BacktestProtocol, FleetHistory, score_backtest
 from gpumedic.domain.forecast import HazardModel, forecast_frame, from_epoch
 from gpumedic.domain.remediation import UNNAMED_CAUSE_PREFIX
 from gpumedic.refit import fit_note
-from gpumedic.reporting import largest_moves
+from gpumedic.reporting import largest_moves, within
 
 _MODEL_HELP = "model file written by `forecast fit` (default: the shipped model)"
 _WALK_FORWARD_PRIOR_PRECISION = BacktestProtocol().prior_precision
@@ -144,7 +144,7 @@ def _score(args: argparse.Namespace) -> int:
     forecasts = forecast_frame(
         frame, at, horizon=timedelta(days=args.horizon_days), model=model, prior_failures=failures
     )
-    print(f"risk of failure within {args.horizon_days:g} days, as of {at.isoformat()}")
+    print(f"risk of failure {within(args.horizon_days)}, as of {at.isoformat()}")
     print(f"{'node':<16} {'gpu':>3} {'risk':>7} {'alarm':>5} {'lead_h':>6}  evidence")
     for fc in forecasts[: args.top]:
         lead = "" if fc.lead_time_hours is None else f"{fc.lead_time_hours:.0f}"

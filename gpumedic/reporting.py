@@ -51,6 +51,13 @@ def node_risk(risks: Mapping[tuple[str, int | None], float], node: str) -> tuple
     return max(mine, key=lambda item: item[1]) if mine else None
 
 
+def within(horizon_days: float | None) -> str:
+    """What a stored forecast risk is a probability of: failure within its horizon."""
+    if horizon_days is None:
+        return "within the forecast's horizon (not recorded by the gpumedic version that scored it)"
+    return f"within {horizon_days:g} day{'' if horizon_days == 1 else 's'}"
+
+
 def _risk_text(risk: tuple[int | None, float] | None) -> str:
     if risk is None:
         return "-"
@@ -74,7 +81,7 @@ def table_rows(
             "verdict": str(a.verdict),
             "action": str(a.action),
             "gpus": gpus or "-",
-            "forecast risk (7 d)": _risk_text(node_risk(risks, a.node)),
+            "forecast risk": _risk_text(node_risk(risks, a.node)),
             "reasons": "; ".join(reasons)[:500],
         })
     return rows
@@ -82,8 +89,9 @@ def table_rows(
 
 def markdown_report(
     sweep_id: str, started: datetime, assessments: Sequence[NodeAssessment], elapsed_s: float,
-    risks: Mapping[tuple[str, int | None], float] | None = None,
+    risks: Mapping[tuple[str, int | None], float] | None = None, risk_horizon_days: float | None = None,
 ) -> str:
+    """`risks`: the latest forecast's risk per GPU, a probability of failure within `risk_horizon_days`."""
     risks = risks or {}
     verdicts = Counter(a.verdict for a in assessments)
     actions = Counter(a.action for a in assessments)
@@ -105,7 +113,7 @@ def markdown_report(
     swept = {a.node for a in assessments}
     riskiest = sorted(((r, n, g) for (n, g), r in risks.items() if n in swept), reverse=True)[:5]
     if riskiest:
-        lines += ["Highest forecast risk of failure within 7 days (latest failure-forecast run):", ""]
+        lines += [f"Highest forecast risk of failure {within(risk_horizon_days)} (latest failure-forecast run):", ""]
         lines += [f"- {n} {'node' if g is None else f'GPU {g}'}: {r:.0%}" for r, n, g in riskiest]
         lines.append("")
     attention = [a for a in assessments if needs_attention(a)]
@@ -116,7 +124,7 @@ def markdown_report(
     for a in sorted(attention, key=lambda a: (-a.action.rank, a.node)):
         lines += ["", f"### {a.node}: **{a.verdict}**, recommended action **{a.action}**"]
         if (risk := node_risk(risks, a.node)) is not None:
-            lines.append(f"- forecast risk of failure within 7 days: {_risk_text(risk)}")
+            lines.append(f"- forecast risk of failure {within(risk_horizon_days)}: {_risk_text(risk)}")
         lines += [f"- {reason}" for reason in a.reasons]
         for g in a.gpus:
             lines += [f"- GPU {g.index} ({g.verdict}, {g.action}): {reason}" for reason in g.reasons]
@@ -192,7 +200,7 @@ def forecast_markdown(
         f"# GPU failure forecast, {now:%Y-%m-%d %H:%M} UTC",
         "",
         f"{len(forecasts)} GPUs scored; {len(alarms)} above the alarm threshold "
-        f"(probability of failure within {horizon_days:g} days).",
+        f"(probability of failure {within(horizon_days)}).",
         "",
     ]
     if model_note:

@@ -18,7 +18,7 @@ from gpumedic.adapters.store import StoredForecast, TelemetryStore
 from gpumedic.adapters.ticket_outbox import file_through_outbox
 from gpumedic.config import load_fleet_settings
 from gpumedic.domain.forecast import Failure, GpuForecast, HazardModel, HistoryFrame, forecast_frame
-from gpumedic.reporting import CHART_FIELDS, daily_increments, forecast_markdown, forecast_rows
+from gpumedic.reporting import CHART_FIELDS, daily_increments, forecast_markdown, forecast_rows, within
 from tasks.remediation import jira_for_fleet, retry_if_transient
 
 FAILURE_PREDICTED_EVENT = "gpumedic.gpu.failure_predicted"
@@ -56,17 +56,21 @@ def score_gpus(
 
 
 @task(name="record-forecasts", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5)
-def record_forecasts(store_url: str | None, forecasts: Sequence[GpuForecast], now: datetime) -> list[GpuForecast]:
-    """Store the latest risk per GPU; returns the alarms that are new since the previous forecast."""
+def record_forecasts(
+    store_url: str | None, forecasts: Sequence[GpuForecast], now: datetime, horizon_days: float
+) -> list[GpuForecast]:
+    """Store the latest risk per GPU (a probability of failure within `horizon_days`); returns the alarms
+    that are new since the previous forecast."""
     store = TelemetryStore(store_url)
     before = store.latest_forecasts({f.node for f in forecasts})
     store.record_forecasts(
-        StoredForecast(f.node, f.gpu, f.risk, f.lead_time_hours, f.alarm, f.factors, now) for f in forecasts
+        StoredForecast(f.node, f.gpu, f.risk, f.lead_time_hours, f.alarm, f.factors, now, horizon_days)
+        for f in forecasts
     )
     return [f for f in forecasts if f.alarm and not (before.get((f.node, f.gpu)) or _NO_ALARM).alarm]
 
 
-_NO_ALARM = StoredForecast("", None, 0.0, None, False, (), datetime.min)
+_NO_ALARM = StoredForecast("", None, 0.0, None, False, (), datetime.min, None)
 
 
 @task(name="publish-forecast", cache_policy=NO_CACHE)
@@ -85,7 +89,7 @@ def publish_forecast(
         key="gpu-failure-risk",
         table=forecast_rows(forecasts) or [{"node": "-", "gpu": "-", "risk (horizon)": "-", "alarm": "",
                                             "lead time": "-", "evidence": "no telemetry history yet"}],
-        description=f"Riskiest GPUs: probability of failure within {horizon_days:g} days",
+        description=f"Riskiest GPUs: probability of failure {within(horizon_days)}",
     )
     create_markdown_artifact(
         key="gpu-failure-forecast",

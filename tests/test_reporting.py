@@ -12,6 +12,7 @@ from gpumedic.reporting import (
     sparkline,
     sweep_document,
     table_rows,
+    within,
 )
 
 NOW = datetime(2026, 11, 20, tzinfo=UTC)
@@ -30,14 +31,23 @@ def test_sweep_document_lists_every_node_with_gpu_reasons_lifted_to_the_node() -
 def test_table_shows_only_nodes_needing_attention_with_their_forecast_risk() -> None:
     rows = table_rows([WELL, SICK], {("n2", 3): 0.42, ("n2", 1): 0.05, ("n1", 0): 0.9})
     assert [r["node"] for r in rows] == ["n2"]
-    assert rows[0]["forecast risk (7 d)"] == "42% (GPU 3)"
+    assert rows[0]["forecast risk"] == "42% (GPU 3)"
 
 
 def test_markdown_report_names_the_riskiest_gpus_and_the_actions() -> None:
-    text = markdown_report("s1", NOW, [WELL, SICK], 1.5, {("n2", 3): 0.42})
+    text = markdown_report("s1", NOW, [WELL, SICK], 1.5, {("n2", 3): 0.42}, 3.0)
+    assert "Highest forecast risk of failure within 3 days" in text
+    assert "- forecast risk of failure within 3 days: 42% (GPU 3)" in text
     assert "n2 GPU 3: 42%" in text
     assert "recommended action **reset_gpu**" in text
     assert "| healthy | 1 |" in text
+
+
+def test_a_risk_is_stated_over_its_own_horizon_and_never_a_guessed_one() -> None:
+    assert within(7.0) == "within 7 days"
+    assert within(1.0) == "within 1 day"
+    assert within(2.5) == "within 2.5 days"
+    assert "not recorded" in within(None)
 
 
 def test_sparkline_scales_to_the_largest_value() -> None:

@@ -9,9 +9,12 @@ Tables:
   (`HistoryThinning`) without reading the samples back;
 - `incidents`: the GPUs (or nodes) remediation took out of service, for the forecaster's
   "prior incidents" (the strongest predictor in every field study);
-- `sweeps`: one row per sweep with its summary.
+- `sweeps`: one row per sweep with its summary;
+- `forecasts`: the latest risk per GPU, with the horizon it is a probability over.
 
-`prune(before)` deletes history older than the retention (the nightly sweep calls it).
+A store written by an older gpumedic gains the columns added since (all nullable) when it is
+opened: nothing is lost by an upgrade. `prune(before)` deletes history older than the retention
+(the nightly sweep calls it).
 """
 
 from __future__ import annotations
@@ -35,10 +38,13 @@ from sqlalchemy import (
     delete,
     event,
     func,
+    inspect,
     select,
+    text,
     tuple_,
 )
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import DBAPIError
 
 from gpumedic.adapters.telemetry_codec import telemetry_from_json, telemetry_to_json
 from gpumedic.domain.forecast.frame import FIELD_INDEX, Failure, HistoryFrame
@@ -103,6 +109,8 @@ forecasts = Table(
     Column("alarm", Integer, nullable=False),
     Column("factors", Text, nullable=False),
     Column("computed_at", Float, nullable=False),
+    # Null in rows written before the horizon was recorded.
+    Column("horizon_days", Float, nullable=True),
 )
 
 # One row per GPU a remediation incident opened for (gpu -1: the node as a whole).
@@ -141,6 +149,37 @@ def _batches(items: Iterable[T], size: int = IN_LIST_LIMIT) -> Iterator[list[T]]
         yield batch[i : i + size]
 
 
+def add_missing_columns(engine: Engine) -> list[str]:
+    """Add the columns this version's tables have and the database's lack; returns them as `table.column`.
+
+    `create_all` creates missing tables but never alters existing ones, so a store written by an
+    older gpumedic would fail on its first read of a new column. Only nullable columns are ever
+    added (old rows read as null); anything else is a schema change this cannot make safely.
+    """
+    added: list[str] = []
+    existing = inspect(engine)
+    quote = engine.dialect.identifier_preparer.quote
+    for table in metadata.sorted_tables:
+        have = {c["name"] for c in existing.get_columns(table.name)}
+        for column in table.columns:
+            if column.name in have:
+                continue
+            if not column.nullable:
+                raise RuntimeError(f"store {engine.url!r}: table {table.name} lacks the non-null column "
+                                   f"{column.name}; it cannot be added to existing rows")
+            ddl = (f"ALTER TABLE {quote(table.name)} ADD COLUMN {quote(column.name)} "
+                   f"{column.type.compile(dialect=engine.dialect)}")
+            try:
+                with engine.begin() as conn:
+                    conn.execute(text(ddl))
+            except DBAPIError:
+                # Another process opening the same store may have added it first.
+                if column.name not in {c["name"] for c in inspect(engine).get_columns(table.name)}:
+                    raise
+            added.append(f"{table.name}.{column.name}")
+    return added
+
+
 def _epoch(t: datetime) -> float:
     return (t if t.tzinfo else t.replace(tzinfo=UTC)).timestamp()
 
@@ -160,6 +199,7 @@ class TelemetryStore:
                 cursor.close()
 
         metadata.create_all(self.engine)
+        add_missing_columns(self.engine)
 
     def record(self, telemetry: Iterable[NodeTelemetry], *, evidence: Iterable[NodeTelemetry] | None = None) -> int:
         """Append history from `evidence` (default: `telemetry`); snapshot the raw `telemetry`.
@@ -353,7 +393,8 @@ class TelemetryStore:
     def record_forecasts(self, rows: Iterable[StoredForecast]) -> int:
         values = [
             {"node": r.node, "gpu": -1 if r.gpu is None else r.gpu, "risk": r.risk, "lead_time_h": r.lead_time_h,
-             "alarm": int(r.alarm), "factors": json.dumps(list(r.factors)), "computed_at": _epoch(r.computed_at)}
+             "alarm": int(r.alarm), "factors": json.dumps(list(r.factors)), "computed_at": _epoch(r.computed_at),
+             "horizon_days": r.horizon_days}
             for r in rows
         ]
         with self.engine.begin() as conn:
@@ -371,7 +412,7 @@ class TelemetryStore:
                     out[(row.node, gpu)] = StoredForecast(
                         node=row.node, gpu=gpu, risk=row.risk, lead_time_h=row.lead_time_h, alarm=bool(row.alarm),
                         factors=tuple(json.loads(row.factors)),
-                        computed_at=datetime.fromtimestamp(row.computed_at, UTC),
+                        computed_at=datetime.fromtimestamp(row.computed_at, UTC), horizon_days=row.horizon_days,
                     )
         return out
 
@@ -385,3 +426,10 @@ class StoredForecast:
     alarm: bool
     factors: tuple[str, ...]
     computed_at: datetime
+    horizon_days: float | None  # what `risk` is a probability over; None: recorded by an older gpumedic
+
+
+def shared_horizon(rows: Iterable[StoredForecast]) -> float | None:
+    """The horizon of the latest forecast run among `rows` (each run replaces every row, so they share one)."""
+    newest = max(rows, key=lambda r: r.computed_at, default=None)
+    return None if newest is None else newest.horizon_days

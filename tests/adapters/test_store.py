@@ -1,12 +1,13 @@
 from __future__ import annotations
 
 import itertools
+import sqlite3
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
-from gpumedic.adapters.store import TelemetryStore
+from gpumedic.adapters.store import StoredForecast, TelemetryStore, add_missing_columns, shared_horizon
 from gpumedic.domain.forecast import HistoryFrame, forecast_fleet
 from gpumedic.domain.history import HistoryThinning
 from gpumedic.domain.telemetry import GpuTelemetry, NodeTelemetry, RowRemapBanks, XidEvent
@@ -144,3 +145,46 @@ def test_a_resumed_run_records_an_incident_only_if_it_was_never_recorded(tmp_pat
     assert [f.gpu for f in store.prior_incidents(T0)] == [2]
     assert store.record_incident("inc-2", "n1", {5: "hbm"}, T0, overwrite=False)
     assert sorted(f.gpu or -1 for f in store.prior_incidents(T0)) == [2, 5]
+
+
+def test_forecasts_keep_the_horizon_their_risk_is_over(tmp_path: Path) -> None:
+    store = TelemetryStore(f"sqlite:///{tmp_path / 't.db'}")
+    rows = [StoredForecast("n1", 0, 0.4, 30.0, True, ("a burst",), T0, 14.0),
+            StoredForecast("n1", None, 0.1, None, False, (), T0, 14.0)]
+    store.record_forecasts(rows)
+    latest = store.latest_forecasts(["n1"])
+    assert latest == {("n1", 0): rows[0], ("n1", None): rows[1]}
+    assert shared_horizon(latest.values()) == 14.0
+    assert shared_horizon([]) is None
+
+
+# The forecasts table as gpumedic created it before it recorded the horizon (SQLAlchemy's DDL, SQLite).
+OLD_FORECASTS_DDL = (
+    "CREATE TABLE forecasts (node VARCHAR(253) NOT NULL, gpu INTEGER NOT NULL, risk FLOAT NOT NULL, "
+    "lead_time_h FLOAT, alarm INTEGER NOT NULL, factors TEXT NOT NULL, computed_at FLOAT NOT NULL, "
+    "PRIMARY KEY (node, gpu))"
+)
+
+
+def test_a_store_from_before_the_horizon_gains_it_and_keeps_its_rows(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    with sqlite3.connect(path) as db:
+        db.execute(OLD_FORECASTS_DDL)
+        db.execute("INSERT INTO forecasts VALUES ('n1', 0, 0.6, 20.0, 1, '[\"a burst\"]', ?)", (T0.timestamp(),))
+    store = TelemetryStore(f"sqlite:///{path}")
+    old = store.latest_forecasts(["n1"])[("n1", 0)]
+    assert (old.risk, old.alarm, old.factors, old.horizon_days) == (0.6, True, ("a burst",), None)
+    assert shared_horizon([old]) is None
+
+    TelemetryStore(f"sqlite:///{path}")  # opening it again changes nothing and does not fail
+    assert add_missing_columns(store.engine) == []
+    store.record_forecasts([StoredForecast("n1", 0, 0.3, None, False, (), T0, 7.0)])
+    assert store.latest_forecasts(["n1"])[("n1", 0)].horizon_days == 7.0
+
+
+def test_a_missing_column_that_old_rows_cannot_fill_is_refused_by_name(tmp_path: Path) -> None:
+    path = tmp_path / "odd.db"
+    with sqlite3.connect(path) as db:
+        db.execute("CREATE TABLE sweeps (sweep_id VARCHAR(64) PRIMARY KEY, started FLOAT NOT NULL)")
+    with pytest.raises(RuntimeError, match="sweeps lacks the non-null column summary"):
+        TelemetryStore(f"sqlite:///{path}")

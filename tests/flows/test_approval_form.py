@@ -22,14 +22,22 @@ def _record():  # type: ignore[no-untyped-def]
 def test_the_form_shows_evidence_and_the_forecast_risk_of_the_nodes_gpus() -> None:
     step = RequestApproval(key="approval:replace", kind=ApprovalKind.REPLACE,
                            evidence=("GPU 2: row remapping failed",), timeout=timedelta(hours=24))
-    forecast = [StoredForecast("n7", 2, 0.83, 40.0, True, ("4 rows remapped within 7 days",), NOW),
-                StoredForecast("n7", 0, 0.02, None, False, (), NOW)]
+    forecast = [StoredForecast("n7", 2, 0.83, 40.0, True, ("4 rows remapped within 7 days",), NOW, 14.0),
+                StoredForecast("n7", 0, 0.02, None, False, (), NOW, 14.0)]
     text = evidence_markdown(_record(), step, forecast)
+    assert "## Failure forecast (risk of failure within 14 days)" in text
     assert "replace its GPU hardware" in text
     assert "GPU 2: row remapping failed" in text
     assert "- GPU 2: 83% (4 rows remapped within 7 days)" in text
     assert "- GPU 0: 2%" in text
     assert "Resume this run with **approve**" in text
+
+
+def test_the_form_does_not_guess_the_horizon_of_a_forecast_stored_without_one() -> None:
+    step = RequestApproval(key="approval:replace", kind=ApprovalKind.REPLACE, evidence=(), timeout=timedelta(hours=1))
+    text = evidence_markdown(_record(), step, [StoredForecast("n7", 2, 0.83, 40.0, True, (), NOW, None)])
+    assert "within the forecast's horizon (not recorded" in text
+    assert "7 days" not in text
 
 
 def test_the_form_says_when_there_is_no_forecast_yet() -> None:

@@ -25,6 +25,23 @@ def test_every_entrypoint_is_a_flow_that_takes_the_declared_parameters() -> None
         assert declared <= accepted, (deployment["name"], declared - accepted)
 
 
+def test_the_run_form_explains_every_parameter_of_every_flow() -> None:
+    from prefect.utilities.callables import parameter_schema
+
+    from flows.remediation import request_replacement_approval
+
+    flows = [request_replacement_approval]
+    for deployment in _deployments():
+        module, _, name = deployment["entrypoint"].partition(":")
+        flows.append(getattr(importlib.import_module(module.removesuffix(".py").replace("/", ".")), name))
+    for flow in flows:
+        assert flow.description and "Args:" not in flow.description, flow.name
+        schema = parameter_schema(flow.fn)
+        assert set(schema.properties) == set(inspect.signature(flow.fn).parameters)
+        undescribed = [p for p, field in schema.properties.items() if not field.get("description")]
+        assert not undescribed, (flow.name, undescribed)
+
+
 def test_nightly_full_sweep_at_two_with_a_timezone_and_a_quarter_hourly_quick_sweep() -> None:
     by_name = {d["name"]: d for d in _deployments()}
     nightly = by_name["nightly-full-sweep"]["schedules"][0]

@@ -65,3 +65,21 @@ def test_a_gpu_below_the_alarm_threshold_orders_nothing(tmp_path: Path, jira: Ji
     result = proactive_maintenance(node="n1", gpu=0, fleet_file=fleet, auto_approve=True)
     assert result["outcome"] == "no longer at risk"
     assert jira.issues() == []
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_the_order_states_the_risk_over_the_horizon_the_forecast_was_run_with(tmp_path: Path, jira: JiraEmulator
+                                                                               ) -> None:
+    from flows.forecast import failure_forecast
+    from flows.maintenance import proactive_maintenance
+
+    fleet = _fleet(tmp_path, jira)
+    week = {a["gpu"]: a["risk"] for a in failure_forecast(fleet_file=fleet, emit_events=False)["alarms"]}
+    fortnight = {a["gpu"]: a["risk"] for a in failure_forecast(fleet_file=fleet, horizon_days=14,
+                                                                 emit_events=False)["alarms"]}
+    assert fortnight[3] > week[3]  # a longer horizon is a larger probability: the text must say which
+    assert proactive_maintenance(node="n1", gpu=3, fleet_file=fleet, auto_approve=True)["outcome"] == "ticketed"
+    fields = jira.issues()[0]["fields"]
+    assert fields["summary"].endswith(f"{fortnight[3]:.0%} failure risk within 14 days")
+    assert f"**{fortnight[3]:.0%}** probability of failure within 14 days" in fields["description"]
+    assert "7 days" not in fields["summary"]
