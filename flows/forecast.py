@@ -27,7 +27,7 @@ PRIOR_INCIDENT_DAYS = 180
 def failure_forecast(
     fleet_file: str, horizon_days: float = 7.0, lookback_days: float = 30.0, emit_events: bool = True,
 ) -> dict[str, Any]:
-    """Returns `{computed_at, gpus, model, alarms: [{node, gpu, risk, factors}], requested}`.
+    """Returns `{computed_at, horizon_days, gpus, model, alarms: [{node, gpu, risk, factors}], requested}`.
 
     Args:
         fleet_file: Path of the fleet YAML file on the worker: its telemetry store and forecast model.
@@ -52,6 +52,7 @@ def failure_forecast(
                 len(history), len(incidents), sum(f.alarm for f in forecasts), len(new_alarms))
     return {
         "computed_at": now.isoformat(),
+        "horizon_days": horizon_days,
         "gpus": len(forecasts),
         "model": model.note,
         "alarms": [{"node": f.node, "gpu": f.gpu, "risk": f.risk, "factors": list(f.factors)}

@@ -16,7 +16,7 @@ from prefect.context import FlowRunContext
 from prefect.flow_runs import suspend_flow_run
 
 from flows.remediation import ReplacementDecision, approval_key, approval_wait_mode, request_replacement_approval
-from gpumedic.adapters.jira_tickets import Approval, TicketRequest, gpu_dedup_key
+from gpumedic.adapters.jira_tickets import FORECAST_ORDER_LABEL, Approval, TicketRequest, gpu_dedup_key
 from gpumedic.adapters.store import TelemetryStore
 from gpumedic.config import ConfigError, load_fleet_settings
 from gpumedic.reporting import within
@@ -94,7 +94,7 @@ def proactive_maintenance(
         dedup_key=dedup, incident_id=incident, project=fleet.jira.project, issue_type=fleet.jira.forecast_issue_type,
         summary=f"Order replacement GPU for {node}" + ("" if gpu is None else f" GPU {gpu} ({uuid or serial})")
         + f": {forecast.risk:.0%} failure risk {within(forecast.horizon_days)}",
-        description=description, node=node, labels=("gpumedic-forecast",), gpu_index=gpu, gpu_uuid=uuid,
+        description=description, node=node, labels=(FORECAST_ORDER_LABEL,), gpu_index=gpu, gpu_uuid=uuid,
         gpu_serial=serial, approval=Approval(decision["approver"], decision["reason"], decision["rma"]),
     )
     key = file_order_ticket(fleet_file, request)

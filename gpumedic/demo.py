@@ -24,6 +24,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from importlib import resources
 from pathlib import Path
 from typing import Any, cast
@@ -323,7 +324,8 @@ def run_demo(*, auto_approve: bool, json_out: Path | None, fleet_file: Path | No
         fleet.start(exporter=spec.exporter)
         cluster = start_demo_cluster(fleet, spec, home)
         _print_cluster(cluster)
-        _step("serving the deployments (nightly full sweep, 15-minute quick sweep, remediation)")
+        _step("serving the deployments (nightly full sweep, 15-minute quick sweep, remediation, daily forecast, "
+              "proactive maintenance)")
         serve_log = open(home / "serve.log", "ab")  # noqa: SIM115 - owned by the serve process
         env = {**os.environ, **cluster.serve_env(auto_approve=auto_approve),
                "PREFECT_RUNNER_POLL_FREQUENCY": "2"}  # pick triggered runs up within 2 s, not 10
@@ -333,21 +335,28 @@ def run_demo(*, auto_approve: bool, json_out: Path | None, fleet_file: Path | No
         )
         _wait_for_deployment(SWEEP_DEPLOYMENT)
         _wait_for_deployment(REMEDIATION_DEPLOYMENT)
+        from gpumedic.demo_forecast import forecast_demo_fleet, prepare_history, refresh_orders
+
+        history = prepare_history(fleet, spec, datetime.now(UTC))
         _step("running a full sweep through the server")
         document = run_sweep_deployment()
         _print_summary(document)
+        forecast = forecast_demo_fleet(history, jira=cluster.jira, ui_url=server.ui_url, auto_approve=auto_approve)
 
         from gpumedic.demo_remediation import remediate_demo_fleet
 
         outcome = remediate_demo_fleet(document, fleet=fleet, cluster=cluster, ui_url=server.ui_url,
                                        auto_approve=auto_approve)
+        outcome["forecast"] = refresh_orders(forecast, jira=cluster.jira, ui_url=server.ui_url)
         outcome["elapsed_s"] = round(time.monotonic() - started, 1)
         if json_out:
             json_out.write_text(json.dumps(outcome, indent=2, default=str) + "\n")
             _step(f"wrote {json_out}")
         print(f"\nPrefect UI: {server.ui_url}")
-        print(f"  flow runs:  {server.ui_url}/runs   (the fleet-sweep run, then one remediate-node run per node)")
-        print(f"  artifacts:  {server.ui_url}/artifacts  (fleet-health-report, fleet-remediation, incident-*)")
+        print(f"  flow runs:  {server.ui_url}/runs   (the fleet-sweep run, the failure-forecast run and its "
+              "proactive-maintenance order, then one remediate-node run per node)")
+        print(f"  artifacts:  {server.ui_url}/artifacts  (fleet-health-report, gpu-failure-forecast, "
+              "gpu-failure-risk, fleet-remediation, incident-*)")
         print(f"  logs:       {home / 'serve.log'}")
         if keep_running:
             print("\nThe server, the deployments, the simulated fleet and cluster stay up. Press Ctrl-C to stop.")

@@ -28,6 +28,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
+from gpumedic.adapters.jira_tickets import FORECAST_ORDER_LABEL
 from gpumedic.domain.remediation import CorruptRecord, Decision, NodeRecord, RemediationState
 from gpumedic.domain.verdict import Action
 from gpumedic.sim import node_state
@@ -397,6 +398,8 @@ def _tickets(cluster: DemoCluster, records: Mapping[str, NodeRecord | None]) -> 
     for issue in cluster.jira.issues():
         fields = issue.get("fields") or {}
         labels = list(fields.get("labels") or [])
+        if FORECAST_ORDER_LABEL in labels:
+            continue  # an order the forecast raised, not a repair: the report's forecast part lists it
         node = owner.get(issue["key"]) or next(
             (lbl.removeprefix("gpumedic-node-") for lbl in labels if lbl.startswith("gpumedic-node-")), None)
         tickets.append({

@@ -76,6 +76,10 @@ class Approval:
     rma: str | None = None
 
 
+# The label on every ticket the failure forecast filed (an order, not a repair).
+FORECAST_ORDER_LABEL = "gpumedic-forecast"
+
+
 @dataclass(frozen=True, slots=True)
 class TicketRequest:
     """Everything needed to file one ticket; JSON round-trips through `to_json`/`from_json` (the outbox)."""

@@ -258,7 +258,7 @@ class _Fleet:
             rate = per_hour * mult[slot.node]
             t = 0.0
             start = 0.0
-            while True:
+            while rate > 0:  # a rate of 0: a fleet without failures (the demo's background)
                 t += rng.exponential(1 / rate)
                 if t >= span:
                     break

@@ -15,7 +15,11 @@ writes. Expected outcomes for the packaged example fleet, and why:
 - gpu-node-06 (97 C, `inspect`): no automated repair; quarantined and drained, then a human
   approves the inspection and one ticket is filed. (`ledger-0`, whose PodDisruptionBudget allows
   no disruption, runs on a healthy node and is never touched.)
-- gpu-node-04 (`restart_app`) and gpu-node-09/10 (`unknown`) open no incident; 00-02 are healthy.
+- gpu-node-04 (`restart_app`) and gpu-node-09/10 (`unknown`) open no incident; 01-02 are healthy.
+- gpu-node-00 GPU 4 has been running out of spare rows for nine days (the demo writes a month of
+  history before the sweep): the sweep says `monitor` (a bank low on spares), the daily forecast
+  alarms on it and on nothing else, and its proactive-maintenance run files one "Order
+  Replacement" ticket; the node is never taken out of service.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ import pytest
 
 from tests.conftest import REPO, require_sshd
 
+FORESEEN = ("gpu-node-00", 4)
 READMITTED = ("gpu-node-07", "gpu-node-08", "gpu-node-11")
 REPLACED = ("gpu-node-03", "gpu-node-05")
 INSPECTED = "gpu-node-06"
@@ -152,8 +157,23 @@ def test_the_disruption_budget_was_never_exceeded(demo: dict[str, Any]) -> None:
     assert all(point["out"] <= budget["limit"] for point in budget["timeline"]), budget["timeline"]
 
 
+def test_the_forecast_foresees_the_degrading_gpu_and_orders_its_replacement_once(demo: dict[str, Any]) -> None:
+    forecast = demo["forecast"]
+    assert (forecast["degrading"]["node"], forecast["degrading"]["gpu"]) == FORESEEN
+    assert forecast["run"]["gpus"] == 96
+    assert [(a["node"], a["gpu"]) for a in forecast["run"]["alarms"]] == [FORESEEN], forecast["run"]
+    (order,) = forecast["orders"]
+    assert (order["node"], order["gpu"]) == FORESEEN
+    assert (order["state"], order["outcome"], order["issue_type"]) == ("Completed", "ticketed", "Order Replacement"), \
+        order
+    assert order["ticket"] not in {t["key"] for t in demo["tickets"]}  # an order, not a repair ticket
+    node = demo["nodes"][FORESEEN[0]]
+    assert node["action"] == "monitor" and node["in_service"] and node["flow_runs"] == [], _why(demo, FORESEEN[0])
+
+
 def test_the_demo_prints_its_progress_and_stays_reasonably_fast(demo: dict[str, Any]) -> None:
     stdout = demo["_stdout"]
-    for text in ("gpumedic.node.unhealthy", "remediation outcome:", "disruption budget", "circuit breaker"):
+    for text in ("gpumedic.node.unhealthy", "remediation outcome:", "disruption budget", "circuit breaker",
+                 "running the daily failure forecast", "gpumedic.gpu.failure_predicted", "Order Replacement ticket"):
         assert text in stdout
     assert demo["_wall_s"] < DEMO_TIMEOUT_S
