@@ -1,4 +1,4 @@
-"""Shared fixtures: simulated fleets over real sshd, and the Prefect test harness."""
+"""Shared fixtures: simulated fleets over real sshd, a real PostgreSQL server, and the Prefect test harness."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from gpumedic.sim.fleet import FleetSimulation, SimulatedFleet
+from tests.postgres import PostgresMissing, PostgresServer
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE_FLEET = REPO / "examples" / "simulated-fleet.yaml"
@@ -33,6 +34,27 @@ EXPECTED_EXAMPLE = {
 def require_sshd() -> None:
     if not (shutil.which("sshd") or Path("/usr/sbin/sshd").exists()):
         pytest.fail("sshd is required (apt-get install openssh-server; ./dev test installs it)")
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    try:
+        server = PostgresServer()
+    except PostgresMissing as err:
+        pytest.fail(str(err))
+    try:
+        yield server.start()
+    finally:
+        server.stop()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """The telemetry store's database: a SQLite file (the default), and a fresh PostgreSQL database."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'telemetry.db'}"
+    server: PostgresServer = request.getfixturevalue("postgres")
+    return server.new_database()
 
 
 def example_spec() -> FleetSimulation:

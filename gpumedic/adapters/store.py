@@ -149,6 +149,21 @@ def _batches(items: Iterable[T], size: int = IN_LIST_LIMIT) -> Iterator[list[T]]
         yield batch[i : i + size]
 
 
+def store_engine(url: str) -> Engine:
+    """The engine of the store's database, shared by the telemetry tables and the ticket outbox."""
+    engine = create_engine(url, future=True)
+    if url.startswith("sqlite"):
+        # Concurrent sweeps, forecasts and remediations share the file: WAL lets readers and a writer coexist.
+        @event.listens_for(engine, "connect")
+        def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+            cursor = dbapi_connection.cursor()
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA busy_timeout=30000")
+            cursor.close()
+
+    return engine
+
+
 def add_missing_columns(engine: Engine) -> list[str]:
     """Add the columns this version's tables have and the database's lack; returns them as `table.column`.
 
@@ -188,16 +203,7 @@ class TelemetryStore:
     def __init__(self, url: str | None = None, *, thinning: HistoryThinning = HistoryThinning()) -> None:
         self.url = url or default_store_url()
         self.thinning = thinning
-        self.engine: Engine = create_engine(self.url, future=True)
-        if self.url.startswith("sqlite"):
-            # Concurrent sweeps and forecasts share the file: WAL lets readers and a writer coexist.
-            @event.listens_for(self.engine, "connect")
-            def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
-                cursor = dbapi_connection.cursor()
-                cursor.execute("PRAGMA journal_mode=WAL")
-                cursor.execute("PRAGMA busy_timeout=30000")
-                cursor.close()
-
+        self.engine: Engine = store_engine(self.url)
         metadata.create_all(self.engine)
         add_missing_columns(self.engine)
 

@@ -36,8 +36,6 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
-    create_engine,
-    event,
     or_,
     select,
     update,
@@ -133,20 +131,9 @@ class TicketOutbox:
         clock: Callable[[], float] = time.time,
     ) -> None:
         if engine is None:
-            if url is None:
-                from gpumedic.adapters.store import default_store_url
+            from gpumedic.adapters.store import default_store_url, store_engine
 
-                url = default_store_url()
-            engine = create_engine(url, future=True)
-            if url.startswith("sqlite"):
-                # Shared with the telemetry store and other flows: same pragmas as the store.
-                @event.listens_for(engine, "connect")
-                def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
-                    cursor = dbapi_connection.cursor()
-                    cursor.execute("PRAGMA journal_mode=WAL")
-                    cursor.execute("PRAGMA busy_timeout=30000")
-                    cursor.close()
-
+            engine = store_engine(url or default_store_url())
         self.engine = engine
         self.lease_s = lease_s
         self.clock = clock

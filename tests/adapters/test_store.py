@@ -1,11 +1,11 @@
 from __future__ import annotations
 
 import itertools
-import sqlite3
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from sqlalchemy import create_engine, text
 
 from gpumedic.adapters.store import StoredForecast, TelemetryStore, add_missing_columns, shared_horizon
 from gpumedic.domain.forecast import HistoryFrame, forecast_fleet
@@ -23,24 +23,24 @@ def _telemetry(at: datetime, *, sbe: int, errors: tuple[str, ...] = ()) -> NodeT
                          collection_errors=errors)
 
 
-def test_snapshot_round_trips_and_failed_collections_do_not_replace_it(tmp_path: Path) -> None:
-    store = TelemetryStore(f"sqlite:///{tmp_path / 't.db'}")
+def test_snapshot_round_trips_and_failed_collections_do_not_replace_it(db_url: str) -> None:
+    store = TelemetryStore(db_url)
     good = _telemetry(T0, sbe=5)
     store.record([good])
     store.record([_telemetry(T0 + timedelta(hours=1), sbe=9, errors=("unreachable",))])
     assert store.last_snapshots(["n1"]) == {"n1": good}
 
 
-def test_prior_xids_are_keyed_by_pci_bus_id_within_the_window(tmp_path: Path) -> None:
-    store = TelemetryStore(f"sqlite:///{tmp_path / 't.db'}")
+def test_prior_xids_are_keyed_by_pci_bus_id_within_the_window(db_url: str) -> None:
+    store = TelemetryStore(db_url)
     store.record([_telemetry(T0, sbe=1)])
     assert store.prior_xids(["n1"], T0 + timedelta(hours=1), timedelta(days=1)) == {"n1": {"0000:3b:00.0": {79}}}
     assert store.prior_xids(["n1"], T0, timedelta(days=1)) == {}  # not *before* the sweep that saw it
     assert store.prior_xids(["n1"], T0 + timedelta(days=3), timedelta(days=1)) == {}
 
 
-def test_samples_are_the_history_rows_the_forecaster_reads(tmp_path: Path) -> None:
-    store = TelemetryStore(f"sqlite:///{tmp_path / 't.db'}")
+def test_samples_are_the_history_rows_the_forecaster_reads(db_url: str) -> None:
+    store = TelemetryStore(db_url)
     store.record([_telemetry(T0, sbe=3)])
     rows = {(s.field, s.value) for s in store.iter_samples()}
     assert ("ecc_sbe_aggregate", 3.0) in rows and ("xid", 79.0) in rows
@@ -56,8 +56,8 @@ def _rows(store: TelemetryStore, field: str) -> list[tuple[datetime, float]]:
     return [(s.time, s.value) for s in store.iter_samples() if s.field == field]
 
 
-def test_quick_sweeps_keep_changes_hourly_gauges_and_a_daily_heartbeat(tmp_path: Path) -> None:
-    store = TelemetryStore(f"sqlite:///{tmp_path / 't.db'}")
+def test_quick_sweeps_keep_changes_hourly_gauges_and_a_daily_heartbeat(db_url: str) -> None:
+    store = TelemetryStore(db_url)
     sbe = [0] * 8 + [5] * 8 + [2] * 104  # rises, then the driver reloads (a drop), then steady for 26 h
     for i, value in enumerate(sbe):
         store.record([_gpu_reading(T0 + timedelta(minutes=15 * i, seconds=i % 7), sbe=value, temp=60 + i % 3)])
@@ -92,8 +92,8 @@ def test_thinned_history_gives_the_forecaster_the_same_risk(tmp_path: Path) -> N
         assert risk_thin[key] == pytest.approx(risk, rel=1e-6)
 
 
-def test_prune_deletes_old_history_but_remembers_the_last_reading(tmp_path: Path) -> None:
-    store = TelemetryStore(f"sqlite:///{tmp_path / 't.db'}")
+def test_prune_deletes_old_history_but_remembers_the_last_reading(db_url: str) -> None:
+    store = TelemetryStore(db_url)
     store.record([_telemetry(T0, sbe=3)])
     store.record([_gpu_reading(T0 + timedelta(days=200), sbe=1, temp=60)])
     deleted = store.prune(before=T0 + timedelta(days=100))
@@ -105,8 +105,8 @@ def test_prune_deletes_old_history_but_remembers_the_last_reading(tmp_path: Path
     assert store.count_samples() == before  # unchanged, and the gauge was read 15 minutes ago
 
 
-def test_incidents_are_remembered_once_per_incident_with_each_gpus_kind(tmp_path: Path) -> None:
-    store = TelemetryStore(f"sqlite:///{tmp_path / 't.db'}")
+def test_incidents_are_remembered_once_per_incident_with_each_gpus_kind(db_url: str) -> None:
+    store = TelemetryStore(db_url)
     store.record_incident("inc-1", "n1", {3: "hbm", 1: "remediation:reset_gpu"}, T0)
     store.record_incident("inc-1", "n1", {3: "hbm", 1: "nvlink"}, T0)  # a resumed run: the same rows, restated
     store.record_incident("inc-2", "n2", {None: "fallen_off_bus"}, T0 + timedelta(days=2))  # the node as a whole
@@ -121,8 +121,8 @@ def test_incidents_are_remembered_once_per_incident_with_each_gpus_kind(tmp_path
         store.record_incident("inc-3", "n3", {}, T0)
 
 
-def test_history_frame_is_the_same_history_as_the_samples_and_samples_of_picks_gpus(tmp_path: Path) -> None:
-    store = TelemetryStore(f"sqlite:///{tmp_path / 't.db'}")
+def test_history_frame_is_the_same_history_as_the_samples_and_samples_of_picks_gpus(db_url: str) -> None:
+    store = TelemetryStore(db_url)
     for i in range(8):
         store.record([_gpu_reading(T0 + timedelta(hours=i), sbe=i // 2, temp=60 + i, node=n) for n in ("n1", "n2")])
     store.record([_telemetry(T0 + timedelta(hours=9), sbe=3)])  # an Xid row too
@@ -138,8 +138,8 @@ def test_history_frame_is_the_same_history_as_the_samples_and_samples_of_picks_g
     assert all(s.time >= since for s in picked)
 
 
-def test_a_resumed_run_records_an_incident_only_if_it_was_never_recorded(tmp_path: Path) -> None:
-    store = TelemetryStore(f"sqlite:///{tmp_path / 't.db'}")
+def test_a_resumed_run_records_an_incident_only_if_it_was_never_recorded(db_url: str) -> None:
+    store = TelemetryStore(db_url)
     assert store.record_incident("inc-1", "n1", {2: "hbm"}, T0)
     assert not store.record_incident("inc-1", "n1", {5: "hbm"}, T0, overwrite=False)
     assert [f.gpu for f in store.prior_incidents(T0)] == [2]
@@ -147,8 +147,8 @@ def test_a_resumed_run_records_an_incident_only_if_it_was_never_recorded(tmp_pat
     assert sorted(f.gpu or -1 for f in store.prior_incidents(T0)) == [2, 5]
 
 
-def test_forecasts_keep_the_horizon_their_risk_is_over(tmp_path: Path) -> None:
-    store = TelemetryStore(f"sqlite:///{tmp_path / 't.db'}")
+def test_forecasts_keep_the_horizon_their_risk_is_over(db_url: str) -> None:
+    store = TelemetryStore(db_url)
     rows = [StoredForecast("n1", 0, 0.4, 30.0, True, ("a burst",), T0, 14.0),
             StoredForecast("n1", None, 0.1, None, False, (), T0, 14.0)]
     store.record_forecasts(rows)
@@ -158,7 +158,7 @@ def test_forecasts_keep_the_horizon_their_risk_is_over(tmp_path: Path) -> None:
     assert shared_horizon([]) is None
 
 
-# The forecasts table as gpumedic created it before it recorded the horizon (SQLAlchemy's DDL, SQLite).
+# The forecasts table as gpumedic created it before it recorded the horizon (SQLAlchemy's DDL).
 OLD_FORECASTS_DDL = (
     "CREATE TABLE forecasts (node VARCHAR(253) NOT NULL, gpu INTEGER NOT NULL, risk FLOAT NOT NULL, "
     "lead_time_h FLOAT, alarm INTEGER NOT NULL, factors TEXT NOT NULL, computed_at FLOAT NOT NULL, "
@@ -166,25 +166,31 @@ OLD_FORECASTS_DDL = (
 )
 
 
-def test_a_store_from_before_the_horizon_gains_it_and_keeps_its_rows(tmp_path: Path) -> None:
-    path = tmp_path / "old.db"
-    with sqlite3.connect(path) as db:
-        db.execute(OLD_FORECASTS_DDL)
-        db.execute("INSERT INTO forecasts VALUES ('n1', 0, 0.6, 20.0, 1, '[\"a burst\"]', ?)", (T0.timestamp(),))
-    store = TelemetryStore(f"sqlite:///{path}")
+def _execute(url: str, *statements: str, **params: object) -> None:
+    engine = create_engine(url)
+    try:
+        with engine.begin() as conn:
+            for statement in statements:
+                conn.execute(text(statement), params)
+    finally:
+        engine.dispose()
+
+
+def test_a_store_from_before_the_horizon_gains_it_and_keeps_its_rows(db_url: str) -> None:
+    _execute(db_url, OLD_FORECASTS_DDL,
+             "INSERT INTO forecasts VALUES ('n1', 0, 0.6, 20.0, 1, '[\"a burst\"]', :t)", t=T0.timestamp())
+    store = TelemetryStore(db_url)
     old = store.latest_forecasts(["n1"])[("n1", 0)]
     assert (old.risk, old.alarm, old.factors, old.horizon_days) == (0.6, True, ("a burst",), None)
     assert shared_horizon([old]) is None
 
-    TelemetryStore(f"sqlite:///{path}")  # opening it again changes nothing and does not fail
+    TelemetryStore(db_url)  # opening it again changes nothing and does not fail
     assert add_missing_columns(store.engine) == []
     store.record_forecasts([StoredForecast("n1", 0, 0.3, None, False, (), T0, 7.0)])
     assert store.latest_forecasts(["n1"])[("n1", 0)].horizon_days == 7.0
 
 
-def test_a_missing_column_that_old_rows_cannot_fill_is_refused_by_name(tmp_path: Path) -> None:
-    path = tmp_path / "odd.db"
-    with sqlite3.connect(path) as db:
-        db.execute("CREATE TABLE sweeps (sweep_id VARCHAR(64) PRIMARY KEY, started FLOAT NOT NULL)")
+def test_a_missing_column_that_old_rows_cannot_fill_is_refused_by_name(db_url: str) -> None:
+    _execute(db_url, "CREATE TABLE sweeps (sweep_id VARCHAR(64) PRIMARY KEY, started FLOAT NOT NULL)")
     with pytest.raises(RuntimeError, match="sweeps lacks the non-null column summary"):
-        TelemetryStore(f"sqlite:///{path}")
+        TelemetryStore(db_url)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import replace
-from pathlib import Path
 
 import pytest
 
@@ -72,11 +71,6 @@ def tickets(jira: JiraEmulator) -> Iterator[JiraTickets]:
     settings = JiraSettings(server=jira.url, user=jira.username, api_token=jira.password, timeout_s=5)
     with JiraTickets(settings) as t:
         yield t
-
-
-@pytest.fixture
-def db_url(tmp_path: Path) -> str:
-    return f"sqlite:///{tmp_path / 'telemetry.db'}"
 
 
 @pytest.fixture

@@ -32,12 +32,12 @@ def _degrading_history(now: datetime) -> list[Sample]:
 
 
 @pytest.mark.usefixtures("prefect_harness")
-def test_forecast_alarms_once_on_the_degrading_gpu_and_reports_its_evidence(tmp_path: Path) -> None:
+def test_forecast_alarms_once_on_the_degrading_gpu_and_reports_its_evidence(tmp_path: Path, db_url: str) -> None:
     from prefect.artifacts import Artifact
 
     from flows.forecast import failure_forecast
 
-    url = f"sqlite:///{tmp_path / 'store.db'}"
+    url = db_url  # SQLite and PostgreSQL
     TelemetryStore(url).append_samples(_degrading_history(datetime.now(UTC)))
     fleet = tmp_path / "fleet.yaml"
     fleet.write_text(f"fleet:\n  source: exporter\n  nodes: [{{name: n1}}]\n  store_url: {url}\n")
