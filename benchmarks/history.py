@@ -1,13 +1,14 @@
 """History growth: rows, bytes and write time per node-day, every reading kept vs thinned.
 
-    python benchmarks/history.py [--nodes 100] [--hours 24] [--every-minutes 15]
+    python benchmarks/history.py [--nodes 100] [--hours 24] [--every-minutes 15] [--database sqlite|postgresql]
 
 Each node has 8 GPUs reporting what the SSH collector reports (ECC volatile/aggregate
 counters, remapped rows and their flags, retired pages, temperature, power, NVLink CRC,
 PCIe replays); a few GPUs see correctable errors now and then, temperatures and power
 wander, one node in ten reloads its driver during the day. Quick sweeps write into a
 SQLite `TelemetryStore` twice: once keeping every reading, once with the shipped
-`HistoryThinning`. Prints rows, database size and write time for both, per node-day,
+`HistoryThinning` (`--database postgresql`: two databases of a throwaway PostgreSQL server on
+127.0.0.1, the tests' own, started for the run). Prints rows, database size and write time for both, per node-day,
 and their ratios; then what a 1,000-node fleet would add per day. Last, it reads the
 unthinned history back for the forecaster both ways: every row as a `Sample` then a
 `HistoryFrame` (the old path), and straight into columns (`TelemetryStore.history_frame`),
@@ -17,14 +18,17 @@ with time and peak Python memory (tracemalloc).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import tempfile
 import time
 import tracemalloc
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
+from sqlalchemy import create_engine, text
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -78,16 +82,44 @@ def fleet_sweeps(nodes: int, hours: int, every_minutes: int, seed: int = 1) -> l
     return out
 
 
-def measure(sweeps: list[list[NodeTelemetry]], thinning: HistoryThinning, path: Path) -> tuple[int, int, float]:
-    store = TelemetryStore(f"sqlite:///{path}", thinning=thinning)
+def measure(sweeps: list[list[NodeTelemetry]], thinning: HistoryThinning, url: str) -> tuple[int, int, float]:
+    store = TelemetryStore(url, thinning=thinning)
     t0 = time.perf_counter()
     for sweep in sweeps:
         store.record(sweep)
     elapsed = time.perf_counter() - t0
     rows = store.count_samples()
-    store.engine.dispose()
-    size = sum(p.stat().st_size for p in path.parent.glob(path.name + "*"))
-    return rows, size, elapsed
+    store.engine.dispose()  # SQLite: the last connection's close checkpoints the write-ahead log into the file
+    return rows, _bytes(url), elapsed
+
+
+def _bytes(url: str) -> int:
+    engine = create_engine(url)
+    try:
+        if engine.dialect.name == "postgresql":
+            with engine.connect() as conn:
+                return int(conn.execute(text(
+                    "SELECT sum(pg_total_relation_size(c.oid)) FROM pg_class c JOIN pg_namespace n "
+                    "ON n.oid = c.relnamespace WHERE n.nspname = 'public' AND c.relkind = 'r'")).scalar() or 0)
+        path = Path(str(engine.url.database))
+        return sum(p.stat().st_size for p in path.parent.glob(path.name + "*"))
+    finally:
+        engine.dispose()
+
+
+@contextlib.contextmanager
+def databases(kind: str, tmp: str) -> Iterator[Callable[[str], str]]:
+    """A function naming a fresh database of `kind` per call."""
+    if kind == "sqlite":
+        yield lambda name: f"sqlite:///{Path(tmp) / name}.db"
+        return
+    from tests.postgres import PostgresServer
+
+    server = PostgresServer().start()
+    try:
+        yield lambda _name: server.new_database()
+    finally:
+        server.stop()
 
 
 def main() -> int:
@@ -95,15 +127,17 @@ def main() -> int:
     ap.add_argument("--nodes", type=int, default=100)
     ap.add_argument("--hours", type=int, default=24)
     ap.add_argument("--every-minutes", type=int, default=15)
+    ap.add_argument("--database", choices=("sqlite", "postgresql"), default="sqlite")
     args = ap.parse_args()
     sweeps = fleet_sweeps(args.nodes, args.hours, args.every_minutes)
     node_days = args.nodes * args.hours / 24
     print(f"{args.nodes} nodes x {GPUS} GPUs, a quick sweep every {args.every_minutes} min for {args.hours} h "
-          f"({len(sweeps)} sweeps), SQLite")
-    with tempfile.TemporaryDirectory() as tmp:
-        every = measure(sweeps, HistoryThinning(gauge_every=timedelta(0), heartbeat=timedelta(0)), Path(tmp) / "a.db")
-        thin = measure(sweeps, HistoryThinning(), Path(tmp) / "b.db")
-        store = TelemetryStore(f"sqlite:///{Path(tmp) / 'a.db'}")
+          f"({len(sweeps)} sweeps), {'SQLite' if args.database == 'sqlite' else 'PostgreSQL'}")
+    with tempfile.TemporaryDirectory() as tmp, databases(args.database, tmp) as database:
+        every_url, thin_url = database("a"), database("b")
+        every = measure(sweeps, HistoryThinning(gauge_every=timedelta(0), heartbeat=timedelta(0)), every_url)
+        thin = measure(sweeps, HistoryThinning(), thin_url)
+        store = TelemetryStore(every_url)
         reads = {
             "rows as Samples": lambda: HistoryFrame.from_samples(list(store.iter_samples(T0))),
             "columns": lambda: store.history_frame(T0),
