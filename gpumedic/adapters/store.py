@@ -20,6 +20,7 @@ opened: nothing is lost by an upgrade. `prune(before)` deletes history older tha
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -164,8 +165,26 @@ def store_engine(url: str) -> Engine:
     return engine
 
 
-def add_missing_columns(engine: Engine) -> list[str]:
-    """Add the columns this version's tables have and the database's lack; returns them as `table.column`.
+def prepare_schema(engine: Engine, tables: MetaData, *, attempts: int = 5) -> list[str]:
+    """Create the missing tables, add the missing columns; returns the columns added as `table.column`.
+
+    Sweeps, forecasts and remediations open the store from several processes at once. Creating a
+    table or adding a column is check-then-act, so two openers of a new (or older) store can both
+    find it missing and one of them fails; the next attempt finds it made and goes on.
+    """
+    for attempt in range(1, attempts + 1):
+        try:
+            tables.create_all(engine)
+            return add_missing_columns(engine, tables)
+        except DBAPIError:
+            if attempt == attempts:
+                raise
+            time.sleep(0.05 * attempt)
+    raise AssertionError("unreachable")
+
+
+def add_missing_columns(engine: Engine, tables: MetaData) -> list[str]:
+    """Add the columns `tables` have and the database's tables lack; returns them as `table.column`.
 
     `create_all` creates missing tables but never alters existing ones, so a store written by an
     older gpumedic would fail on its first read of a new column. Only nullable columns are ever
@@ -174,7 +193,7 @@ def add_missing_columns(engine: Engine) -> list[str]:
     added: list[str] = []
     existing = inspect(engine)
     quote = engine.dialect.identifier_preparer.quote
-    for table in metadata.sorted_tables:
+    for table in tables.sorted_tables:
         have = {c["name"] for c in existing.get_columns(table.name)}
         for column in table.columns:
             if column.name in have:
@@ -182,15 +201,9 @@ def add_missing_columns(engine: Engine) -> list[str]:
             if not column.nullable:
                 raise RuntimeError(f"store {engine.url!r}: table {table.name} lacks the non-null column "
                                    f"{column.name}; it cannot be added to existing rows")
-            ddl = (f"ALTER TABLE {quote(table.name)} ADD COLUMN {quote(column.name)} "
-                   f"{column.type.compile(dialect=engine.dialect)}")
-            try:
-                with engine.begin() as conn:
-                    conn.execute(text(ddl))
-            except DBAPIError:
-                # Another process opening the same store may have added it first.
-                if column.name not in {c["name"] for c in inspect(engine).get_columns(table.name)}:
-                    raise
+            with engine.begin() as conn:
+                conn.execute(text(f"ALTER TABLE {quote(table.name)} ADD COLUMN {quote(column.name)} "
+                                  f"{column.type.compile(dialect=engine.dialect)}"))
             added.append(f"{table.name}.{column.name}")
     return added
 
@@ -204,8 +217,7 @@ class TelemetryStore:
         self.url = url or default_store_url()
         self.thinning = thinning
         self.engine: Engine = store_engine(self.url)
-        metadata.create_all(self.engine)
-        add_missing_columns(self.engine)
+        prepare_schema(self.engine, metadata)
 
     def record(self, telemetry: Iterable[NodeTelemetry], *, evidence: Iterable[NodeTelemetry] | None = None) -> int:
         """Append history from `evidence` (default: `telemetry`); snapshot the raw `telemetry`.

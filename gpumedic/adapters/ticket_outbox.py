@@ -134,10 +134,12 @@ class TicketOutbox:
             from gpumedic.adapters.store import default_store_url, store_engine
 
             engine = store_engine(url or default_store_url())
+        from gpumedic.adapters.store import prepare_schema
+
         self.engine = engine
         self.lease_s = lease_s
         self.clock = clock
-        metadata.create_all(self.engine)
+        prepare_schema(self.engine, metadata)
 
     def close(self) -> None:
         self.engine.dispose()

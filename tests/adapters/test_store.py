@@ -1,13 +1,21 @@
 from __future__ import annotations
 
 import itertools
+import threading
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 from sqlalchemy import create_engine, text
 
-from gpumedic.adapters.store import StoredForecast, TelemetryStore, add_missing_columns, shared_horizon
+from gpumedic.adapters.store import (
+    StoredForecast,
+    TelemetryStore,
+    add_missing_columns,
+    metadata,
+    shared_horizon,
+)
+from gpumedic.adapters.ticket_outbox import TicketOutbox
 from gpumedic.domain.forecast import HistoryFrame, forecast_fleet
 from gpumedic.domain.history import HistoryThinning
 from gpumedic.domain.telemetry import GpuTelemetry, NodeTelemetry, RowRemapBanks, XidEvent
@@ -185,7 +193,7 @@ def test_a_store_from_before_the_horizon_gains_it_and_keeps_its_rows(db_url: str
     assert shared_horizon([old]) is None
 
     TelemetryStore(db_url)  # opening it again changes nothing and does not fail
-    assert add_missing_columns(store.engine) == []
+    assert add_missing_columns(store.engine, metadata) == []
     store.record_forecasts([StoredForecast("n1", 0, 0.3, None, False, (), T0, 7.0)])
     assert store.latest_forecasts(["n1"])[("n1", 0)].horizon_days == 7.0
 
@@ -194,3 +202,29 @@ def test_a_missing_column_that_old_rows_cannot_fill_is_refused_by_name(db_url: s
     _execute(db_url, "CREATE TABLE sweeps (sweep_id VARCHAR(64) PRIMARY KEY, started FLOAT NOT NULL)")
     with pytest.raises(RuntimeError, match="sweeps lacks the non-null column summary"):
         TelemetryStore(db_url)
+
+
+@pytest.mark.parametrize("old", [False, True], ids=["new store", "older store"])
+def test_several_processes_opening_a_store_at_once_all_succeed(db_url: str, old: bool) -> None:
+    if old:
+        _execute(db_url, OLD_FORECASTS_DDL)
+    start = threading.Barrier(4)
+    errors: list[BaseException] = []
+
+    def open_store() -> None:
+        try:
+            start.wait(timeout=30)
+            TelemetryStore(db_url).engine.dispose()
+            TicketOutbox(db_url).close()
+        except BaseException as err:  # reported below, with the thread's own traceback
+            errors.append(err)
+
+    threads = [threading.Thread(target=open_store) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert errors == []
+    store = TelemetryStore(db_url)
+    store.record_forecasts([StoredForecast("n1", 0, 0.3, None, False, (), T0, 7.0)])
+    assert store.latest_forecasts(["n1"])[("n1", 0)].horizon_days == 7.0
