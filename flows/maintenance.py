@@ -48,8 +48,10 @@ def order_description(node: str, gpu: int | None, risk: float, horizon_days: flo
       "one Order Replacement ticket per GPU. Nothing is taken out of service.")
 def proactive_maintenance(
     node: str, gpu: int | None, fleet_file: str, auto_approve: bool = False, approval_timeout_s: int = 86400,
+    dry_run: bool = False,
 ) -> dict[str, Any]:
-    """Returns `{node, gpu, outcome, ticket}`; outcome: ticketed, rejected, no decision or no longer at risk.
+    """Returns `{node, gpu, outcome, ticket}`; outcome: ticketed, rejected, no decision, no longer at risk, or
+    dry run (then also `would_file`: the ticket's summary).
 
     Args:
         node: The node whose GPU the forecast alarmed on.
@@ -57,6 +59,7 @@ def proactive_maintenance(
         fleet_file: Path of the fleet YAML file on the worker: its telemetry store and `fleet.jira`.
         auto_approve: Order without asking a human. For demos and tests only.
         approval_timeout_s: Seconds a human has to approve or reject; without a decision nothing is ordered.
+        dry_run: Read the forecast and say what would be asked and filed; ask nobody and file nothing.
     """
     logger = get_run_logger()
     fleet = load_fleet_settings(fleet_file)
@@ -77,6 +80,12 @@ def proactive_maintenance(
     incident = f"forecast-{node}-{'node' if gpu is None else gpu}-{forecast.computed_at:%Y%m%d}"
     description = order_description(node, gpu, forecast.risk, forecast.horizon_days, forecast.lead_time_h,
                                     list(forecast.factors), uuid, serial)
+    summary = (f"Order replacement GPU for {node}" + ("" if gpu is None else f" GPU {gpu} ({uuid or serial})")
+               + f": {forecast.risk:.0%} failure risk {within(forecast.horizon_days)}")
+    if dry_run:
+        logger.info("node=%s gpu=%s dry run: would ask for approval, then file %s ticket %r in %s (label %s)",
+                    node, gpu, fleet.jira.forecast_issue_type, summary, fleet.jira.project, dedup)
+        return {"node": node, "gpu": gpu, "outcome": "dry run", "ticket": None, "would_file": summary}
 
     decision: dict[str, Any] | None
     if auto_approve:
@@ -92,10 +101,8 @@ def proactive_maintenance(
 
     request = TicketRequest(
         dedup_key=dedup, incident_id=incident, project=fleet.jira.project, issue_type=fleet.jira.forecast_issue_type,
-        summary=f"Order replacement GPU for {node}" + ("" if gpu is None else f" GPU {gpu} ({uuid or serial})")
-        + f": {forecast.risk:.0%} failure risk {within(forecast.horizon_days)}",
-        description=description, node=node, labels=(FORECAST_ORDER_LABEL,), gpu_index=gpu, gpu_uuid=uuid,
-        gpu_serial=serial, approval=Approval(decision["approver"], decision["reason"], decision["rma"]),
+        summary=summary, description=description, node=node, labels=(FORECAST_ORDER_LABEL,), gpu_index=gpu,
+        gpu_uuid=uuid, gpu_serial=serial, approval=Approval(decision["approver"], decision["reason"], decision["rma"]),
     )
     key = file_order_ticket(fleet_file, request)
     logger.info("node=%s gpu=%s order replacement ticket %s", node, gpu, key)

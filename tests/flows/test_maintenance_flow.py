@@ -83,3 +83,20 @@ def test_the_order_states_the_risk_over_the_horizon_the_forecast_was_run_with(tm
     assert fields["summary"].endswith(f"{fortnight[3]:.0%} failure risk within 14 days")
     assert f"**{fortnight[3]:.0%}** probability of failure within 14 days" in fields["description"]
     assert "7 days" not in fields["summary"]
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_a_dry_run_says_what_it_would_order_and_asks_and_files_nothing(tmp_path: Path, jira: JiraEmulator) -> None:
+    from flows.forecast import failure_forecast
+    from flows.maintenance import proactive_maintenance
+
+    fleet = _fleet(tmp_path, jira)
+    failure_forecast(fleet_file=fleet, emit_events=False)
+    # Not auto-approved: a dry run that asked would wait for a human here.
+    result = proactive_maintenance(node="n1", gpu=3, fleet_file=fleet, dry_run=True, approval_timeout_s=5)
+    assert result["outcome"] == "dry run" and result["ticket"] is None
+    assert result["would_file"].startswith(f"Order replacement GPU for n1 GPU 3 ({UUID3})")
+    assert jira.issues() == []
+    real = proactive_maintenance(node="n1", gpu=3, fleet_file=fleet, auto_approve=True)
+    assert jira.issues()[0]["fields"]["summary"] == result["would_file"]
+    assert real["outcome"] == "ticketed"
