@@ -188,6 +188,29 @@ def _fit(args: argparse.Namespace) -> int:
     return 0
 
 
+def _show(args: argparse.Namespace) -> int:
+    from gpumedic.adapters.store import TelemetryStore, shared_horizon
+    from gpumedic.config import load_fleet_settings
+
+    store = TelemetryStore(load_fleet_settings(args.fleet).store_url)
+    riskiest = store.riskiest_forecasts(args.top)
+    if not riskiest:
+        print("no forecast in the store yet: the daily-failure-forecast deployment (or a failure-forecast run) "
+              "writes one")
+        return 0
+    gpus, alarms = store.forecast_counts()
+    computed = max(f.computed_at for f in riskiest)
+    print(f"latest failure forecast, {computed:%Y-%m-%d %H:%M} UTC: {gpus} GPUs, {alarms} above the alarm "
+          f"threshold; risk of failure {within(shared_horizon(riskiest))}")
+    print(f"{'node':<16} {'gpu':>3} {'risk':>7} {'alarm':>5} {'lead_h':>6}  evidence")
+    for f in riskiest:
+        lead = "" if f.lead_time_h is None else f"{f.lead_time_h:.0f}"
+        gpu = "-" if f.gpu is None else str(f.gpu)
+        print(f"{f.node:<16} {gpu:>3} {f.risk:>7.4f} {'yes' if f.alarm else '':>5} {lead:>6}  "
+              + ("; ".join(f.factors) or "no evidence above the fleet's"))
+    return 0
+
+
 def _export(args: argparse.Namespace) -> int:
     from datetime import UTC, datetime
 
@@ -283,6 +306,11 @@ def add_forecast_commands(subparsers: argparse._SubParsersAction) -> None:
     )
     ft.add_argument("--threshold", type=_probability, help="alarm threshold (default: the prior's)")
     ft.set_defaults(func=_fit)
+
+    sh = sub.add_parser("show", help="the latest daily forecast in the telemetry store, riskiest GPUs first")
+    sh.add_argument("--fleet", required=True, help="fleet file naming the store (`store_url`)")
+    sh.add_argument("--top", type=int, default=20, help="how many GPUs to list (default 20)")
+    sh.set_defaults(func=_show)
 
     ex = sub.add_parser("export", help="the telemetry store's history and incidents as HISTORY.csv and FAILURES.csv")
     ex.add_argument("--fleet", required=True, help="fleet file naming the store (`store_url`)")

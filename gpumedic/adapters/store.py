@@ -426,13 +426,21 @@ class TelemetryStore:
         with self.engine.connect() as conn:
             for names in _batches(nodes):
                 for row in conn.execute(select(forecasts).where(forecasts.c.node.in_(names))):
-                    gpu = None if row.gpu < 0 else int(row.gpu)
-                    out[(row.node, gpu)] = StoredForecast(
-                        node=row.node, gpu=gpu, risk=row.risk, lead_time_h=row.lead_time_h, alarm=bool(row.alarm),
-                        factors=tuple(json.loads(row.factors)),
-                        computed_at=datetime.fromtimestamp(row.computed_at, UTC), horizon_days=row.horizon_days,
-                    )
+                    stored = _stored_forecast(row)
+                    out[(stored.node, stored.gpu)] = stored
         return out
+
+    def riskiest_forecasts(self, limit: int | None = None) -> list[StoredForecast]:
+        """The latest forecast's GPUs across the fleet, riskiest first (all of them without `limit`)."""
+        query = select(forecasts).order_by(forecasts.c.risk.desc(), forecasts.c.node, forecasts.c.gpu).limit(limit)
+        with self.engine.connect() as conn:
+            return [_stored_forecast(row) for row in conn.execute(query)]
+
+    def forecast_counts(self) -> tuple[int, int]:
+        """(GPUs, alarms) in the latest forecast."""
+        with self.engine.connect() as conn:
+            gpus, alarms = conn.execute(select(func.count(), func.coalesce(func.sum(forecasts.c.alarm), 0))).one()
+        return int(gpus), int(alarms)
 
 
 @dataclass(frozen=True, slots=True)
@@ -445,6 +453,14 @@ class StoredForecast:
     factors: tuple[str, ...]
     computed_at: datetime
     horizon_days: float | None  # what `risk` is a probability over; None: recorded by an older gpumedic
+
+
+def _stored_forecast(row: Any) -> StoredForecast:
+    return StoredForecast(
+        node=row.node, gpu=None if row.gpu < 0 else int(row.gpu), risk=row.risk, lead_time_h=row.lead_time_h,
+        alarm=bool(row.alarm), factors=tuple(json.loads(row.factors)),
+        computed_at=datetime.fromtimestamp(row.computed_at, UTC), horizon_days=row.horizon_days,
+    )
 
 
 def shared_horizon(rows: Iterable[StoredForecast]) -> float | None:

@@ -133,3 +133,25 @@ def test_a_model_file_that_cannot_be_read_fails_the_run_before_anything_is_score
     with pytest.raises(ModelFileError, match=r"fleet.json: features: .*refit it"):
         failure_forecast(fleet_file=str(fleet), emit_events=False)
     assert store.latest_forecasts(["n1"]) == {}  # the previous forecast (none) stands; no risk was recorded
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_forecast_show_prints_the_latest_forecast_riskiest_first(tmp_path: Path,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    from flows.forecast import failure_forecast
+    from gpumedic.cli_forecast import main as forecast_cli
+
+    url = f"sqlite:///{tmp_path / 'store.db'}"
+    fleet = tmp_path / "fleet.yaml"
+    fleet.write_text(f"fleet:\n  source: exporter\n  nodes: [{{name: n1}}]\n  store_url: {url}\n")
+    assert forecast_cli(["forecast", "show", "--fleet", str(fleet)]) == 0
+    assert "no forecast in the store yet" in capsys.readouterr().out
+
+    TelemetryStore(url).append_samples(_degrading_history(datetime.now(UTC)))
+    failure_forecast(fleet_file=str(fleet), horizon_days=3, emit_events=False)
+    assert forecast_cli(["forecast", "show", "--fleet", str(fleet), "--top", "2"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "4 GPUs, 1 above the alarm threshold; risk of failure within 3 days" in lines[0]
+    assert len(lines) == 4  # heading, column names, the two riskiest
+    assert lines[2].split()[:2] == ["n1", "3"] and " yes " in lines[2] and "remapped" in lines[2]
+    assert " yes " not in lines[3]
