@@ -54,13 +54,12 @@ class DegradingGpu:
         hours = self.days * 24
         sbe, remapped = 0.0, 0.0
         # Bursts at a rate growing from one every two days to about six a day, each larger than the last.
-        t, burst = 0.0, 0
+        t = 0.0
         while True:
             rate_per_h = (0.5 / 24) * math.exp(math.log(12) * t / hours)
             t += 1.0 / rate_per_h
             if t >= hours - 1:
                 break
-            burst += 1
             sbe += round(2 + 30 * (t / hours) ** 2)
             at = start + timedelta(hours=t)
             yield Sample(at, self.node, self.gpu, "ecc_sbe_volatile", sbe)
@@ -70,7 +69,7 @@ class DegradingGpu:
             remapped += 1
             yield Sample(at, self.node, self.gpu, "remapped_rows_correctable", remapped)
             yield Sample(at, self.node, self.gpu, "xid", 63.0)
-            if i == 2:
+            if i == 2:  # the third remap leaves a bank low on spares
                 yield Sample(at, self.node, self.gpu, "remap_banks_low", 1.0)
 
     def counters_now(self, now: datetime) -> dict[str, Any]:
@@ -78,18 +77,19 @@ class DegradingGpu:
         last: dict[str, float] = {}
         for s in self.history(now):
             last[s.field] = s.value
+        low = int(last.get("remap_banks_low", 0))
         return {
             "sbe_vol": int(last["ecc_sbe_volatile"]),
             "sbe_agg": int(last["ecc_sbe_aggregate"]),
-            "remap_corr": int(last["remapped_rows_correctable"]),
-            "banks": [0, 630, 9, 1, 0],  # max, high, partial, low, none: one bank low on spares
+            "remap_corr": int(last.get("remapped_rows_correctable", 0)),
+            "banks": [0, 631 - low, 9, low, 0],  # banks with max, high, partial, low, no spare rows
         }
 
 
 def background_history(nodes: list[str], gpus_per_node: int, now: datetime, seed: int) -> HistoryFrame:
     """`HISTORY_DAYS` of the degradation simulator's telemetry, renamed to `nodes` and ending at `now`.
 
-    The simulator's failures are switched off: the demo's one failing GPU is `DegradingGpu`, so what
+    The simulator's failures are switched off: the demo's one degrading GPU is `DegradingGpu`, so what
     the forecast says about the rest is what it says about healthy GPUs with the usual noise.
     """
     params = dataclasses.replace(DEFAULT_PARAMS, failures_per_gpu_day=0.0)

@@ -28,6 +28,7 @@ def test_the_degrading_gpu_s_node_reports_what_its_history_ends_on() -> None:
     assert (now["sbe_agg"], now["remap_corr"]) == (last["ecc_sbe_aggregate"], last["remapped_rows_correctable"])
     assert now["banks"][3] == last["remap_banks_low"] == 1  # one bank low on spares, as the sweep will read it
     assert sum(r.field == "xid" and r.value == 63 for r in rows) == DEGRADING.remaps
+    assert DegradingGpu("n", 0, remaps=2).counters_now(NOW)["banks"][3] == 0  # no bank low before the third
 
 
 def test_the_forecast_singles_out_the_degrading_gpu_and_no_healthy_one() -> None:
