@@ -44,7 +44,7 @@ from sqlalchemy import (
     text,
     tuple_,
 )
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import DBAPIError
 
 from gpumedic.adapters.telemetry_codec import telemetry_from_json, telemetry_to_json
@@ -150,9 +150,18 @@ def _batches(items: Iterable[T], size: int = IN_LIST_LIMIT) -> Iterator[list[T]]
         yield batch[i : i + size]
 
 
+# Seconds to wait for a PostgreSQL server to answer a new connection (libpq waits for ever by default):
+# a sweep must not hang on an unreachable store. A `connect_timeout` in the URL wins.
+POSTGRES_CONNECT_TIMEOUT_S = 10
+
+
 def store_engine(url: str) -> Engine:
     """The engine of the store's database, shared by the telemetry tables and the ticket outbox."""
-    engine = create_engine(url, future=True)
+    parsed = make_url(url)
+    connect_args: dict[str, Any] = {}
+    if parsed.get_backend_name() == "postgresql" and "connect_timeout" not in parsed.query:
+        connect_args["connect_timeout"] = POSTGRES_CONNECT_TIMEOUT_S
+    engine = create_engine(parsed, future=True, connect_args=connect_args)
     if url.startswith("sqlite"):
         # Concurrent sweeps, forecasts and remediations share the file: WAL lets readers and a writer coexist.
         @event.listens_for(engine, "connect")
@@ -170,8 +179,11 @@ def prepare_schema(engine: Engine, tables: MetaData, *, attempts: int = 5) -> li
 
     Sweeps, forecasts and remediations open the store from several processes at once. Creating a
     table or adding a column is check-then-act, so two openers of a new (or older) store can both
-    find it missing and one of them fails; the next attempt finds it made and goes on.
+    find it missing and one of them fails; the next attempt finds it made and goes on. A database
+    that cannot be reached fails at once, not once per attempt.
     """
+    with engine.connect():
+        pass
     for attempt in range(1, attempts + 1):
         try:
             tables.create_all(engine)

@@ -1,13 +1,17 @@
 from __future__ import annotations
 
 import itertools
+import socket
 import threading
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 from sqlalchemy import create_engine, text
+from sqlalchemy.exc import OperationalError
 
+from gpumedic.adapters import store as store_module
 from gpumedic.adapters.store import (
     StoredForecast,
     TelemetryStore,
@@ -228,3 +232,20 @@ def test_several_processes_opening_a_store_at_once_all_succeed(db_url: str, old:
     store = TelemetryStore(db_url)
     store.record_forecasts([StoredForecast("n1", 0, 0.3, None, False, (), T0, 7.0)])
     assert store.latest_forecasts(["n1"])[("n1", 0)].horizon_days == 7.0
+
+
+def test_a_postgresql_store_that_never_answers_fails_within_the_connect_timeout(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    silent = socket.socket()  # accepts connections (the kernel does) and never says a word
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)
+    monkeypatch.setattr(store_module, "POSTGRES_CONNECT_TIMEOUT_S", 1)
+    started = time.monotonic()
+    try:
+        with pytest.raises(OperationalError, match="timeout"):
+            TelemetryStore(f"postgresql+psycopg://gpumedic@127.0.0.1:{silent.getsockname()[1]}/gpumedic")
+    finally:
+        silent.close()
+    # One wait (libpq waits at least 2 s), not one per schema attempt; without the timeout it waits for ever.
+    assert time.monotonic() - started < 6
