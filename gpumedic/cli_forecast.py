@@ -22,7 +22,7 @@ import functools
 import json
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -135,6 +135,20 @@ def _warn_if_other_window(model: HazardModel, protocol: BacktestProtocol) -> Non
         )
 
 
+def _print_risk_table(
+    rows: Iterable[tuple[str, int | None, float, bool, float | None, Sequence[str]]],
+) -> None:
+    """One line per GPU: node, gpu, risk, alarm, lead hours, evidence (`score` and `show` print the same table)."""
+    print(f"{'node':<16} {'gpu':>3} {'risk':>7} {'alarm':>5} {'lead_h':>6}  evidence")
+    for node, gpu, risk, alarm, lead_h, factors in rows:
+        lead = "" if lead_h is None else f"{lead_h:.0f}"
+        slot = "-" if gpu is None else str(gpu)
+        print(
+            f"{node:<16} {slot:>3} {risk:>7.4f} {'yes' if alarm else '':>5} {lead:>6}  "
+            + ("; ".join(factors) or "no evidence above the fleet's")
+        )
+
+
 @_bad_input_exits_2
 def _score(args: argparse.Namespace) -> int:
     model = load_model(args.model)
@@ -145,14 +159,9 @@ def _score(args: argparse.Namespace) -> int:
         frame, at, horizon=timedelta(days=args.horizon_days), model=model, prior_failures=failures
     )
     print(f"risk of failure {within(args.horizon_days)}, as of {at.isoformat()}")
-    print(f"{'node':<16} {'gpu':>3} {'risk':>7} {'alarm':>5} {'lead_h':>6}  evidence")
-    for fc in forecasts[: args.top]:
-        lead = "" if fc.lead_time_hours is None else f"{fc.lead_time_hours:.0f}"
-        gpu = "-" if fc.gpu is None else str(fc.gpu)
-        print(
-            f"{fc.node:<16} {gpu:>3} {fc.risk:>7.4f} {'yes' if fc.alarm else '':>5} {lead:>6}  "
-            + ("; ".join(fc.factors) or "no evidence above the fleet's")
-        )
+    _print_risk_table(
+        (fc.node, fc.gpu, fc.risk, fc.alarm, fc.lead_time_hours, fc.factors) for fc in forecasts[: args.top]
+    )
     if forecasts:
         cannot = ", ".join(f"{c.value} ({c.why_unpredictable})" for c in forecasts[0].unpredictable_classes)
         print(f"\nnot predictable from telemetry: {cannot}")
@@ -202,12 +211,7 @@ def _show(args: argparse.Namespace) -> int:
     computed = max(f.computed_at for f in riskiest)
     print(f"latest failure forecast, {computed:%Y-%m-%d %H:%M} UTC: {gpus} GPUs, {alarms} above the alarm "
           f"threshold; risk of failure {within(shared_horizon(riskiest))}")
-    print(f"{'node':<16} {'gpu':>3} {'risk':>7} {'alarm':>5} {'lead_h':>6}  evidence")
-    for f in riskiest:
-        lead = "" if f.lead_time_h is None else f"{f.lead_time_h:.0f}"
-        gpu = "-" if f.gpu is None else str(f.gpu)
-        print(f"{f.node:<16} {gpu:>3} {f.risk:>7.4f} {'yes' if f.alarm else '':>5} {lead:>6}  "
-              + ("; ".join(f.factors) or "no evidence above the fleet's"))
+    _print_risk_table((f.node, f.gpu, f.risk, f.alarm, f.lead_time_h, f.factors) for f in riskiest)
     return 0
 
 
