@@ -20,6 +20,7 @@ opened: nothing is lost by an upgrade. `prune(before)` deletes history older tha
 from __future__ import annotations
 
 import json
+import sqlite3
 import time
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -153,6 +154,8 @@ def _batches(items: Iterable[T], size: int = IN_LIST_LIMIT) -> Iterator[list[T]]
 # Seconds to wait for a PostgreSQL server to answer a new connection (libpq waits for ever by default):
 # a sweep must not hang on an unreachable store. A `connect_timeout` in the URL wins.
 POSTGRES_CONNECT_TIMEOUT_S = 10
+# How long a SQLite writer waits for another process's write to finish before failing.
+SQLITE_BUSY_TIMEOUT_MS = 30_000
 
 
 def store_engine(url: str) -> Engine:
@@ -167,11 +170,29 @@ def store_engine(url: str) -> Engine:
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
             cursor = dbapi_connection.cursor()
-            cursor.execute("PRAGMA journal_mode=WAL")
-            cursor.execute("PRAGMA busy_timeout=30000")
+            cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+            _use_wal(cursor)
             cursor.close()
 
     return engine
+
+
+def _use_wal(cursor: Any, *, attempts: int = 50) -> None:
+    """Put the SQLite file in WAL mode, unless it is already.
+
+    Switching takes an exclusive lock, and when several processes open a new store at once SQLite
+    answers "database is locked" at once rather than waiting (its busy handler would deadlock
+    there), so the switch is retried. WAL mode is stored in the file: later openers only read it.
+    """
+    for attempt in range(1, attempts + 1):
+        try:
+            if cursor.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+                cursor.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as err:
+            if "locked" not in str(err) or attempt == attempts:
+                raise
+            time.sleep(0.01 * attempt)
 
 
 def prepare_schema(engine: Engine, tables: MetaData, *, attempts: int = 5) -> list[str]:
