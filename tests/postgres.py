@@ -44,17 +44,36 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+ROOT_PREFIX = "gpumedic-pg-"
+OWNER_FILE = "owner.pid"  # the pid of the test run that started the server
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 class PostgresServer:
-    def __init__(self) -> None:
+    def __init__(self, root: Path | None = None) -> None:
+        """A server in a new folder, or (given `root`) the one an earlier test run left there."""
         self.bin = server_binaries()
         self.as_root = os.geteuid() == 0
-        # Not under pytest's tmp dirs: those are private to root, and the server may run as another user.
-        self.root = Path(tempfile.mkdtemp(prefix="gpumedic-pg-"))
-        self.data = self.root / "data"
+        if root is None:
+            reap_orphans()
+            # Not under pytest's tmp dirs: those are private to root, and the server may run as another user.
+            root = Path(tempfile.mkdtemp(prefix=ROOT_PREFIX))
+            (root / OWNER_FILE).write_text(str(os.getpid()))
+            if self.as_root:
+                account = pwd.getpwnam(SERVER_USER)
+                os.chown(root, account.pw_uid, account.pw_gid)
+        self.root = root
+        self.data = root / "data"
         self.port = _free_port()
-        if self.as_root:
-            account = pwd.getpwnam(SERVER_USER)
-            os.chown(self.root, account.pw_uid, account.pw_gid)
 
     def _run(self, *argv: str) -> None:
         command = [str(self.bin / argv[0]), *argv[1:]]
@@ -89,3 +108,22 @@ class PostgresServer:
         finally:
             admin.dispose()
         return self.url(name)
+
+
+def reap_orphans() -> list[Path]:
+    """Stop the servers of test runs killed before their teardown; returns their folders.
+
+    A pytest killed mid-run never stops its server, which then holds a port and memory until the
+    machine restarts. Only servers whose owning process is gone are touched.
+    """
+    reaped = []
+    for root in Path(tempfile.gettempdir()).glob(f"{ROOT_PREFIX}*"):
+        try:
+            owner = int((root / OWNER_FILE).read_text())
+        except (OSError, ValueError):
+            continue  # not ours, or still being set up
+        if _alive(owner):
+            continue
+        PostgresServer(root).stop()
+        reaped.append(root)
+    return reaped

@@ -13,6 +13,7 @@ import yaml
 
 from gpumedic.sim import node_agent, node_state
 from tests.conftest import EXAMPLE_FLEET, REPO, require_sshd
+from tests.waiting import eventually
 
 
 def _state(tmp_path: Path, **fault: object) -> Path:
@@ -71,8 +72,7 @@ def test_sim_up_and_down_run_a_fleet_in_the_background(tmp_path: Path) -> None:
                               timeout=60)
     assert down.returncode == 0, down.stdout + down.stderr
     assert not (root / "supervisor.ready").exists()
-    time.sleep(0.5)
-    assert all(not Path(f"/proc/{pid}").exists() for pid in pids)
+    assert eventually(lambda: all(not Path(f"/proc/{pid}").exists() for pid in pids))
 
 
 def test_a_node_whose_port_was_taken_meanwhile_moves_to_another(tmp_path: Path,
@@ -119,6 +119,8 @@ def test_a_fleet_that_fails_to_start_leaves_no_sshd_behind(tmp_path: Path, monke
     monkeypatch.setattr(fleet_module.SimulatedFleet, "_wait_ready", broken)
     with pytest.raises(RuntimeError, match="exporters"):
         fleet.start(exporter=False)
-    time.sleep(0.3)
-    left = subprocess.run(["pgrep", "-f", f"sshd -D -f {fleet.root}"], capture_output=True, text=True).stdout
-    assert left.strip() == ""
+
+    def sshd_left() -> str:
+        return subprocess.run(["pgrep", "-f", f"sshd -D -f {fleet.root}"], capture_output=True, text=True).stdout
+
+    assert eventually(lambda: sshd_left().strip() == ""), sshd_left()
