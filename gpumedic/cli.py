@@ -127,6 +127,35 @@ def cmd_demo(args: argparse.Namespace) -> int:
     )
 
 
+def cmd_remediation_status(args: argparse.Namespace) -> int:
+    from datetime import UTC, datetime
+
+    from flows.remediation import DEFAULT_KUBECONFIG
+    from gpumedic.adapters.errors import AdapterError
+    from gpumedic.adapters.kube_nodes import KubeNodes
+    from gpumedic.config import load_fleet_settings
+    from gpumedic.remediation_status import fleet_status, render, to_json
+    from tasks.remediation import fleet_view_from, read_records
+
+    settings = load_fleet_settings(args.fleet)
+    kubernetes = settings.kubernetes
+    kubeconfig = args.kubeconfig or (kubernetes.kubeconfig if kubernetes and kubernetes.kubeconfig else None)
+    kubeconfig = str(kubeconfig or DEFAULT_KUBECONFIG)
+    try:
+        with KubeNodes.from_kubeconfig(kubeconfig, context=kubernetes.context if kubernetes else None) as kube:
+            views = kube.list_nodes()
+    except AdapterError as err:
+        print(f"gpumedic: cannot read the nodes' remediation records ({kubeconfig}): {err}", file=sys.stderr)
+        return 1
+    _, unreadable = read_records(views)
+    status = fleet_status(fleet_view_from(views), settings.remediation_policy(), datetime.now(UTC),
+                          unreadable=unreadable, include_closed=args.all)
+    print("\n".join(render(status)))
+    if args.json:
+        Path(args.json).write_text(json.dumps(to_json(status), indent=2) + "\n")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gpumedic", description="GPU fleet health automation on Prefect")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -160,6 +189,21 @@ def build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="serve all deployments (schedules, triggers) in this process")
     serve.add_argument("--fleet", required=True)
     serve.set_defaults(func=cmd_serve)
+
+    remediation = sub.add_parser("remediation", help="what remediation is doing to the fleet")
+    remediation_sub = remediation.add_subparsers(dest="remediation_command", required=True)
+    status = remediation_sub.add_parser(
+        "status", help="nodes under remediation, what each waits for, the disruption budget and the breaker",
+        description="Reads the gpumedic.io/* records on the Kubernetes Nodes: every open incident with its state, "
+        "what it waits for (a drain, a human in the Prefect UI, a replacement), stalled workflows, records that "
+        "cannot be read, the disruption budget in use and the circuit breaker.",
+    )
+    status.add_argument("--fleet", required=True, help="fleet file (its remediation policy sets the budget)")
+    status.add_argument("--kubeconfig", help="default: the fleet's kubernetes.kubeconfig, $GPUMEDIC_KUBECONFIG, "
+                        "~/.kube/config")
+    status.add_argument("--all", action="store_true", help="also list closed incidents still recorded on nodes")
+    status.add_argument("--json", metavar="OUT", help="write the status as JSON")
+    status.set_defaults(func=cmd_remediation_status)
 
     with contextlib.suppress(ImportError):
         from gpumedic.cli_forecast import add_forecast_commands

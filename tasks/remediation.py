@@ -168,20 +168,27 @@ def build_fleet_view(kubeconfig: str, breaker_override_until: datetime | None = 
     return fleet_view_from(views, breaker_override_until)
 
 
-def fleet_view_from(views: list[NodeView], breaker_override_until: datetime | None = None) -> FleetView:
+def read_records(views: list[NodeView]) -> tuple[list[NodeRecord], list[tuple[str, str]]]:
+    """The remediation records on the nodes, and the nodes whose record cannot be read, with why."""
     records: list[NodeRecord] = []
-    unhealthy: list[UnhealthyObservation] = []
+    unreadable: list[tuple[str, str]] = []
     for view in views:
         try:
             record = NodeRecord.from_annotations(view.annotations)
-        except CorruptRecord:
-            _log().warning("node=%s unreadable remediation record: left out of the fleet view", view.name)
+        except CorruptRecord as err:
+            unreadable.append((view.name, str(err)))
             continue
-        if record is None:
-            continue
-        records.append(record)
-        # Each incident was opened on a sweep that found its node needing remediation.
-        unhealthy.append(UnhealthyObservation(record.node, record.opened_at))
+        if record is not None:
+            records.append(record)
+    return records, unreadable
+
+
+def fleet_view_from(views: list[NodeView], breaker_override_until: datetime | None = None) -> FleetView:
+    records, unreadable = read_records(views)
+    for node, _why in unreadable:
+        _log().warning("node=%s unreadable remediation record: left out of the fleet view", node)
+    # Each incident was opened on a sweep that found its node needing remediation.
+    unhealthy = [UnhealthyObservation(record.node, record.opened_at) for record in records]
     gpu_nodes = sum(1 for v in views if v.gpu_capacity > 0) or len(views)
     return FleetView(
         gpu_nodes=gpu_nodes,

@@ -1,0 +1,234 @@
+"""What gpumedic is doing to the fleet right now, read from the remediation records on the Nodes.
+
+An SRE asks this before anything else: which nodes has gpumedic taken out of service, why, what is
+each one waiting for (a drain, a human, a replacement), how much of the disruption budget is left,
+and whether anything is stuck. The answer lives in the Nodes' `gpumedic.io/*` annotations;
+`gpumedic remediation status` reads them and prints what this module renders. Pure: no I/O.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from gpumedic.domain.budget import (
+    BreakerState,
+    FleetView,
+    RemediationPolicy,
+    budget_limit,
+    circuit_breaker,
+    out_of_service_by_us,
+)
+from gpumedic.domain.remediation import NodeRecord, RemediationState
+
+S = RemediationState
+# States in which the workflow itself is acting: a record that stays in one of these far longer than
+# the step's own deadline means the workflow stopped (its process died, its deployment is paused).
+_ACTING = frozenset({S.QUARANTINED, S.DRAINING, S.DRAINED, S.RESETTING, S.REBOOTING, S.DIAGNOSING})
+_APPROVALS = {
+    "replace": "approve or reject the replacement in the Prefect UI",
+    "inspect": "approve or reject handing the node to a human for inspection, in the Prefect UI",
+    "breaker": "override the open circuit breaker for this node, or decline, in the Prefect UI",
+}
+
+
+def stalled_after(policy: RemediationPolicy) -> timedelta:
+    """How long an acting state may last before it is reported as stalled: the longest step's deadline, twice."""
+    return 2 * max(policy.drain_timeout, policy.reboot_timeout, policy.diag_timeout)
+
+
+@dataclass(frozen=True, slots=True)
+class NodeStatus:
+    node: str
+    state: str
+    repair: str
+    incident: str
+    since: datetime  # the record's last change
+    out_of_service: bool  # counted against the disruption budget
+    needs: str  # what it waits for, in words; "" when its workflow is simply at work
+    last: str  # the newest entry of its history
+    dry_run: bool
+    stalled: bool
+
+
+@dataclass(frozen=True, slots=True)
+class FleetStatus:
+    now: datetime
+    nodes: tuple[NodeStatus, ...]
+    gpu_nodes: int
+    out_of_service: int
+    limit: int
+    policy: RemediationPolicy
+    breaker: BreakerState
+    opted_out: tuple[str, ...]
+    unreadable: tuple[tuple[str, str], ...]  # (node, why its record could not be read)
+    closed_hidden: int  # closed incidents left out of `nodes`
+
+    @property
+    def needs_a_human(self) -> tuple[NodeStatus, ...]:
+        return tuple(n for n in self.nodes if n.needs.startswith("a human"))
+
+    @property
+    def stalled(self) -> tuple[NodeStatus, ...]:
+        return tuple(n for n in self.nodes if n.stalled)
+
+
+def fleet_status(
+    fleet: FleetView,
+    policy: RemediationPolicy,
+    now: datetime,
+    *,
+    unreadable: Sequence[tuple[str, str]] = (),
+    include_closed: bool = False,
+) -> FleetStatus:
+    """The fleet's remediation status; closed incidents that no longer hold their node are left out unless asked."""
+    out = out_of_service_by_us(fleet)
+    shown, hidden = [], 0
+    for record in sorted(fleet.records, key=lambda r: r.node):
+        if record.closed and not record.holds_node and not include_closed:
+            hidden += 1
+            continue
+        shown.append(_node_status(record, record.node in out, policy, now))
+    return FleetStatus(
+        now=now,
+        nodes=tuple(shown),
+        gpu_nodes=fleet.gpu_nodes,
+        out_of_service=len(out),
+        limit=budget_limit(fleet, policy),
+        policy=policy,
+        breaker=circuit_breaker(fleet, now, policy),
+        opted_out=tuple(sorted(fleet.opted_out)),
+        unreadable=tuple(sorted(unreadable)),
+        closed_hidden=hidden,
+    )
+
+
+def _node_status(record: NodeRecord, out_of_service: bool, policy: RemediationPolicy, now: datetime) -> NodeStatus:
+    stalled = not record.closed and record.state in _ACTING and now - record.updated_at > stalled_after(policy)
+    return NodeStatus(
+        node=record.node,
+        state=str(record.state),
+        repair=str(record.repair),
+        incident=record.incident_id,
+        since=record.updated_at,
+        out_of_service=out_of_service,
+        needs=_needs(record, now, stalled),
+        last=_last(record),
+        dry_run=record.dry_run,
+        stalled=stalled,
+    )
+
+
+def _last(record: NodeRecord) -> str:
+    if not record.history:
+        return ""
+    entry = record.history[-1]
+    return f"{entry.note}: under way" if entry.step in record.pending_steps else entry.note
+
+
+def _needs(record: NodeRecord, now: datetime, stalled: bool) -> str:
+    if stalled:
+        return (
+            f"a human: no progress for {_age(now - record.updated_at)}; check its remediate-node run, or start "
+            f"one for the node (it resumes from this record)"
+        )
+    approvals = sorted(k.split(":", 1)[1] for k in record.pending_steps if k.startswith("approval:"))
+    if approvals:
+        return "a human: " + "; ".join(
+            _APPROVALS.get(kind, f"decide on {kind} in the Prefect UI") for kind in approvals
+        )
+    if record.state is S.TICKETED:
+        ticket = record.ticket_key or "a ticket still in the outbox (filed when Jira answers)"
+        return f"the replacement: {ticket}"
+    if record.state is S.FAILED:
+        return f"a human: automation stopped ({record.outcome or 'no outcome recorded'})"
+    if record.state is S.READMITTED and record.probation_until is not None:
+        return f"probation until {_when(record.probation_until)}"
+    return ""
+
+
+def render(status: FleetStatus) -> list[str]:
+    """The lines `gpumedic remediation status` prints."""
+    p = status.policy
+    lines = [
+        f"remediation on {status.gpu_nodes} GPU nodes, {_when(status.now)}",
+        f"out of service by gpumedic: {status.out_of_service} of at most {status.limit} nodes "
+        f"(max_nodes_out {p.max_nodes_out}, max_fraction_out {p.max_fraction_out:.0%})",
+        f"circuit breaker {'OPEN' if status.breaker.open else 'closed'}: {status.breaker.reason}",
+    ]
+    if status.opted_out:
+        lines.append(
+            f"opted out (label gpumedic.io/managed=false or annotation gpumedic.io/opt-out=true): "
+            f"{', '.join(status.opted_out)}"
+        )
+    for node, why in status.unreadable:
+        lines.append(
+            f"{node}: its remediation record cannot be read ({why}); remediation leaves the node alone "
+            f"until the gpumedic.io/* annotations are fixed or removed"
+        )
+    if status.needs_a_human:
+        lines.append(f"waiting for a human: {', '.join(n.node for n in status.needs_a_human)}")
+    if not status.nodes:
+        lines.append(
+            "no open incidents"
+            + (f" ({status.closed_hidden} closed; --all shows them)" if status.closed_hidden else "")
+        )
+        return lines
+    header = ("node", "state", "repair", "since", "out", "incident", "waiting for / last")
+    rows = [
+        (
+            n.node,
+            n.state + (" (dry run)" if n.dry_run else ""),
+            n.repair,
+            _when(n.since),
+            "yes" if n.out_of_service else "no",
+            n.incident,
+            n.needs or n.last,
+        )
+        for n in status.nodes
+    ]
+    widths = [max(len(r[i]) for r in (header, *rows)) for i in range(len(header) - 1)]
+    lines.append("")
+    for row in (header, *rows):
+        lines.append("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=False)) + "  " + row[-1])
+    if status.closed_hidden:
+        lines.append(f"({status.closed_hidden} closed incidents not shown; --all shows them)")
+    return lines
+
+
+def to_json(status: FleetStatus) -> dict[str, Any]:
+    return {
+        "time": status.now.isoformat(),
+        "gpu_nodes": status.gpu_nodes,
+        "out_of_service": status.out_of_service,
+        "budget_limit": status.limit,
+        "breaker": {"open": status.breaker.open, "reason": status.breaker.reason},
+        "opted_out": list(status.opted_out),
+        "unreadable": [{"node": node, "error": why} for node, why in status.unreadable],
+        "nodes": [
+            {
+                "node": n.node,
+                "state": n.state,
+                "repair": n.repair,
+                "incident": n.incident,
+                "since": n.since.isoformat(),
+                "out_of_service": n.out_of_service,
+                "needs": n.needs,
+                "last": n.last,
+                "dry_run": n.dry_run,
+                "stalled": n.stalled,
+            }
+            for n in status.nodes
+        ],
+    }
+
+
+def _when(t: datetime) -> str:
+    return f"{t.astimezone(UTC):%Y-%m-%d %H:%M} UTC"
+
+
+def _age(span: timedelta) -> str:
+    hours = span.total_seconds() / 3600
+    return f"{hours:.1f} h" if hours < 48 else f"{hours / 24:.1f} days"

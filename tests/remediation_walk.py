@@ -1,0 +1,90 @@
+"""Remediation records in any state, reached by driving the real state machine (no hand-made records)."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from gpumedic.domain.budget import FleetView, RemediationPolicy
+from gpumedic.domain.remediation import (
+    ACTING_STEPS,
+    ApprovalReceived,
+    Cordon,
+    Done,
+    FileTicket,
+    NodeRecord,
+    Readmit,
+    RemediationState,
+    RequestApproval,
+    StepOutcome,
+    TicketFiled,
+    WaitForProbation,
+    apply_outcome,
+    begin_step,
+    next_step,
+    open_incident,
+    simulated_outcome,
+)
+from gpumedic.domain.verdict import Action, GpuAssessment, NodeAssessment, Verdict
+
+S = RemediationState
+MINUTE = timedelta(minutes=1)
+
+
+def _assessment(node: str, action: Action) -> NodeAssessment:
+    verdict = Verdict.HEALTHY if action is Action.NONE else Verdict.FAILED
+    gpu = GpuAssessment(0, verdict, action, () if action is Action.NONE else ("Xid 79 on GPU 0",), uuid=f"GPU-{node}")
+    return NodeAssessment(node, verdict, action, (), (gpu,))
+
+
+def _outcome(step: object) -> StepOutcome:
+    if isinstance(step, RequestApproval):
+        return ApprovalReceived("alice", approve=True, reason="RMA it", rma="RMA-7")
+    if isinstance(step, FileTicket):
+        return TicketFiled("GPU-9")
+    return simulated_outcome(step)  # type: ignore[arg-type]
+
+
+def walk(
+    node: str,
+    action: Action,
+    *,
+    until: S | None,
+    at: datetime,
+    policy: RemediationPolicy | None = None,
+    dry_run: bool = False,
+    settled: bool = False,
+) -> NodeRecord:
+    """Open an incident at `at` and run the state machine until it enters `until` (None: to its end).
+
+    It stops with the step that enters `until` begun and not finished, or (`settled`) finished.
+    """
+    policy = policy or RemediationPolicy()
+    now = at
+    record = open_incident(
+        _assessment(node, action), incident_id=f"inc-{node}", now=now, policy=policy, dry_run=dry_run
+    )
+    cordoned: set[str] = set()
+    for _ in range(60):
+        # The sweeps see the node broken until it is readmitted, and healthy from then on.
+        latest = _assessment(node, Action.NONE if record.state is S.READMITTED else action)
+        fleet = FleetView(gpu_nodes=10, records=(record,), unschedulable=frozenset(cordoned))
+        step = next_step(record, latest=latest, observed_at=now, now=now, policy=policy, fleet=fleet)
+        if isinstance(step, WaitForProbation):
+            now = step.until + MINUTE
+            continue
+        if isinstance(step, Done):
+            assert until is None, f"{node} ended before {until}: {step}"
+            return record
+        assert isinstance(step, ACTING_STEPS), step
+        record = begin_step(record, step, now=now)
+        if record.state is until and not settled:
+            return record
+        if isinstance(step, Cordon) and not dry_run:
+            cordoned.add(node)
+        if isinstance(step, Readmit) and not dry_run:
+            cordoned.discard(node)
+        record = apply_outcome(record, step, _outcome(step), now=now)
+        if record.state is until:
+            return record
+        now += MINUTE
+    raise AssertionError(f"{node} never reached {until}")

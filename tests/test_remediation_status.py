@@ -1,0 +1,139 @@
+"""`gpumedic remediation status` as an SRE reads it: records driven through the real state machine."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from gpumedic.domain.budget import FleetView, RemediationPolicy, UnhealthyObservation
+from gpumedic.domain.remediation import NodeRecord, RemediationState
+from gpumedic.domain.verdict import Action
+from gpumedic.remediation_status import fleet_status, render, stalled_after, to_json
+from tests.remediation_walk import walk
+
+S = RemediationState
+T0 = datetime(2026, 11, 20, 8, 0, tzinfo=UTC)
+NOW = T0 + timedelta(hours=3)
+POLICY = RemediationPolicy(max_nodes_out=5, max_fraction_out=0.5, probation=timedelta(hours=4))
+MINUTE = timedelta(minutes=1)
+
+
+def _fleet(records: list[NodeRecord], *, cordoned: set[str], opted_out: frozenset[str] = frozenset()) -> FleetView:
+    return FleetView(
+        gpu_nodes=10,
+        records=tuple(records),
+        unschedulable=frozenset(cordoned),
+        unhealthy=tuple(UnhealthyObservation(r.node, r.opened_at) for r in records),
+        opted_out=opted_out,
+    )
+
+
+def _fleet_in_every_situation() -> tuple[FleetView, dict[str, NodeRecord]]:
+    records = {
+        "gpu-a": walk("gpu-a", Action.RESET_GPU, policy=POLICY, until=S.DRAINING, at=NOW - 10 * MINUTE),
+        "gpu-b": walk("gpu-b", Action.REPLACE, policy=POLICY, until=S.AWAITING_APPROVAL, at=T0),
+        "gpu-c": walk("gpu-c", Action.REPLACE, policy=POLICY, until=None, at=T0),
+        "gpu-d": walk(
+            "gpu-d", Action.RESET_GPU, policy=POLICY, until=S.READMITTED, at=NOW - 2 * 60 * MINUTE, settled=True
+        ),
+        "gpu-e": walk("gpu-e", Action.RESET_GPU, policy=POLICY, until=S.DRAINING, at=T0),  # and nothing since
+        "gpu-f": walk("gpu-f", Action.RESET_GPU, policy=POLICY, until=None, at=T0 - timedelta(days=2)),
+        "gpu-g": walk("gpu-g", Action.REBOOT, policy=POLICY, until=S.DRAINING, at=NOW - 5 * MINUTE, dry_run=True),
+    }
+    cordoned = {"gpu-a", "gpu-b", "gpu-c", "gpu-e"}  # as the cluster has it: gpu-d was uncordoned on readmission
+    return _fleet(list(records.values()), cordoned=cordoned, opted_out=frozenset({"gpu-x"})), records
+
+
+def test_the_walk_reaches_the_states_the_status_is_read_from() -> None:
+    _, records = _fleet_in_every_situation()
+    assert {n: r.state for n, r in records.items()} == {
+        "gpu-a": S.DRAINING,
+        "gpu-b": S.AWAITING_APPROVAL,
+        "gpu-c": S.TICKETED,
+        "gpu-d": S.READMITTED,
+        "gpu-e": S.DRAINING,
+        "gpu-f": S.IN_SERVICE,
+        "gpu-g": S.DRAINING,
+    }
+    assert records["gpu-f"].closed and records["gpu-c"].holds_node
+
+
+def test_each_node_says_what_it_waits_for() -> None:
+    fleet, records = _fleet_in_every_situation()
+    status = fleet_status(fleet, POLICY, NOW)
+    by_node = {n.node: n for n in status.nodes}
+
+    assert set(by_node) == {"gpu-a", "gpu-b", "gpu-c", "gpu-d", "gpu-e", "gpu-g"}  # gpu-f is closed
+    assert status.closed_hidden == 1
+    assert by_node["gpu-a"].needs == "" and not by_node["gpu-a"].stalled  # its drain is under way
+    assert by_node["gpu-a"].last == "drain: under way"
+    assert by_node["gpu-b"].needs == "a human: approve or reject the replacement in the Prefect UI"
+    assert by_node["gpu-c"].needs == "the replacement: GPU-9"
+    assert by_node["gpu-d"].needs == f"probation until {records['gpu-d'].probation_until:%Y-%m-%d %H:%M} UTC"
+    assert by_node["gpu-e"].stalled and by_node["gpu-e"].needs.startswith("a human: no progress for 3.0 h")
+    assert by_node["gpu-g"].dry_run and not by_node["gpu-g"].out_of_service
+
+    assert [n.node for n in status.needs_a_human] == ["gpu-b", "gpu-e"]
+    assert [n.node for n in status.stalled] == ["gpu-e"]
+
+
+def test_the_budget_counts_what_gpumedic_holds_out_of_service_and_the_breaker_is_stated() -> None:
+    fleet, _ = _fleet_in_every_situation()
+    status = fleet_status(fleet, POLICY, NOW)
+    out = {n.node for n in status.nodes if n.out_of_service}
+    assert out == {"gpu-a", "gpu-b", "gpu-c", "gpu-e"}  # not the readmitted node, not the dry run
+    assert (status.out_of_service, status.limit) == (4, 5)
+    assert not status.breaker.open
+    lines = render(status)
+    assert "out of service by gpumedic: 4 of at most 5 nodes (max_nodes_out 5, max_fraction_out 50%)" in lines
+    assert any(line.startswith("circuit breaker closed: ") for line in lines)
+    assert "waiting for a human: gpu-b, gpu-e" in lines
+    assert any("gpu-x" in line and "opted out" in line for line in lines)
+
+
+def test_an_acting_state_is_stalled_only_past_twice_the_longest_step_deadline() -> None:
+    fleet, records = _fleet_in_every_situation()
+    began = records["gpu-e"].updated_at
+    assert stalled_after(POLICY) == timedelta(minutes=90)  # the 45-minute diagnostics deadline, twice
+    just_before = fleet_status(fleet, POLICY, began + timedelta(minutes=89))
+    just_after = fleet_status(fleet, POLICY, began + timedelta(minutes=91))
+    assert "gpu-e" not in {n.node for n in just_before.stalled}
+    assert "gpu-e" in {n.node for n in just_after.stalled}
+    # A node waiting for a human is never "stalled": it waits by design.
+    assert "gpu-b" not in {n.node for n in fleet_status(fleet, POLICY, NOW + timedelta(days=3)).stalled}
+
+
+def test_the_table_lists_every_open_incident_and_all_adds_the_closed_ones() -> None:
+    fleet, _ = _fleet_in_every_situation()
+    lines = render(fleet_status(fleet, POLICY, NOW))
+    header = next(i for i, line in enumerate(lines) if line.startswith("node "))
+    rows = lines[header + 1 : header + 7]
+    assert [row.split()[0] for row in rows] == ["gpu-a", "gpu-b", "gpu-c", "gpu-d", "gpu-e", "gpu-g"]
+    assert "draining (dry run)" in rows[-1]
+    assert lines[-1] == "(1 closed incidents not shown; --all shows them)"
+    every = fleet_status(fleet, POLICY, NOW, include_closed=True)
+    assert "gpu-f" in {n.node for n in every.nodes} and every.closed_hidden == 0
+
+
+def test_an_unreadable_record_is_named_and_a_quiet_fleet_says_so() -> None:
+    status = fleet_status(FleetView(gpu_nodes=4), POLICY, NOW, unreadable=[("gpu-z", "bad JSON in history")])
+    lines = render(status)
+    assert any(line.startswith("gpu-z: its remediation record cannot be read (bad JSON in history)") for line in lines)
+    assert lines[-1] == "no open incidents"
+    assert to_json(status)["unreadable"] == [{"node": "gpu-z", "error": "bad JSON in history"}]
+
+
+def test_a_storm_opens_the_breaker_and_the_status_says_so() -> None:
+    records = [
+        walk(f"gpu-{i}", Action.RESET_GPU, policy=POLICY, until=S.QUARANTINED, at=NOW - 10 * MINUTE) for i in range(4)
+    ]
+    status = fleet_status(_fleet(records, cordoned={r.node for r in records}), POLICY, NOW)
+    assert status.breaker.open
+    assert any(line.startswith("circuit breaker OPEN: 4 of 10 nodes (40%) turned unhealthy") for line in render(status))
+
+
+def test_the_json_has_one_entry_per_listed_node() -> None:
+    fleet, _ = _fleet_in_every_situation()
+    document = to_json(fleet_status(fleet, POLICY, NOW))
+    assert [n["node"] for n in document["nodes"]] == ["gpu-a", "gpu-b", "gpu-c", "gpu-d", "gpu-e", "gpu-g"]
+    assert document["out_of_service"] == 4 and document["budget_limit"] == 5
+    assert document["nodes"][4]["stalled"] is True
