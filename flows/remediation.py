@@ -46,7 +46,7 @@ import re
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
@@ -96,6 +96,7 @@ from gpumedic.domain.remediation import (
     should_open_incident,
     simulated_outcome,
 )
+from gpumedic.remediation_status import fleet_status, headline, table_rows
 from gpumedic.reporting import within
 from tasks.forecast import read_node_forecast
 from tasks.remediation import (
@@ -505,7 +506,7 @@ def remediate_node(
         waiting = f"stopped after {MAX_STEPS} steps"
 
     assert record is not None
-    _publish(record, kubeconfig, dry_run)
+    _publish(record, kubeconfig, dry_run, rules)
     logger.info("node=%s incident=%s state=%s outcome=%s waiting=%s", node, record.incident_id, record.state,
                 record.outcome, waiting)
     return _result(record, waiting, executed)
@@ -587,7 +588,7 @@ def timeline_markdown(record: NodeRecord) -> str:
     return "\n".join(lines)
 
 
-def _publish(record: NodeRecord, kubeconfig: str, dry_run: bool) -> None:
+def _publish(record: NodeRecord, kubeconfig: str, dry_run: bool, rules: RemediationPolicy) -> None:
     create_markdown_artifact(key=f"incident-{_slug(record.node)}", markdown=timeline_markdown(record),
                              description=f"Remediation timeline of {record.node}, incident {record.incident_id}")
     try:
@@ -598,12 +599,10 @@ def _publish(record: NodeRecord, kubeconfig: str, dry_run: bool) -> None:
     records = {r.node: r for r in fleet.records}
     if dry_run:
         records[record.node] = record
-    rows = [
-        {"node": r.node, "incident": r.incident_id, "state": str(r.state), "repair": str(r.repair),
-         "out_of_service": "yes" if r.node in fleet.unschedulable else "no",
-         "ticket": r.ticket_key or "", "outcome": r.outcome or "", "updated": r.updated_at.isoformat()}
-        for r in sorted(records.values(), key=lambda r: r.node)
-    ]
-    create_table_artifact(key="fleet-remediation", table=rows or [{"node": "-", "state": "no incidents"}],
-                          description="Remediation state of every node with a record")
+    status = fleet_status(replace(fleet, records=tuple(records.values())), rules, datetime.now(UTC),
+                          include_closed=True)
+    create_table_artifact(key="fleet-remediation",
+                          table=table_rows(status) or [{"node": "-", "state": "no incidents"}],
+                          description="Remediation state of every node with a record (`gpumedic remediation "
+                                      "status` prints the same). " + "; ".join(headline(status)))
 

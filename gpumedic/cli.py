@@ -128,28 +128,22 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_remediation_status(args: argparse.Namespace) -> int:
-    from datetime import UTC, datetime
-
     from flows.remediation import DEFAULT_KUBECONFIG
     from gpumedic.adapters.errors import AdapterError
-    from gpumedic.adapters.kube_nodes import KubeNodes
     from gpumedic.config import load_fleet_settings
-    from gpumedic.remediation_status import fleet_status, render, to_json
-    from tasks.remediation import fleet_view_from, read_records
+    from gpumedic.remediation_status import render, to_json
+    from tasks.remediation import remediation_status_now
 
     settings = load_fleet_settings(args.fleet)
     kubernetes = settings.kubernetes
     kubeconfig = args.kubeconfig or (kubernetes.kubeconfig if kubernetes and kubernetes.kubeconfig else None)
     kubeconfig = str(kubeconfig or DEFAULT_KUBECONFIG)
     try:
-        with KubeNodes.from_kubeconfig(kubeconfig, context=kubernetes.context if kubernetes else None) as kube:
-            views = kube.list_nodes()
+        status = remediation_status_now(kubeconfig, settings.remediation_policy(),
+                                        context=kubernetes.context if kubernetes else None, include_closed=args.all)
     except AdapterError as err:
         print(f"gpumedic: cannot read the nodes' remediation records ({kubeconfig}): {err}", file=sys.stderr)
         return 1
-    _, unreadable = read_records(views)
-    status = fleet_status(fleet_view_from(views), settings.remediation_policy(), datetime.now(UTC),
-                          unreadable=unreadable, include_closed=args.all)
     print("\n".join(render(status)))
     if args.json:
         Path(args.json).write_text(json.dumps(to_json(status), indent=2) + "\n")

@@ -348,6 +348,7 @@ def run_demo(*, auto_approve: bool, json_out: Path | None, fleet_file: Path | No
         outcome = remediate_demo_fleet(document, fleet=fleet, cluster=cluster, ui_url=server.ui_url,
                                        auto_approve=auto_approve)
         outcome["forecast"] = refresh_orders(forecast, jira=cluster.jira, ui_url=server.ui_url)
+        outcome["remediation_status"] = _print_remediation_status(fleet, cluster)
         outcome["elapsed_s"] = round(time.monotonic() - started, 1)
         if json_out:
             json_out.write_text(json.dumps(outcome, indent=2, default=str) + "\n")
@@ -397,6 +398,20 @@ def _print_cluster(cluster: DemoCluster) -> None:
           f"{_seconds(p['approval_timeout'])}")
     print(f"    circuit breaker raised to {p['breaker_fraction']:.0%} of the fleet (default 20%): this demo "
           f"fleet is faulty on purpose, the breaker would otherwise ask a human to override it per node")
+
+
+def _print_remediation_status(fleet: SimulatedFleet, cluster: DemoCluster) -> dict[str, Any]:
+    """What `gpumedic remediation status` says once the demo's remediation has settled."""
+    from gpumedic.config import load_fleet_settings
+    from gpumedic.remediation_status import render, to_json
+    from tasks.remediation import remediation_status_now
+
+    _step(f"gpumedic remediation status --fleet {fleet.inventory_file} --kubeconfig {cluster.kubeconfig}")
+    status = remediation_status_now(str(cluster.kubeconfig), load_fleet_settings(fleet.inventory_file)
+                                    .remediation_policy(), include_closed=True)
+    for line in render(status):
+        print(f"    {line}" if line else "")
+    return to_json(status)
 
 
 def _print_summary(document: dict[str, Any]) -> None:

@@ -21,7 +21,7 @@ from gpumedic.domain.budget import (
     circuit_breaker,
     out_of_service_by_us,
 )
-from gpumedic.domain.remediation import NodeRecord, RemediationState
+from gpumedic.domain.remediation import Decision, NodeRecord, RemediationState, Repair
 
 S = RemediationState
 # States in which the workflow itself is acting: a record that stays in one of these far longer than
@@ -109,7 +109,8 @@ def _node_status(record: NodeRecord, out_of_service: bool, policy: RemediationPo
     stalled = not record.closed and record.state in _ACTING and now - record.updated_at > stalled_after(policy)
     return NodeStatus(
         node=record.node,
-        state=str(record.state),
+        # A closed incident that still holds its node (ticketed, failed) is the one a human must look at.
+        state=str(record.state) + (" (closed)" if record.closed and not record.holds_node else ""),
         repair=str(record.repair),
         incident=record.incident_id,
         since=record.updated_at,
@@ -141,7 +142,10 @@ def _needs(record: NodeRecord, now: datetime, stalled: bool) -> str:
         )
     if record.state is S.TICKETED:
         ticket = record.ticket_key or "a ticket still in the outbox (filed when Jira answers)"
-        return f"the replacement: {ticket}"
+        work = "inspection" if record.repair is Repair.INSPECT else "replacement"
+        if record.approval is not None and record.approval.decision is Decision.TIMEOUT:
+            return f"a human: nobody decided in time; the {work} ticket was filed awaiting a decision: {ticket}"
+        return f"the {work}: {ticket}"
     if record.state is S.FAILED:
         return f"a human: automation stopped ({record.outcome or 'no outcome recorded'})"
     if record.state is S.READMITTED and record.probation_until is not None:
@@ -149,15 +153,19 @@ def _needs(record: NodeRecord, now: datetime, stalled: bool) -> str:
     return ""
 
 
-def render(status: FleetStatus) -> list[str]:
-    """The lines `gpumedic remediation status` prints."""
+def headline(status: FleetStatus) -> list[str]:
+    """The disruption budget in use and the circuit breaker, one line each."""
     p = status.policy
-    lines = [
-        f"remediation on {status.gpu_nodes} GPU nodes, {_when(status.now)}",
+    return [
         f"out of service by gpumedic: {status.out_of_service} of at most {status.limit} nodes "
         f"(max_nodes_out {p.max_nodes_out}, max_fraction_out {p.max_fraction_out:.0%})",
         f"circuit breaker {'OPEN' if status.breaker.open else 'closed'}: {status.breaker.reason}",
     ]
+
+
+def render(status: FleetStatus) -> list[str]:
+    """The lines `gpumedic remediation status` prints."""
+    lines = [f"remediation on {status.gpu_nodes} GPU nodes, {_when(status.now)}", *headline(status)]
     if status.opted_out:
         lines.append(
             f"opted out (label gpumedic.io/managed=false or annotation gpumedic.io/opt-out=true): "
@@ -196,6 +204,22 @@ def render(status: FleetStatus) -> list[str]:
     if status.closed_hidden:
         lines.append(f"({status.closed_hidden} closed incidents not shown; --all shows them)")
     return lines
+
+
+def table_rows(status: FleetStatus) -> list[dict[str, str]]:
+    """One row per listed node, for the Prefect UI's `fleet-remediation` table."""
+    return [
+        {
+            "node": n.node,
+            "incident": n.incident,
+            "state": n.state + (" (dry run)" if n.dry_run else ""),
+            "repair": n.repair,
+            "out_of_service": "yes" if n.out_of_service else "no",
+            "waiting_for": n.needs or n.last,
+            "since": n.since.isoformat(),
+        }
+        for n in status.nodes
+    ]
 
 
 def to_json(status: FleetStatus) -> dict[str, Any]:

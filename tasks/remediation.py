@@ -69,6 +69,7 @@ from gpumedic.domain.remediation import (
 )
 from gpumedic.domain.verdict import GpuAssessment, NodeAssessment
 from gpumedic.inventory import resolve_fleet
+from gpumedic.remediation_status import FleetStatus, fleet_status
 
 OPT_OUT_ANNOTATION = "gpumedic.io/opt-out"
 MANAGER = "gpumedic"
@@ -198,6 +199,17 @@ def fleet_view_from(views: list[NodeView], breaker_override_until: datetime | No
         opted_out=frozenset(v.name for v in views if not _opted_in(v)),
         breaker_override_until=breaker_override_until,
     )
+
+
+def remediation_status_now(
+    kubeconfig: str, policy: RemediationPolicy, *, context: str | None = None, include_closed: bool = False
+) -> FleetStatus:
+    """`gpumedic remediation status`: the fleet's remediation, read from the Nodes now."""
+    with KubeNodes.from_kubeconfig(kubeconfig, context=context) as kube:
+        views = kube.list_nodes()
+    _, unreadable = read_records(views)
+    return fleet_status(fleet_view_from(views), policy, datetime.now(UTC), unreadable=unreadable,
+                        include_closed=include_closed)
 
 
 @dataclass(frozen=True, slots=True)

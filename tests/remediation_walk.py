@@ -8,6 +8,7 @@ from gpumedic.domain.budget import FleetView, RemediationPolicy
 from gpumedic.domain.remediation import (
     ACTING_STEPS,
     ApprovalReceived,
+    ApprovalTimedOut,
     Cordon,
     Done,
     FileTicket,
@@ -36,9 +37,9 @@ def _assessment(node: str, action: Action) -> NodeAssessment:
     return NodeAssessment(node, verdict, action, (), (gpu,))
 
 
-def _outcome(step: object) -> StepOutcome:
+def _outcome(step: object, *, decided: bool) -> StepOutcome:
     if isinstance(step, RequestApproval):
-        return ApprovalReceived("alice", approve=True, reason="RMA it", rma="RMA-7")
+        return ApprovalReceived("alice", approve=True, reason="RMA it", rma="RMA-7") if decided else ApprovalTimedOut()
     if isinstance(step, FileTicket):
         return TicketFiled("GPU-9")
     return simulated_outcome(step)  # type: ignore[arg-type]
@@ -53,10 +54,12 @@ def walk(
     policy: RemediationPolicy | None = None,
     dry_run: bool = False,
     settled: bool = False,
+    decided: bool = True,
 ) -> NodeRecord:
     """Open an incident at `at` and run the state machine until it enters `until` (None: to its end).
 
     It stops with the step that enters `until` begun and not finished, or (`settled`) finished.
+    Approvals are given (or, unless `decided`, time out); tickets are filed as GPU-9.
     """
     policy = policy or RemediationPolicy()
     now = at
@@ -83,7 +86,7 @@ def walk(
             cordoned.add(node)
         if isinstance(step, Readmit) and not dry_run:
             cordoned.discard(node)
-        record = apply_outcome(record, step, _outcome(step), now=now)
+        record = apply_outcome(record, step, _outcome(step, decided=decided), now=now)
         if record.state is until:
             return record
         now += MINUTE

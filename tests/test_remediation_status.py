@@ -111,7 +111,9 @@ def test_the_table_lists_every_open_incident_and_all_adds_the_closed_ones() -> N
     assert "draining (dry run)" in rows[-1]
     assert lines[-1] == "(1 closed incidents not shown; --all shows them)"
     every = fleet_status(fleet, POLICY, NOW, include_closed=True)
-    assert "gpu-f" in {n.node for n in every.nodes} and every.closed_hidden == 0
+    assert every.closed_hidden == 0
+    (closed,) = [n for n in every.nodes if n.node == "gpu-f"]
+    assert closed.state == "in_service (closed)" and closed.last == "recovered: healthy after probation (reset_gpu)"
 
 
 def test_an_unreadable_record_is_named_and_a_quiet_fleet_says_so() -> None:
@@ -137,3 +139,16 @@ def test_the_json_has_one_entry_per_listed_node() -> None:
     assert [n["node"] for n in document["nodes"]] == ["gpu-a", "gpu-b", "gpu-c", "gpu-d", "gpu-e", "gpu-g"]
     assert document["out_of_service"] == 4 and document["budget_limit"] == 5
     assert document["nodes"][4]["stalled"] is True
+
+
+def test_a_ticket_filed_without_a_decision_still_needs_a_human_and_an_inspection_is_not_a_replacement() -> None:
+    undecided = walk("gpu-u", Action.REPLACE, policy=POLICY, until=None, at=T0, decided=False)
+    inspected = walk("gpu-i", Action.INSPECT, policy=POLICY, until=None, at=T0)
+    assert undecided.state is inspected.state is S.TICKETED
+    status = fleet_status(_fleet([undecided, inspected], cordoned={"gpu-u", "gpu-i"}), POLICY, NOW)
+    by_node = {n.node: n for n in status.nodes}
+    assert by_node["gpu-u"].needs == (
+        "a human: nobody decided in time; the replacement ticket was filed awaiting a decision: GPU-9"
+    )
+    assert by_node["gpu-i"].needs == "the inspection: GPU-9"
+    assert [n.node for n in status.needs_a_human] == ["gpu-u"]

@@ -171,6 +171,21 @@ def test_the_forecast_foresees_the_degrading_gpu_and_orders_its_replacement_once
     assert node["action"] == "monitor" and node["in_service"] and node["flow_runs"] == [], _why(demo, FORESEEN[0])
 
 
+def test_the_remediation_status_agrees_with_the_cluster_and_jira(demo: dict[str, Any]) -> None:
+    status = demo["remediation_status"]
+    assert {n["node"] for n in status["nodes"]} == set(demo["remediation"]["flagged"])  # --all: closed ones too
+    out = {n["node"] for n in status["nodes"] if n["out_of_service"]}
+    assert out == {*REPLACED, INSPECTED}
+    assert status["out_of_service"] == len(out) <= status["budget_limit"] == demo["budget"]["limit"]
+    for n in status["nodes"]:
+        assert not n["stalled"], n
+        if n["node"] in out:
+            (ticket,) = demo["nodes"][n["node"]]["tickets"]
+            work = "inspection" if n["node"] == INSPECTED else "replacement"
+            assert n["needs"] == f"the {work}: {ticket}", n
+    assert "out of service by gpumedic:" in demo["_stdout"]
+
+
 def test_the_demo_prints_its_progress_and_stays_reasonably_fast(demo: dict[str, Any]) -> None:
     stdout = demo["_stdout"]
     for text in ("gpumedic.node.unhealthy", "remediation outcome:", "disruption budget", "circuit breaker",

@@ -3,6 +3,7 @@ Kubernetes API emulator, and the Jira emulator behind the real `jira` client and
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 import time
@@ -161,6 +162,19 @@ def test_deployment_parameters_come_from_the_environment() -> None:
 # --------------------------------------------------------------------------- happy path
 
 
+def _latest_table_artifact(key: str) -> tuple[list[dict[str, Any]], str]:
+    from prefect import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+    from prefect.client.schemas.sorting import ArtifactSort
+
+    with get_client(sync_client=True) as client:
+        (artifact,) = client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])), sort=ArtifactSort.CREATED_DESC, limit=1
+        )
+    data = json.loads(artifact.data) if isinstance(artifact.data, str) else artifact.data
+    return data, artifact.description or ""
+
+
 def test_reset_then_passing_diagnostics_readmits_the_node(dbe_rig: Rig) -> None:
     result = dbe_rig.run("gpu-node-00", incident="inc-happy")
     assert result["final_state"] == "readmitted", result
@@ -176,6 +190,12 @@ def test_reset_then_passing_diagnostics_readmits_the_node(dbe_rig: Rig) -> None:
     assert dbe_rig.kube.pdb_violations() == []
     assert dbe_rig.actions("gpu-node-01") == []  # the healthy node is untouched
     assert "gpumedic.io/state" not in dbe_rig.annotations("gpu-node-01")
+    # The UI's fleet table says what the node waits for, and the budget in use.
+    table, description = _latest_table_artifact("fleet-remediation")
+    (row,) = table
+    assert (row["node"], row["state"], row["out_of_service"]) == ("gpu-node-00", "readmitted", "no")
+    assert row["waiting_for"].startswith("probation until ")
+    assert "out of service by gpumedic: 0 of at most" in description and "circuit breaker closed" in description
     # A re-run of the same incident changes nothing.
     again = dbe_rig.run("gpu-node-00", incident="inc-happy")
     assert again["actions"] == []
