@@ -1,4 +1,6 @@
-"""The remediation deployment: one `remediate-node` run per `gpumedic.node.unhealthy` event.
+"""The remediation deployments: one `remediate-node` run per `gpumedic.node.unhealthy` event, and
+`resume-remediations` every 15 minutes for the open incidents no event will bring back (see
+`flows.resume`).
 
 The sweep emits the event with `prefect.resource.id = gpumedic.node.<node>` and the node in
 its payload; the trigger starts one run per event, with the node and the sweep id as the
@@ -22,10 +24,13 @@ from collections.abc import Mapping
 from typing import Any
 
 from prefect.events import DeploymentEventTrigger
+from prefect.schedules import Interval
 
 from flows.remediation import DEFAULT_KUBECONFIG, remediate_node
+from flows.resume import resume_remediations
 
 UNHEALTHY_EVENT = "gpumedic.node.unhealthy"
+RESUME_EVERY_SECONDS = 15 * 60
 
 
 def remediation_trigger() -> DeploymentEventTrigger:
@@ -54,11 +59,22 @@ def default_parameters(fleet_file: str, environ: Mapping[str, str] | None = None
 
 def remediation_deployments(fleet_file: str) -> list[Any]:
     triggers: list[Any] = [] if os.environ.get("GPUMEDIC_REMEDIATION_TRIGGER", "1") == "0" else [remediation_trigger()]
+    parameters = default_parameters(fleet_file)
     return [
+        resume_remediations.to_deployment(
+            name="resume-remediations",
+            schedules=[Interval(RESUME_EVERY_SECONDS)],
+            parameters={"fleet_file": fleet_file, "kubeconfig": parameters["kubeconfig"]},
+            description=(
+                "Every 15 minutes: start a remediate-node run for each open incident no run will come back to "
+                "by itself (probation over, a wait for the budget or evidence, a run that died mid-step)."
+            ),
+            tags=["gpumedic", "remediation"],
+        ),
         remediate_node.to_deployment(
             name="remediate-node",
             triggers=triggers,
-            parameters=default_parameters(fleet_file),
+            parameters=parameters,
             description=(
                 "Remediate one GPU node: cordon, drain, reset or reboot, diagnose, readmit; or ask for a "
                 "replacement approval and file the ticket. Triggered by gpumedic.node.unhealthy."

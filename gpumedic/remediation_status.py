@@ -163,6 +163,59 @@ def headline(status: FleetStatus) -> list[str]:
     ]
 
 
+# How long an open incident may sit waiting (for the budget, fresh evidence, the breaker) before a run
+# is started to look again, and how late a run that should have ended a wait by itself may be.
+RECHECK_AFTER = timedelta(minutes=15)
+
+
+@dataclass(frozen=True, slots=True)
+class Resumption:
+    node: str
+    incident: str
+    why: str
+    since: datetime  # the record's last change: one resumption per record version
+
+    @property
+    def key(self) -> str:
+        return f"resume-{self.incident}-{self.since.isoformat()}"
+
+
+def due_for_resumption(fleet: FleetView, policy: RemediationPolicy, now: datetime) -> list[Resumption]:
+    """Open incidents that no remediate-node run will come back to by itself.
+
+    A run ends when its incident waits (probation, the disruption budget, fresh evidence, the
+    breaker), and the next one starts on the next `gpumedic.node.unhealthy` event; a run whose
+    process died leaves its record mid-step. A node that now looks healthy raises no event, so
+    without a new run its incident would stay open, and a cordoned node out of service, for ever.
+    Starting a run is always safe: it resumes from the record, and every destructive step still
+    needs fresh evidence, the budget and a closed breaker.
+    """
+    due = []
+    for record in sorted(fleet.records, key=lambda r: r.node):
+        why = _why_resume(record, policy, now)
+        if why:
+            due.append(Resumption(record.node, record.incident_id, why, record.updated_at))
+    return due
+
+
+def _why_resume(record: NodeRecord, policy: RemediationPolicy, now: datetime) -> str:
+    if record.closed or record.state.terminal:
+        return ""
+    quiet = now - record.updated_at
+    asked = [k for k in record.pending_steps if k.startswith("approval:")]
+    if asked:
+        # A suspended run times the request out itself; only a run the server failed to resume needs help.
+        begun = min((h.time for h in record.history if h.step in asked), default=record.updated_at)
+        late = now - begun - policy.approval_timeout
+        return f"its approval request is {_age(late)} past its timeout" if late > RECHECK_AFTER else ""
+    if record.state is S.READMITTED:
+        until = record.probation_until
+        return f"its probation ended {_age(now - until)} ago" if until is not None and now >= until else ""
+    if record.state in _ACTING:
+        return f"no progress for {_age(quiet)} (its run stopped)" if quiet > stalled_after(policy) else ""
+    return f"waiting for {_age(quiet)} (budget, evidence or the breaker)" if quiet > RECHECK_AFTER else ""
+
+
 def render(status: FleetStatus) -> list[str]:
     """The lines `gpumedic remediation status` prints."""
     lines = [f"remediation on {status.gpu_nodes} GPU nodes, {_when(status.now)}", *headline(status)]

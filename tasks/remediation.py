@@ -22,7 +22,7 @@ import re
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
 from prefect import get_run_logger, task
@@ -188,6 +188,12 @@ def fleet_view_from(views: list[NodeView], breaker_override_until: datetime | No
     records, unreadable = read_records(views)
     for node, _why in unreadable:
         _log().warning("node=%s unreadable remediation record: left out of the fleet view", node)
+    return _fleet_view(views, records, breaker_override_until)
+
+
+def _fleet_view(
+    views: list[NodeView], records: list[NodeRecord], breaker_override_until: datetime | None = None
+) -> FleetView:
     # Each incident was opened on a sweep that found its node needing remediation.
     unhealthy = [UnhealthyObservation(record.node, record.opened_at) for record in records]
     gpu_nodes = sum(1 for v in views if v.gpu_capacity > 0) or len(views)
@@ -207,8 +213,8 @@ def remediation_status_now(
     """`gpumedic remediation status`: the fleet's remediation, read from the Nodes now."""
     with KubeNodes.from_kubeconfig(kubeconfig, context=context) as kube:
         views = kube.list_nodes()
-    _, unreadable = read_records(views)
-    return fleet_status(fleet_view_from(views), policy, datetime.now(UTC), unreadable=unreadable,
+    records, unreadable = read_records(views)
+    return fleet_status(_fleet_view(views, records), policy, datetime.now(UTC), unreadable=unreadable,
                         include_closed=include_closed)
 
 
@@ -606,6 +612,64 @@ def find_waiting_approval(pause_key: str, flow_names: list[str], exclude: str | 
         elif pause_key in (run.empirical_policy.pause_keys or set()):
             return WaitingRun(str(run.id), run.name, None, resumed=True)
     return None
+
+
+@task(name="nodes-with-live-remediation-runs", cache_policy=NO_CACHE, retries=3, retry_delay_seconds=RETRY_DELAYS,
+      timeout_seconds=60)
+def nodes_with_live_runs(deployment: str) -> set[str]:
+    """The nodes a run of `deployment` ("flow/deployment") is working on, or about to.
+
+    Pending, running, paused (waiting for a human), cancelling, or scheduled to start within a
+    minute. A run scheduled for later (an approval's timeout check, a day out) is not at work now.
+    """
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (
+        DeploymentFilter,
+        DeploymentFilterId,
+        FlowRunFilter,
+        FlowRunFilterState,
+        FlowRunFilterStateType,
+    )
+    from prefect.client.schemas.objects import StateType
+
+    live = [StateType.SCHEDULED, StateType.PENDING, StateType.RUNNING, StateType.PAUSED, StateType.CANCELLING]
+    soon = utcnow() + timedelta(minutes=1)
+    nodes: set[str] = set()
+    offset = 0
+    with get_client(sync_client=True) as client:
+        ours = DeploymentFilter(id=DeploymentFilterId(any_=[client.read_deployment_by_name(deployment).id]))
+        while True:  # the API answers at most 200 runs a page
+            page = client.read_flow_runs(
+                deployment_filter=ours,
+                flow_run_filter=FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(any_=live))),
+                limit=200, offset=offset,
+            )
+            for run in page:
+                details = run.state.state_details if run.state is not None else None
+                later = details is not None and run.state is not None and run.state.is_scheduled() \
+                    and details.scheduled_time is not None and details.scheduled_time > soon
+                if run.parameters.get("node") and not later:
+                    nodes.add(str(run.parameters["node"]))
+            offset += len(page)
+            if len(page) < 200:
+                return nodes
+
+
+@task(name="start-remediation-run", cache_policy=NO_CACHE, retries=3, retry_delay_seconds=RETRY_DELAYS,
+      timeout_seconds=60)
+def start_remediation_run(deployment: str, node: str, incident: str, key: str) -> str:
+    """A run of the remediation `deployment` ("flow/deployment") for the node's open incident; its name.
+
+    `key` makes the request idempotent: two resumers that saw the same record start one run.
+    """
+    from prefect.client.schemas.objects import FlowRun
+    from prefect.deployments import run_deployment
+
+    run: FlowRun = run_deployment(  # type: ignore[assignment]  # sync call: a FlowRun, not a coroutine
+        deployment, parameters={"node": node, "incident": incident}, timeout=0, as_subflow=False,
+        idempotency_key=key, tags=["gpumedic", "resumed"],
+    )
+    return run.name
 
 
 @task(name="schedule-approval-check", cache_policy=NO_CACHE, retries=3, retry_delay_seconds=RETRY_DELAYS,

@@ -66,6 +66,8 @@ def walk(
     record = open_incident(
         _assessment(node, action), incident_id=f"inc-{node}", now=now, policy=policy, dry_run=dry_run
     )
+    if record.state is until:
+        return record  # just opened: nothing done yet (e.g. no room in the disruption budget)
     cordoned: set[str] = set()
     for _ in range(60):
         # The sweeps see the node broken until it is readmitted, and healthy from then on.

@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 from gpumedic.domain.budget import FleetView, RemediationPolicy, UnhealthyObservation
 from gpumedic.domain.remediation import NodeRecord, RemediationState
 from gpumedic.domain.verdict import Action
-from gpumedic.remediation_status import fleet_status, render, stalled_after, to_json
+from gpumedic.remediation_status import due_for_resumption, fleet_status, render, stalled_after, to_json
 from tests.remediation_walk import walk
 
 S = RemediationState
@@ -152,3 +152,31 @@ def test_a_ticket_filed_without_a_decision_still_needs_a_human_and_an_inspection
     )
     assert by_node["gpu-i"].needs == "the inspection: GPU-9"
     assert [n.node for n in status.needs_a_human] == ["gpu-u"]
+
+
+def test_only_incidents_no_run_will_come_back_to_are_due_for_resumption() -> None:
+    fleet, records = _fleet_in_every_situation()
+    due = {r.node: r for r in due_for_resumption(fleet, POLICY, NOW)}
+    # gpu-e's drain stopped 3 h ago: its run died. Everything else is under way, waits for a human
+    # (gpu-b's request is recent), is closed (gpu-c ticketed, gpu-f), or is on probation still (gpu-d).
+    assert set(due) == {"gpu-e"}
+    assert due["gpu-e"].incident == records["gpu-e"].incident_id and due["gpu-e"].why.startswith("no progress for")
+    later = {r.node: r.why for r in due_for_resumption(fleet, POLICY, NOW + timedelta(hours=5))}
+    # Probation is over: a run must read fresh evidence and close it (or climb the ladder).
+    assert later["gpu-d"].startswith("its probation ended")
+    # Every acting state is stalled by then (the dry run too: it holds nothing, but its record is open).
+    assert {"gpu-a", "gpu-e", "gpu-g"} <= set(later)
+    assert "gpu-b" not in later  # its approval times out after 24 h, by its own suspended run
+
+
+def test_an_approval_the_server_never_timed_out_and_a_long_wait_are_resumed() -> None:
+    asked = walk("gpu-b", Action.REPLACE, policy=POLICY, until=S.AWAITING_APPROVAL, at=T0)
+    waiting = walk("gpu-w", Action.RESET_GPU, policy=POLICY, until=S.IN_SERVICE, at=T0)  # opened, no budget yet
+    fleet = _fleet([asked, waiting], cordoned={"gpu-b"})
+    deadline = T0 + POLICY.approval_timeout
+    on_time = {r.node for r in due_for_resumption(fleet, POLICY, deadline + timedelta(minutes=10))}
+    late = {r.node: r.why for r in due_for_resumption(fleet, POLICY, deadline + timedelta(minutes=20))}
+    assert "gpu-b" not in on_time and late["gpu-b"].startswith("its approval request is")
+    assert waiting.state is S.IN_SERVICE and not waiting.closed
+    assert {r.node for r in due_for_resumption(fleet, POLICY, T0 + timedelta(minutes=10))} == set()
+    assert late["gpu-w"].startswith("waiting for")

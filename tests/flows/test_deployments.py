@@ -60,6 +60,22 @@ def test_remediation_is_triggered_by_the_sweeps_unhealthy_event() -> None:
     assert trigger["parameters"]["node"] == "{{ event.payload.node }}"
 
 
+def test_stalled_and_waiting_remediations_are_resumed_every_quarter_hour_in_both_places() -> None:
+    from deployments.serve import build_deployments
+    from flows.resume import REMEDIATION_FLOW
+
+    declared = {d["name"]: d for d in _deployments()}
+    resume = declared["resume-remediations"]
+    assert resume["entrypoint"] == "flows/resume.py:resume_remediations"
+    assert resume["schedules"][0]["interval"] == 900
+    assert resume["parameters"]["kubeconfig"] == declared["remediate-node"]["parameters"]["kubeconfig"]
+    built = {d.name: d for d in build_deployments("/tmp/fleet.yaml")}
+    assert built["resume-remediations"].schedules[0].schedule.interval.total_seconds() == 900
+    assert built["resume-remediations"].parameters["kubeconfig"] == built["remediate-node"].parameters["kubeconfig"]
+    # It starts runs of the deployment the sweeps' events start.
+    assert built["remediate-node"].flow_name == REMEDIATION_FLOW
+
+
 def test_serve_builds_the_same_schedules_without_a_work_pool() -> None:
     from deployments.serve import build_deployments
 

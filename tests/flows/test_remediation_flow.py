@@ -541,6 +541,71 @@ def test_a_crash_around_the_reset_never_resets_twice(
         assert not dbe_rig.node("gpu-node-00")["spec"].get("unschedulable")
 
 
+def test_a_run_that_died_after_the_reset_is_resumed_once_and_readmits_the_node(
+    dbe_rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No event will come for it: the reset cleared the DBE, so the next sweep finds the node healthy."""
+    from uuid import uuid4
+
+    from prefect import get_client
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
+    from prefect.deployments.runner import RunnerDeployment
+    from prefect.flow_engine import run_flow
+    from prefect.states import Scheduled
+
+    import flows.remediation as module
+    from flows.remediation import remediate_node
+    from flows.resume import resume_remediations
+
+    monkeypatch.setattr(module, "crash_hook", _die_at(("executed", "reset:1")))
+    with pytest.raises(OrchestratorDied):
+        dbe_rig.run("gpu-node-00", incident="inc-died")
+    assert dbe_rig.annotations("gpu-node-00")["gpumedic.io/state"] == "resetting"
+    assert dbe_rig.node("gpu-node-00")["spec"]["unschedulable"]
+    deployment = cast(RunnerDeployment, remediate_node.to_deployment(
+        name=f"remediate-{uuid4().hex[:8]}",
+        parameters={"fleet_file": dbe_rig.fleet_file, "kubeconfig": dbe_rig.kubeconfig, "evidence_retry_s": 0.5}))
+    deployment_id = deployment.apply()
+    resume = {"fleet_file": dbe_rig.fleet_file, "kubeconfig": dbe_rig.kubeconfig,
+              "deployment": f"remediate-node/{deployment.name}"}
+
+    def runs() -> list[Any]:
+        with get_client(sync_client=True) as client:
+            ours = DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id]))
+            return client.read_flow_runs(deployment_filter=ours)
+
+    # Just after the crash the run may be alive still (its step has a 10 s drain, 30 s reboot deadline).
+    assert resume_remediations(**resume)["started"] == []
+    # Once twice the longest step deadline has passed, it is stalled: shorten the deadlines to see it now.
+    document = yaml.safe_load(Path(dbe_rig.fleet_file).read_text())
+    document["fleet"]["remediation"].update({"drain_timeout": 1, "reboot_timeout": 1, "diag_timeout": 1})
+    Path(dbe_rig.fleet_file).write_text(yaml.safe_dump(document, sort_keys=False))
+    time.sleep(2.2)
+    dry = resume_remediations(**resume, dry_run=True)
+    assert dry["started"] == [] and [e["because"] for e in dry["left"]] == ["dry run"] and runs() == []
+    # A run of the node scheduled for tomorrow (as an approval's timeout check is) is not at work now.
+    with get_client(sync_client=True) as client:
+        tomorrow = Scheduled(scheduled_time=datetime.now(UTC) + timedelta(days=1))
+        client.create_flow_run_from_deployment(deployment_id, parameters={"node": "gpu-node-00", "incident": "old"},
+                                               state=tomorrow)
+
+    (started,) = resume_remediations(**resume)["started"]
+    assert (started["node"], started["incident"]) == ("gpu-node-00", "inc-died")
+    assert started["why"].startswith("no progress for")
+    (run,) = [r for r in runs() if r.parameters["incident"] == "inc-died"]
+    assert run.state is not None and run.state.is_scheduled() and "resumed" in run.tags
+    assert (run.parameters["node"], run.parameters["incident"]) == ("gpu-node-00", "inc-died")
+    # While that run is live, another pass starts none.
+    again = resume_remediations(**resume)
+    assert again["started"] == [] and again["left"][0]["because"] == "a remediate-node run for the node is live"
+
+    result = cast(dict[str, Any], run_flow(remediate_node, flow_run=run, parameters=run.parameters))
+    assert result["final_state"] == "readmitted", result
+    assert sum(a.startswith("reset_gpu") for a in dbe_rig.actions("gpu-node-00")) == 1  # measured, not reset again
+    assert not dbe_rig.node("gpu-node-00")["spec"].get("unschedulable")
+    assert resume_remediations(**resume)["started"] == []  # on probation now: nothing to resume
+
+
 # --------------------------------------------------------------------------- fleet safety
 
 
