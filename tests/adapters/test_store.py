@@ -5,6 +5,7 @@ import socket
 import sqlite3
 import threading
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -210,31 +211,40 @@ def test_a_missing_column_that_old_rows_cannot_fill_is_refused_by_name(db_url: s
         TelemetryStore(db_url)
 
 
+def _all_at_once(action: Callable[[], object], threads: int = 4) -> list[BaseException]:
+    """Run `action` in `threads` threads released together; what they raised."""
+    start = threading.Barrier(threads)
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            start.wait(timeout=30)
+            action()
+        except BaseException as err:  # reported by the caller, with the thread's own traceback
+            errors.append(err)
+
+    started = [threading.Thread(target=run) for _ in range(threads)]
+    for t in started:
+        t.start()
+    for t in started:
+        t.join(timeout=60)
+    return errors
+
+
 def test_several_openers_of_a_new_sqlite_store_all_put_it_in_wal_mode(tmp_path: Path) -> None:
     # The switch to WAL is refused at once, not waited for, when openers collide. One round of 4
     # openers collided about once in 8 on this 2-core machine, so the test runs 30 rounds.
     for round_ in range(30):
-        url = f"sqlite:///{tmp_path / f'round-{round_}.db'}"
-        start = threading.Barrier(4)
-        errors: list[BaseException] = []
+        path = tmp_path / f"round-{round_}.db"
 
-        def connect(url: str = url, start: threading.Barrier = start, errors: list[BaseException] = errors) -> None:
-            try:
-                start.wait(timeout=30)
-                engine = store_engine(url)
-                with engine.connect():
-                    pass
-                engine.dispose()
-            except BaseException as err:  # reported below
-                errors.append(err)
+        def connect(url: str = f"sqlite:///{path}") -> None:
+            engine = store_engine(url)
+            with engine.connect():
+                pass
+            engine.dispose()
 
-        threads = [threading.Thread(target=connect) for _ in range(4)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(timeout=60)
-        assert errors == [], f"round {round_}"
-        with sqlite3.connect(tmp_path / f"round-{round_}.db") as conn:
+        assert _all_at_once(connect) == [], f"round {round_}"
+        with sqlite3.connect(path) as conn:
             assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 
 
@@ -242,23 +252,12 @@ def test_several_openers_of_a_new_sqlite_store_all_put_it_in_wal_mode(tmp_path: 
 def test_several_processes_opening_a_store_at_once_all_succeed(db_url: str, old: bool) -> None:
     if old:
         _execute(db_url, OLD_FORECASTS_DDL)
-    start = threading.Barrier(4)
-    errors: list[BaseException] = []
 
     def open_store() -> None:
-        try:
-            start.wait(timeout=30)
-            TelemetryStore(db_url).engine.dispose()
-            TicketOutbox(db_url).close()
-        except BaseException as err:  # reported below, with the thread's own traceback
-            errors.append(err)
+        TelemetryStore(db_url).engine.dispose()
+        TicketOutbox(db_url).close()
 
-    threads = [threading.Thread(target=open_store) for _ in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=60)
-    assert errors == []
+    assert _all_at_once(open_store) == []
     store = TelemetryStore(db_url)
     store.record_forecasts([StoredForecast("n1", 0, 0.3, None, False, (), T0, 7.0)])
     assert store.latest_forecasts(["n1"])[("n1", 0)].horizon_days == 7.0
