@@ -105,8 +105,12 @@ def fleet_status(
     )
 
 
+def _stalled(record: NodeRecord, policy: RemediationPolicy, now: datetime) -> bool:
+    return not record.closed and record.state in _ACTING and now - record.updated_at > stalled_after(policy)
+
+
 def _node_status(record: NodeRecord, out_of_service: bool, policy: RemediationPolicy, now: datetime) -> NodeStatus:
-    stalled = not record.closed and record.state in _ACTING and now - record.updated_at > stalled_after(policy)
+    stalled = _stalled(record, policy, now)
     return NodeStatus(
         node=record.node,
         # A closed incident that still holds its node (ticketed, failed) is the one a human must look at.
@@ -132,8 +136,8 @@ def _last(record: NodeRecord) -> str:
 def _needs(record: NodeRecord, now: datetime, stalled: bool) -> str:
     if stalled:
         return (
-            f"a human: no progress for {_age(now - record.updated_at)}; check its remediate-node run, or start "
-            f"one for the node (it resumes from this record)"
+            f"a new run: no progress for {_age(now - record.updated_at)}, its run stopped; resume-remediations "
+            f"starts one within 15 minutes, and it resumes from this record"
         )
     approvals = sorted(k.split(":", 1)[1] for k in record.pending_steps if k.startswith("approval:"))
     if approvals:
@@ -212,7 +216,7 @@ def _why_resume(record: NodeRecord, policy: RemediationPolicy, now: datetime) ->
         until = record.probation_until
         return f"its probation ended {_age(now - until)} ago" if until is not None and now >= until else ""
     if record.state in _ACTING:
-        return f"no progress for {_age(quiet)} (its run stopped)" if quiet > stalled_after(policy) else ""
+        return f"no progress for {_age(quiet)} (its run stopped)" if _stalled(record, policy, now) else ""
     return f"waiting for {_age(quiet)} (budget, evidence or the breaker)" if quiet > RECHECK_AFTER else ""
 
 
@@ -231,6 +235,10 @@ def render(status: FleetStatus) -> list[str]:
         )
     if status.needs_a_human:
         lines.append(f"waiting for a human: {', '.join(n.node for n in status.needs_a_human)}")
+    if status.stalled:
+        lines.append(
+            f"stalled (no progress for twice the longest step's deadline): {', '.join(n.node for n in status.stalled)}"
+        )
     if not status.nodes:
         lines.append(
             "no open incidents"

@@ -69,10 +69,10 @@ def test_each_node_says_what_it_waits_for() -> None:
     assert by_node["gpu-b"].needs == "a human: approve or reject the replacement in the Prefect UI"
     assert by_node["gpu-c"].needs == "the replacement: GPU-9"
     assert by_node["gpu-d"].needs == f"probation until {records['gpu-d'].probation_until:%Y-%m-%d %H:%M} UTC"
-    assert by_node["gpu-e"].stalled and by_node["gpu-e"].needs.startswith("a human: no progress for 3.0 h")
+    assert by_node["gpu-e"].stalled and by_node["gpu-e"].needs.startswith("a new run: no progress for 3.0 h")
     assert by_node["gpu-g"].dry_run and not by_node["gpu-g"].out_of_service
 
-    assert [n.node for n in status.needs_a_human] == ["gpu-b", "gpu-e"]
+    assert [n.node for n in status.needs_a_human] == ["gpu-b"]
     assert [n.node for n in status.stalled] == ["gpu-e"]
 
 
@@ -86,7 +86,8 @@ def test_the_budget_counts_what_gpumedic_holds_out_of_service_and_the_breaker_is
     lines = render(status)
     assert "out of service by gpumedic: 4 of at most 5 nodes (max_nodes_out 5, max_fraction_out 50%)" in lines
     assert any(line.startswith("circuit breaker closed: ") for line in lines)
-    assert "waiting for a human: gpu-b, gpu-e" in lines
+    assert "waiting for a human: gpu-b" in lines
+    assert "stalled (no progress for twice the longest step's deadline): gpu-e" in lines
     assert any("gpu-x" in line and "opted out" in line for line in lines)
 
 
