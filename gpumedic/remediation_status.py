@@ -196,6 +196,8 @@ def due_for_resumption(fleet: FleetView, policy: RemediationPolicy, now: datetim
     """
     due = []
     for record in sorted(fleet.records, key=lambda r: r.node):
+        if record.node in fleet.opted_out:
+            continue  # a run would only halt: an operator took the node out of automation
         why = _why_resume(record, policy, now)
         if why:
             due.append(Resumption(record.node, record.incident_id, why, record.updated_at))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 from gpumedic.domain.budget import FleetView, RemediationPolicy, UnhealthyObservation
@@ -168,6 +169,8 @@ def test_only_incidents_no_run_will_come_back_to_are_due_for_resumption() -> Non
     # Every acting state is stalled by then (the dry run too: it holds nothing, but its record is open).
     assert {"gpu-a", "gpu-e", "gpu-g"} <= set(later)
     assert "gpu-b" not in later  # its approval times out after 24 h, by its own suspended run
+    opted_out = replace(fleet, opted_out=frozenset({"gpu-e"}))
+    assert "gpu-e" not in {r.node for r in due_for_resumption(opted_out, POLICY, NOW)}  # a run would only halt
 
 
 def test_an_approval_the_server_never_timed_out_and_a_long_wait_are_resumed() -> None:
