@@ -40,6 +40,7 @@ from gpumedic.sim.kube_api import KubeApiEmulator
 
 SWEEP_DEPLOYMENT = "fleet-sweep/nightly-full-sweep"
 REMEDIATION_DEPLOYMENT = "remediate-node/remediate-node"
+RESUME_DEPLOYMENT = "resume-remediations/resume-remediations"
 JIRA_TOKEN_ENV = "GPUMEDIC_JIRA_TOKEN"  # noqa: S105 - the variable's name, not a token
 WORKLOAD_NAMESPACE = "ml"
 
@@ -289,6 +290,23 @@ def run_sweep_deployment(timeout_s: float = 600) -> dict[str, Any]:
     return cast(dict[str, Any], state.result())
 
 
+def run_resume_deployment(timeout_s: float = 180) -> dict[str, Any]:
+    """One run of resume-remediations (every 15 minutes in production) through the served deployment."""
+    from prefect.deployments import run_deployment
+
+    _step("running resume-remediations once (it runs every 15 minutes): open incidents no run will come back to")
+    flow_run = cast(FlowRun, run_deployment(RESUME_DEPLOYMENT, timeout=timeout_s))
+    state = flow_run.state
+    if state is None or not state.is_completed():
+        raise RuntimeError(f"the resume-remediations run {flow_run.name} ended in state {state}")
+    result = cast(dict[str, Any], state.result())
+    if result["started"]:
+        print(f"    {flow_run.name}: started " + ", ".join(f"{e['node']} ({e['why']})" for e in result["started"]))
+    else:
+        print(f"    {flow_run.name}: nothing to resume ({len(result['left'])} incidents left waiting on a live run)")
+    return {"run": flow_run.name, "state": state.name, **result}
+
+
 def _use_server(server: LocalPrefectServer, home: Path) -> None:
     """Point this process at the demo's server. Prefect reads its settings once, at import:
     without the refresh, the client here would start a temporary server of its own."""
@@ -349,6 +367,7 @@ def run_demo(*, auto_approve: bool, json_out: Path | None, fleet_file: Path | No
                                        auto_approve=auto_approve)
         outcome["forecast"] = refresh_orders(forecast, jira=cluster.jira, ui_url=server.ui_url)
         outcome["remediation_status"] = _print_remediation_status(fleet, cluster)
+        outcome["resume"] = run_resume_deployment()
         outcome["elapsed_s"] = round(time.monotonic() - started, 1)
         if json_out:
             json_out.write_text(json.dumps(outcome, indent=2, default=str) + "\n")

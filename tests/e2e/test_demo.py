@@ -186,6 +186,12 @@ def test_the_remediation_status_agrees_with_the_cluster_and_jira(demo: dict[str,
     assert "out of service by gpumedic:" in demo["_stdout"]
 
 
+def test_the_served_resume_deployment_runs_and_finds_every_incident_settled(demo: dict[str, Any]) -> None:
+    resume = demo["resume"]
+    assert resume["state"] == "Completed" and not resume["dry_run"], resume
+    assert resume["started"] == [] and resume["left"] == [], resume
+
+
 def test_the_demo_prints_its_progress_and_stays_reasonably_fast(demo: dict[str, Any]) -> None:
     stdout = demo["_stdout"]
     for text in ("gpumedic.node.unhealthy", "remediation outcome:", "disruption budget", "circuit breaker",
