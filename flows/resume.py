@@ -52,20 +52,19 @@ def resume_remediations(
     left: list[dict[str, str]] = []
     for resumption in due:
         entry = {"node": resumption.node, "incident": resumption.incident, "why": resumption.why}
+        because = ""
         if resumption.node in live:
-            left.append({**entry, "because": "a remediate-node run for the node is live"})
+            because = "a remediate-node run for the node is live"
         elif dry_run:
-            left.append({**entry, "because": "dry run"})
+            because = "dry run"
+        if because:
+            left.append({**entry, "because": because})
+            done = f"not started: {because}"
         else:
             entry["run"] = start_remediation_run(deployment, resumption.node, resumption.incident, resumption.key)
             started.append(entry)
-        logger.info(
-            "node=%s incident=%s %s: %s",
-            resumption.node,
-            resumption.incident,
-            resumption.why,
-            f"started {entry['run']}" if "run" in entry else left[-1]["because"],
-        )
+            done = f"started {entry['run']}"
+        logger.info("node=%s incident=%s %s: %s", resumption.node, resumption.incident, resumption.why, done)
     create_markdown_artifact(
         key="resumed-remediations",
         markdown=_report(started, left, dry_run),

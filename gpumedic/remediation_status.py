@@ -52,6 +52,15 @@ class NodeStatus:
     dry_run: bool
     stalled: bool
 
+    @property
+    def shown_state(self) -> str:
+        return self.state + (" (dry run)" if self.dry_run else "")
+
+    @property
+    def waiting_for(self) -> str:
+        """What it waits for or, when its workflow is simply at work, what it did last."""
+        return self.needs or self.last
+
 
 @dataclass(frozen=True, slots=True)
 class FleetStatus:
@@ -87,7 +96,7 @@ def fleet_status(
     out = out_of_service_by_us(fleet)
     shown, hidden = [], 0
     for record in sorted(fleet.records, key=lambda r: r.node):
-        if record.closed and not record.holds_node and not include_closed:
+        if _settled(record) and not include_closed:
             hidden += 1
             continue
         shown.append(_node_status(record, record.node in out, policy, now))
@@ -105,6 +114,16 @@ def fleet_status(
     )
 
 
+def _settled(record: NodeRecord) -> bool:
+    """Closed, and no longer holding its node out of service."""
+    return record.closed and not record.holds_node
+
+
+def _pending_approvals(record: NodeRecord) -> list[str]:
+    """The approval steps asked for and not answered yet (`approval:replace`, ...)."""
+    return sorted(k for k in record.pending_steps if k.startswith("approval:"))
+
+
 def _stalled(record: NodeRecord, policy: RemediationPolicy, now: datetime) -> bool:
     return not record.closed and record.state in _ACTING and now - record.updated_at > stalled_after(policy)
 
@@ -114,7 +133,7 @@ def _node_status(record: NodeRecord, out_of_service: bool, policy: RemediationPo
     return NodeStatus(
         node=record.node,
         # A closed incident that still holds its node (ticketed, failed) is the one a human must look at.
-        state=str(record.state) + (" (closed)" if record.closed and not record.holds_node else ""),
+        state=str(record.state) + (" (closed)" if _settled(record) else ""),
         repair=str(record.repair),
         incident=record.incident_id,
         since=record.updated_at,
@@ -139,7 +158,7 @@ def _needs(record: NodeRecord, now: datetime, stalled: bool) -> str:
             f"a new run: no progress for {_age(now - record.updated_at)}, its run stopped; resume-remediations "
             f"starts one within 15 minutes, and it resumes from this record"
         )
-    approvals = sorted(k.split(":", 1)[1] for k in record.pending_steps if k.startswith("approval:"))
+    approvals = [k.split(":", 1)[1] for k in _pending_approvals(record)]
     if approvals:
         return "a human: " + "; ".join(
             _APPROVALS.get(kind, f"decide on {kind} in the Prefect UI") for kind in approvals
@@ -208,7 +227,7 @@ def _why_resume(record: NodeRecord, policy: RemediationPolicy, now: datetime) ->
     if record.closed or record.state.terminal:
         return ""
     quiet = now - record.updated_at
-    asked = [k for k in record.pending_steps if k.startswith("approval:")]
+    asked = _pending_approvals(record)
     if asked:
         # A suspended run times the request out itself; only a run the server failed to resume needs help.
         begun = min((h.time for h in record.history if h.step in asked), default=record.updated_at)
@@ -251,12 +270,12 @@ def render(status: FleetStatus) -> list[str]:
     rows = [
         (
             n.node,
-            n.state + (" (dry run)" if n.dry_run else ""),
+            n.shown_state,
             n.repair,
             _when(n.since),
             "yes" if n.out_of_service else "no",
             n.incident,
-            n.needs or n.last,
+            n.waiting_for,
         )
         for n in status.nodes
     ]
@@ -275,10 +294,10 @@ def table_rows(status: FleetStatus) -> list[dict[str, str]]:
         {
             "node": n.node,
             "incident": n.incident,
-            "state": n.state + (" (dry run)" if n.dry_run else ""),
+            "state": n.shown_state,
             "repair": n.repair,
             "out_of_service": "yes" if n.out_of_service else "no",
-            "waiting_for": n.needs or n.last,
+            "waiting_for": n.waiting_for,
             "since": n.since.isoformat(),
         }
         for n in status.nodes

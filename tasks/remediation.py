@@ -570,6 +570,21 @@ class WaitingRun:
     resumed: bool  # the decision was submitted; the run is on its way to apply it
 
 
+def _runs_in_states(states: list[Any], **filters: Any) -> list[Any]:
+    """Every flow run in one of `states` that `filters` (read_flow_runs' filters) select, all pages."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterState, FlowRunFilterStateType
+
+    in_states = FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(any_=states)))
+    runs: list[Any] = []
+    with get_client(sync_client=True) as client:
+        while True:  # the API answers at most 200 runs a page
+            page = client.read_flow_runs(flow_run_filter=in_states, limit=200, offset=len(runs), **filters)
+            runs += page
+            if len(page) < 200:
+                return runs
+
+
 @task(name="find-waiting-approval", cache_policy=NO_CACHE, retries=3, retry_delay_seconds=RETRY_DELAYS,
       timeout_seconds=60)
 def find_waiting_approval(pause_key: str, flow_names: list[str], exclude: str | None = None) -> WaitingRun | None:
@@ -579,28 +594,11 @@ def find_waiting_approval(pause_key: str, flow_names: list[str], exclude: str | 
     Resumed with it (the key is among its fired pause keys) and not finished yet: the
     answer is on its way. Either way another run must not ask again, nor time it out.
     """
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import (
-        FlowFilter,
-        FlowFilterName,
-        FlowRunFilter,
-        FlowRunFilterState,
-        FlowRunFilterStateType,
-    )
-    from prefect.client.schemas.objects import FlowRun, StateType
+    from prefect.client.schemas.filters import FlowFilter, FlowFilterName
+    from prefect.client.schemas.objects import StateType
 
     live = [StateType.PAUSED, StateType.SCHEDULED, StateType.PENDING, StateType.RUNNING]
-    runs: list[FlowRun] = []
-    with get_client(sync_client=True) as client:
-        while True:  # the API answers at most 200 runs a page
-            page = client.read_flow_runs(
-                flow_filter=FlowFilter(name=FlowFilterName(any_=flow_names)),
-                flow_run_filter=FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(any_=live))),
-                limit=200, offset=len(runs),
-            )
-            runs += page
-            if len(page) < 200:
-                break
+    runs = _runs_in_states(live, flow_filter=FlowFilter(name=FlowFilterName(any_=flow_names)))
     now = utcnow()
     for run in runs:
         if run.state is None or str(run.id) == exclude:
@@ -623,36 +621,20 @@ def nodes_with_live_runs(deployment: str) -> set[str]:
     minute. A run scheduled for later (an approval's timeout check, a day out) is not at work now.
     """
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import (
-        DeploymentFilter,
-        DeploymentFilterId,
-        FlowRunFilter,
-        FlowRunFilterState,
-        FlowRunFilterStateType,
-    )
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
     from prefect.client.schemas.objects import StateType
 
     live = [StateType.SCHEDULED, StateType.PENDING, StateType.RUNNING, StateType.PAUSED, StateType.CANCELLING]
+    with get_client(sync_client=True) as client:
+        deployment_id = client.read_deployment_by_name(deployment).id
     soon = utcnow() + timedelta(minutes=1)
     nodes: set[str] = set()
-    offset = 0
-    with get_client(sync_client=True) as client:
-        ours = DeploymentFilter(id=DeploymentFilterId(any_=[client.read_deployment_by_name(deployment).id]))
-        while True:  # the API answers at most 200 runs a page
-            page = client.read_flow_runs(
-                deployment_filter=ours,
-                flow_run_filter=FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(any_=live))),
-                limit=200, offset=offset,
-            )
-            for run in page:
-                details = run.state.state_details if run.state is not None else None
-                later = details is not None and run.state is not None and run.state.is_scheduled() \
-                    and details.scheduled_time is not None and details.scheduled_time > soon
-                if run.parameters.get("node") and not later:
-                    nodes.add(str(run.parameters["node"]))
-            offset += len(page)
-            if len(page) < 200:
-                return nodes
+    for run in _runs_in_states(live, deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id]))):
+        state = run.state
+        later = state is not None and state.is_scheduled() and (state.state_details.scheduled_time or soon) > soon
+        if run.parameters.get("node") and not later:
+            nodes.add(str(run.parameters["node"]))
+    return nodes
 
 
 @task(name="start-remediation-run", cache_policy=NO_CACHE, retries=3, retry_delay_seconds=RETRY_DELAYS,
