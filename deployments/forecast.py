@@ -23,7 +23,8 @@ def forecast_deployments(fleet_file: str, timezone: str = "UTC") -> list[Any]:
             name="daily-failure-forecast",
             schedules=[Cron(DAILY_FORECAST_CRON, timezone=timezone)],
             parameters={"fleet_file": fleet_file},
-            description="Score every GPU's 7-day failure risk from telemetry history; raise proactive requests.",
+            description="Score every GPU's risk of failure within 8 days (a 24 h lead, then the 7-day horizon); "
+            "raise proactive requests.",
             tags=["gpumedic", "forecast"],
         ),
         refit_forecast_model.to_deployment(

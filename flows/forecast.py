@@ -8,6 +8,7 @@ from typing import Any
 from prefect import flow, get_run_logger
 
 from gpumedic.config import load_fleet_settings
+from gpumedic.domain.risk_window import HOURS_PER_DAY
 from tasks.forecast import (
     emit_failure_predicted,
     load_forecast_model,
@@ -22,18 +23,21 @@ from tasks.forecast import (
 PRIOR_INCIDENT_DAYS = 180
 
 
-@flow(name="failure-forecast", description="Score every GPU's risk of failure within the horizon from its "
-      "telemetry history; report the riskiest with their evidence; raise proactive-maintenance requests.")
+@flow(name="failure-forecast", description="Score every GPU's risk of failure within the model's lead plus the "
+      "horizon from its telemetry history; report the riskiest with their evidence; raise proactive-maintenance "
+      "requests.")
 def failure_forecast(
     fleet_file: str, horizon_days: float = 7.0, lookback_days: float = 30.0, emit_events: bool = True,
 ) -> dict[str, Any]:
-    """Returns `{computed_at, horizon_days, gpus, model, alarms: [{node, gpu, risk, factors}], requested}`.
+    """Returns `{computed_at, horizon_days, window_starts_after_hours, gpus, model, alarms: [{node, gpu, risk,
+    factors}], requested}`.
 
     Args:
         fleet_file: Path of the fleet YAML file on the worker: its telemetry store and forecast model.
-        horizon_days: Each GPU's risk is its probability of failure within this many days; reports, approval
-            forms and order tickets state it. Alarms do not move with it: they compare the risk over the
-            model's own horizon (7 days for the shipped model) with its alarm threshold.
+        horizon_days: The risk's horizon after the model's lead: each GPU's risk is its probability of
+            failure within lead + this many days (24 h + 7 days for the shipped model: "within 8 days");
+            reports, approval forms and order tickets state it. Alarms do not move with it: they compare
+            the risk over the model's own window with its alarm threshold.
         lookback_days: Days of telemetry history to read (prior incidents: always the last 180 days).
         emit_events: Raise `gpumedic.gpu.failure_predicted` for each new alarm, which starts a
             proactive-maintenance run (a human approves before anything is ordered). Off: report only.
@@ -45,14 +49,16 @@ def failure_forecast(
     incidents = load_prior_incidents(fleet.store_url, now - timedelta(days=PRIOR_INCIDENT_DAYS))
     model = load_forecast_model(fleet.forecast_model)
     forecasts = score_gpus(history, incidents, now, horizon_days, model)
-    new_alarms = record_forecasts(fleet.store_url, forecasts, now, horizon_days)
-    publish_forecast(fleet.store_url, forecasts, now, horizon_days, model.note)
+    window = model.risk_window(horizon_days * HOURS_PER_DAY)
+    new_alarms = record_forecasts(fleet.store_url, forecasts, now, window)
+    publish_forecast(fleet.store_url, forecasts, now, window, model.note)
     requested = emit_failure_predicted(new_alarms) if emit_events else []
     logger.info("scored %d GPUs from %d samples and %d prior incidents: %d alarms (%d new)", len(forecasts),
                 len(history), len(incidents), sum(f.alarm for f in forecasts), len(new_alarms))
     return {
         "computed_at": now.isoformat(),
         "horizon_days": horizon_days,
+        "window_starts_after_hours": window.starts_after_hours,
         "gpus": len(forecasts),
         "model": model.note,
         "alarms": [{"node": f.node, "gpu": f.gpu, "risk": f.risk, "factors": list(f.factors)}

@@ -19,19 +19,19 @@ from flows.remediation import ReplacementDecision, approval_key, approval_wait_m
 from gpumedic.adapters.jira_tickets import FORECAST_ORDER_LABEL, Approval, TicketRequest, gpu_dedup_key
 from gpumedic.adapters.store import TelemetryStore
 from gpumedic.config import ConfigError, load_fleet_settings
-from gpumedic.reporting import within
+from gpumedic.domain.risk_window import RiskWindow
 from tasks.forecast import file_order_ticket
 
 AUTO_APPROVER = "auto-approve (demo)"
 
 
-def order_description(node: str, gpu: int | None, risk: float, horizon_days: float | None, lead: float | None,
+def order_description(node: str, gpu: int | None, risk: float, window: RiskWindow, lead: float | None,
                       factors: list[str], uuid: str | None, serial: str | None) -> str:
     where = "the node" if gpu is None else f"GPU {gpu} (UUID {uuid or 'unknown'}, serial {serial or 'unknown'})"
     lines = [
         f"## Proactive replacement: {node} {where}",
         "",
-        f"The failure forecast gives a **{risk:.0%}** probability of failure {within(horizon_days)}"
+        f"The failure forecast gives a **{risk:.0%}** probability of failure {window}"
         + (f", typically ~{lead:.0f} h ahead on this evidence." if lead else "."),
         "",
         "Evidence:",
@@ -78,10 +78,10 @@ def proactive_maintenance(
     except ValueError:
         dedup = f"gpumedic-node-{node.lower()}"
     incident = f"forecast-{node}-{'node' if gpu is None else gpu}-{forecast.computed_at:%Y%m%d}"
-    description = order_description(node, gpu, forecast.risk, forecast.horizon_days, forecast.lead_time_h,
+    description = order_description(node, gpu, forecast.risk, forecast.window, forecast.lead_time_h,
                                     list(forecast.factors), uuid, serial)
     summary = (f"Order replacement GPU for {node}" + ("" if gpu is None else f" GPU {gpu} ({uuid or serial})")
-               + f": {forecast.risk:.0%} failure risk {within(forecast.horizon_days)}")
+               + f": {forecast.risk:.0%} failure risk {forecast.window}")
     if dry_run:
         logger.info("node=%s gpu=%s dry run: would ask for approval, then file %s ticket %r in %s (label %s)",
                     node, gpu, fleet.jira.forecast_issue_type, summary, fleet.jira.project, dedup)

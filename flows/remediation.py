@@ -58,7 +58,7 @@ from prefect.flow_runs import pause_flow_run, suspend_flow_run
 from prefect.input import RunInput
 from prefect.states import State
 
-from gpumedic.adapters.store import StoredForecast, shared_horizon
+from gpumedic.adapters.store import StoredForecast, shared_window
 from gpumedic.domain.budget import FleetView, RemediationPolicy
 from gpumedic.domain.remediation import (
     ApprovalKind,
@@ -97,7 +97,6 @@ from gpumedic.domain.remediation import (
     simulated_outcome,
 )
 from gpumedic.remediation_status import fleet_status, headline, table_rows
-from gpumedic.reporting import within
 from tasks.forecast import read_node_forecast
 from tasks.remediation import (
     FreshEvidence,
@@ -179,7 +178,7 @@ def evidence_markdown(
         "## Diagnostics",
         *([f"- {h.time:%Y-%m-%d %H:%M:%S} {h.note}" for h in diags] or ["- none run in this incident"]),
         "",
-        f"## Failure forecast (risk of failure {within(shared_horizon(forecast))})" if forecast
+        f"## Failure forecast (risk of failure {shared_window(forecast)})" if forecast
         else "## Failure forecast",
         *([f"- {'node' if f.gpu is None else f'GPU {f.gpu}'}: {f.risk:.0%}"
            + (f" ({'; '.join(f.factors[:3])})" if f.factors else "")

@@ -39,8 +39,9 @@ from gpumedic.adapters.model_file import ModelFileError, load_model, write_model
 from gpumedic.backtest import BacktestProtocol, FleetHistory, score_backtest
 from gpumedic.domain.forecast import HazardModel, forecast_frame, from_epoch
 from gpumedic.domain.remediation import UNNAMED_CAUSE_PREFIX
+from gpumedic.domain.risk_window import HOURS_PER_DAY
 from gpumedic.refit import fit_note
-from gpumedic.reporting import largest_moves, within
+from gpumedic.reporting import largest_moves
 
 _MODEL_HELP = "model file written by `forecast fit` (default: the shipped model)"
 _WALK_FORWARD_PRIOR_PRECISION = BacktestProtocol().prior_precision
@@ -158,7 +159,7 @@ def _score(args: argparse.Namespace) -> int:
     forecasts = forecast_frame(
         frame, at, horizon=timedelta(days=args.horizon_days), model=model, prior_failures=failures
     )
-    print(f"risk of failure {within(args.horizon_days)}, as of {at.isoformat()}")
+    print(f"risk of failure {model.risk_window(args.horizon_days * HOURS_PER_DAY)}, as of {at.isoformat()}")
     _print_risk_table(
         (fc.node, fc.gpu, fc.risk, fc.alarm, fc.lead_time_hours, fc.factors) for fc in forecasts[: args.top]
     )
@@ -198,7 +199,7 @@ def _fit(args: argparse.Namespace) -> int:
 
 
 def _show(args: argparse.Namespace) -> int:
-    from gpumedic.adapters.store import TelemetryStore, shared_horizon
+    from gpumedic.adapters.store import TelemetryStore, shared_window
     from gpumedic.config import load_fleet_settings
 
     store = TelemetryStore(load_fleet_settings(args.fleet).store_url)
@@ -210,7 +211,7 @@ def _show(args: argparse.Namespace) -> int:
     gpus, alarms = store.forecast_counts()
     computed = max(f.computed_at for f in riskiest)
     print(f"latest failure forecast, {computed:%Y-%m-%d %H:%M} UTC: {gpus} GPUs, {alarms} above the alarm "
-          f"threshold; risk of failure {within(shared_horizon(riskiest))}")
+          f"threshold; risk of failure {shared_window(riskiest)}")
     _print_risk_table((f.node, f.gpu, f.risk, f.alarm, f.lead_time_h, f.factors) for f in riskiest)
     return 0
 

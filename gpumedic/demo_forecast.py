@@ -22,7 +22,7 @@ from uuid import UUID
 from gpumedic.adapters.store import TelemetryStore
 from gpumedic.domain.forecast import HistoryFrame, to_epoch
 from gpumedic.domain.history import Sample
-from gpumedic.reporting import within
+from gpumedic.domain.risk_window import RiskWindow
 from gpumedic.sim import node_state
 from gpumedic.sim.degradation import DEFAULT_PARAMS, simulate
 
@@ -171,7 +171,7 @@ def forecast_demo_fleet(
     for a in alarms[:5]:
         print(
             f"  ALARM {a['node']} GPU {a['gpu']}: {a['risk']:.1%} probability of failure "
-            f"{within(result['horizon_days'])}: {'; '.join(a['factors'][:3])}"
+            f"{RiskWindow(result['horizon_days'], result['window_starts_after_hours'])}: {'; '.join(a['factors'][:3])}"
         )
     if alarms:
         print(

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from gpumedic.domain.history import Sample
+from gpumedic.domain.risk_window import UNRECORDED, RiskWindow
 from gpumedic.domain.verdict import Action, NodeAssessment, Verdict
 
 if TYPE_CHECKING:
@@ -51,13 +52,6 @@ def node_risk(risks: Mapping[tuple[str, int | None], float], node: str) -> tuple
     return max(mine, key=lambda item: item[1]) if mine else None
 
 
-def within(horizon_days: float | None) -> str:
-    """What a stored forecast risk is a probability of: failure within its horizon."""
-    if horizon_days is None:
-        return "within the forecast's horizon (not recorded by the gpumedic version that scored it)"
-    return f"within {horizon_days:g} day{'' if horizon_days == 1 else 's'}"
-
-
 def _risk_text(risk: tuple[int | None, float] | None) -> str:
     if risk is None:
         return "-"
@@ -89,9 +83,9 @@ def table_rows(
 
 def markdown_report(
     sweep_id: str, started: datetime, assessments: Sequence[NodeAssessment], elapsed_s: float,
-    risks: Mapping[tuple[str, int | None], float] | None = None, risk_horizon_days: float | None = None,
+    risks: Mapping[tuple[str, int | None], float] | None = None, risk_window: RiskWindow = UNRECORDED,
 ) -> str:
-    """`risks`: the latest forecast's risk per GPU, a probability of failure within `risk_horizon_days`."""
+    """`risks`: the latest forecast's risk per GPU, a probability of failure in `risk_window`."""
     risks = risks or {}
     verdicts = Counter(a.verdict for a in assessments)
     actions = Counter(a.action for a in assessments)
@@ -113,7 +107,7 @@ def markdown_report(
     swept = {a.node for a in assessments}
     riskiest = sorted(((r, n, g) for (n, g), r in risks.items() if n in swept), reverse=True)[:5]
     if riskiest:
-        lines += [f"Highest forecast risk of failure {within(risk_horizon_days)} (latest failure-forecast run):", ""]
+        lines += [f"Highest forecast risk of failure {risk_window} (latest failure-forecast run):", ""]
         lines += [f"- {n} {'node' if g is None else f'GPU {g}'}: {r:.0%}" for r, n, g in riskiest]
         lines.append("")
     attention = [a for a in assessments if needs_attention(a)]
@@ -124,7 +118,7 @@ def markdown_report(
     for a in sorted(attention, key=lambda a: (-a.action.rank, a.node)):
         lines += ["", f"### {a.node}: **{a.verdict}**, recommended action **{a.action}**"]
         if (risk := node_risk(risks, a.node)) is not None:
-            lines.append(f"- forecast risk of failure {within(risk_horizon_days)}: {_risk_text(risk)}")
+            lines.append(f"- forecast risk of failure {risk_window}: {_risk_text(risk)}")
         lines += [f"- {reason}" for reason in a.reasons]
         for g in a.gpus:
             lines += [f"- GPU {g.index} ({g.verdict}, {g.action}): {reason}" for reason in g.reasons]
@@ -182,7 +176,7 @@ def forecast_rows(forecasts: Sequence[Any], limit: int = 50) -> list[dict[str, s
         {
             "node": f.node,
             "gpu": "-" if f.gpu is None else str(f.gpu),
-            "risk (horizon)": f"{f.risk:.1%}",
+            "risk": f"{f.risk:.1%}",
             "alarm": "yes" if f.alarm else "",
             "lead time": f"~{f.lead_time_hours:.0f} h" if f.lead_time_hours else "-",
             "evidence": "; ".join(f.factors) or "-",
@@ -193,14 +187,14 @@ def forecast_rows(forecasts: Sequence[Any], limit: int = 50) -> list[dict[str, s
 
 def forecast_markdown(
     forecasts: Sequence[Any], charts: dict[tuple[str, int | None], dict[str, list[float]]], *, now: datetime,
-    horizon_days: float, chart_days: int, model_note: str = "",
+    window: RiskWindow, chart_days: int, model_note: str = "",
 ) -> str:
     alarms = [f for f in forecasts if f.alarm]
     lines = [
         f"# GPU failure forecast, {now:%Y-%m-%d %H:%M} UTC",
         "",
         f"{len(forecasts)} GPUs scored; {len(alarms)} above the alarm threshold "
-        f"(probability of failure {within(horizon_days)}).",
+        f"(probability of failure {window}).",
         "",
     ]
     if model_note:

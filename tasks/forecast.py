@@ -18,7 +18,8 @@ from gpumedic.adapters.store import StoredForecast, TelemetryStore
 from gpumedic.adapters.ticket_outbox import file_through_outbox
 from gpumedic.config import load_fleet_settings
 from gpumedic.domain.forecast import Failure, GpuForecast, HazardModel, HistoryFrame, forecast_frame
-from gpumedic.reporting import CHART_FIELDS, daily_increments, forecast_markdown, forecast_rows, within
+from gpumedic.domain.risk_window import UNRECORDED, RiskWindow
+from gpumedic.reporting import CHART_FIELDS, daily_increments, forecast_markdown, forecast_rows
 from tasks.remediation import jira_for_fleet, retry_if_transient
 
 FAILURE_PREDICTED_EVENT = "gpumedic.gpu.failure_predicted"
@@ -57,25 +58,25 @@ def score_gpus(
 
 @task(name="record-forecasts", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5)
 def record_forecasts(
-    store_url: str | None, forecasts: Sequence[GpuForecast], now: datetime, horizon_days: float
+    store_url: str | None, forecasts: Sequence[GpuForecast], now: datetime, window: RiskWindow
 ) -> list[GpuForecast]:
-    """Store the latest risk per GPU (a probability of failure within `horizon_days`); returns the alarms
-    that are new since the previous forecast."""
+    """Store the latest risk per GPU (a probability of failure in `window`); returns the alarms that are new
+    since the previous forecast."""
     store = TelemetryStore(store_url)
     before = store.latest_forecasts({f.node for f in forecasts})
     store.record_forecasts(
-        StoredForecast(f.node, f.gpu, f.risk, f.lead_time_hours, f.alarm, f.factors, now, horizon_days)
+        StoredForecast(f.node, f.gpu, f.risk, f.lead_time_hours, f.alarm, f.factors, now, window)
         for f in forecasts
     )
     return [f for f in forecasts if f.alarm and not (before.get((f.node, f.gpu)) or _NO_ALARM).alarm]
 
 
-_NO_ALARM = StoredForecast("", None, 0.0, None, False, (), datetime.min, None)
+_NO_ALARM = StoredForecast("", None, 0.0, None, False, (), datetime.min, UNRECORDED)
 
 
 @task(name="publish-forecast", cache_policy=NO_CACHE)
 def publish_forecast(
-    store_url: str | None, forecasts: Sequence[GpuForecast], now: datetime, horizon_days: float,
+    store_url: str | None, forecasts: Sequence[GpuForecast], now: datetime, window: RiskWindow,
     model_note: str, chart_gpus: int = 5, chart_days: int = 14,
 ) -> None:
     riskiest = list(forecasts[:chart_gpus])
@@ -87,13 +88,13 @@ def publish_forecast(
     }
     create_table_artifact(
         key="gpu-failure-risk",
-        table=forecast_rows(forecasts) or [{"node": "-", "gpu": "-", "risk (horizon)": "-", "alarm": "",
+        table=forecast_rows(forecasts) or [{"node": "-", "gpu": "-", "risk": "-", "alarm": "",
                                             "lead time": "-", "evidence": "no telemetry history yet"}],
-        description=f"Riskiest GPUs: probability of failure {within(horizon_days)}",
+        description=f"Riskiest GPUs: probability of failure {window}",
     )
     create_markdown_artifact(
         key="gpu-failure-forecast",
-        markdown=forecast_markdown(forecasts, charts, now=now, horizon_days=horizon_days, chart_days=chart_days,
+        markdown=forecast_markdown(forecasts, charts, now=now, window=window, chart_days=chart_days,
                                    model_note=model_note),
         description="Failure forecast with the evidence behind the riskiest GPUs",
     )

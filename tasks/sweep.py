@@ -11,7 +11,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.events import emit_event
 
-from gpumedic.adapters.store import TelemetryStore, shared_horizon
+from gpumedic.adapters.store import TelemetryStore, shared_window
 from gpumedic.adapters.targets import NodeTarget
 from gpumedic.collection import Depth, collect_nodes
 from gpumedic.config import FleetSettings
@@ -19,7 +19,7 @@ from gpumedic.domain.assess import assess_node
 from gpumedic.domain.policy import HealthPolicy
 from gpumedic.domain.telemetry import NodeTelemetry
 from gpumedic.domain.verdict import NodeAssessment
-from gpumedic.reporting import markdown_report, table_rows, within
+from gpumedic.reporting import markdown_report, table_rows
 
 UNHEALTHY_EVENT = "gpumedic.node.unhealthy"
 
@@ -80,19 +80,19 @@ def publish_reports(
 ) -> None:
     latest = TelemetryStore(store_url).latest_forecasts(a.node for a in assessments)
     risks = {key: f.risk for key, f in latest.items()}
-    horizon = shared_horizon(latest.values())
+    window = shared_window(latest.values())
     rows = table_rows(assessments, risks)
     create_table_artifact(
         key="fleet-unhealthy-nodes",
         table=rows or [{"node": "-", "verdict": "healthy", "action": "none", "gpus": "-",
                        "forecast risk": "-", "reasons": "all healthy"}],
         description=f"Unhealthy or unknown nodes in sweep {sweep_id}, most severe first"
-        + (f"; forecast risk: probability of failure {within(horizon)} (latest failure-forecast run)"
+        + (f"; forecast risk: probability of failure {window} (latest failure-forecast run)"
            if risks else ""),
     )
     create_markdown_artifact(
         key="fleet-health-report",
-        markdown=markdown_report(sweep_id, started, assessments, elapsed_s, risks, horizon),
+        markdown=markdown_report(sweep_id, started, assessments, elapsed_s, risks, window),
         description=f"Fleet health report for sweep {sweep_id}",
     )
 

@@ -379,5 +379,5 @@ def test_cli_score_prints_the_risk_table(tmp_path: Path, capsys: pytest.CaptureF
     code = forecast_cli(["forecast", "score", "--history", str(out / "HISTORY.csv"), "--at", "2025-01-08T00:00:00Z"])
     assert code == 0
     text = capsys.readouterr().out
-    assert "risk of failure within 7 days" in text and "node-0001" in text
+    assert "risk of failure within 8 days of the forecast" in text and "node-0001" in text
     assert "fallen_off_bus" in text

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 from gpumedic.domain.history import Sample
+from gpumedic.domain.risk_window import UNRECORDED, RiskWindow
 from gpumedic.domain.verdict import Action, GpuAssessment, NodeAssessment, Verdict
 from gpumedic.reporting import (
     daily_increments,
@@ -12,7 +13,6 @@ from gpumedic.reporting import (
     sparkline,
     sweep_document,
     table_rows,
-    within,
 )
 
 NOW = datetime(2026, 11, 20, tzinfo=UTC)
@@ -35,19 +35,22 @@ def test_table_shows_only_nodes_needing_attention_with_their_forecast_risk() -> 
 
 
 def test_markdown_report_names_the_riskiest_gpus_and_the_actions() -> None:
-    text = markdown_report("s1", NOW, [WELL, SICK], 1.5, {("n2", 3): 0.42}, 3.0)
-    assert "Highest forecast risk of failure within 3 days" in text
-    assert "- forecast risk of failure within 3 days: 42% (GPU 3)" in text
+    text = markdown_report("s1", NOW, [WELL, SICK], 1.5, {("n2", 3): 0.42}, RiskWindow(3.0, 24.0))
+    assert "Highest forecast risk of failure within 4 days of the forecast" in text
+    assert "- forecast risk of failure within 4 days of the forecast: 42% (GPU 3)" in text
     assert "n2 GPU 3: 42%" in text
     assert "recommended action **reset_gpu**" in text
     assert "| healthy | 1 |" in text
 
 
-def test_a_risk_is_stated_over_its_own_horizon_and_never_a_guessed_one() -> None:
-    assert within(7.0) == "within 7 days"
-    assert within(1.0) == "within 1 day"
-    assert within(2.5) == "within 2.5 days"
-    assert "not recorded" in within(None)
+def test_a_risk_is_stated_over_its_own_window_and_never_a_guessed_one() -> None:
+    assert str(RiskWindow(7.0, 24.0)) == "within 8 days of the forecast"
+    assert str(RiskWindow(7.0, 12.0)) == "within 7.5 days of the forecast"
+    assert str(RiskWindow(1.0, 0.0)) == "within 1 day of the forecast"
+    assert str(RiskWindow(2.5, 0.0)) == "within 2.5 days of the forecast"
+    assert str(RiskWindow(7.0, None)).startswith("within 7 days of the forecast plus its model's lead (the lead was")
+    assert "not recorded" in str(UNRECORDED)
+    assert "not recorded" in markdown_report("s1", NOW, [SICK], 1.5, {("n2", 3): 0.42})
 
 
 def test_sparkline_scales_to_the_largest_value() -> None:

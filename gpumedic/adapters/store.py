@@ -51,6 +51,7 @@ from sqlalchemy.exc import DBAPIError
 from gpumedic.adapters.telemetry_codec import telemetry_from_json, telemetry_to_json
 from gpumedic.domain.forecast.frame import FIELD_INDEX, Failure, HistoryFrame
 from gpumedic.domain.history import HISTORY_FIELDS, HistoryThinning, Sample, samples_from_telemetry
+from gpumedic.domain.risk_window import UNRECORDED, RiskWindow
 from gpumedic.domain.telemetry import NodeTelemetry, canonical_pci_bus_id
 
 T = TypeVar("T")
@@ -111,8 +112,9 @@ forecasts = Table(
     Column("alarm", Integer, nullable=False),
     Column("factors", Text, nullable=False),
     Column("computed_at", Float, nullable=False),
-    # Null in rows written before the horizon was recorded.
+    # The window the risk is a probability over (RiskWindow); null in rows written before each was recorded.
     Column("horizon_days", Float, nullable=True),
+    Column("window_starts_after_h", Float, nullable=True),
 )
 
 # One row per GPU a remediation incident opened for (gpu -1: the node as a whole).
@@ -445,7 +447,7 @@ class TelemetryStore:
         values = [
             {"node": r.node, "gpu": -1 if r.gpu is None else r.gpu, "risk": r.risk, "lead_time_h": r.lead_time_h,
              "alarm": int(r.alarm), "factors": json.dumps(list(r.factors)), "computed_at": _epoch(r.computed_at),
-             "horizon_days": r.horizon_days}
+             "horizon_days": r.window.days, "window_starts_after_h": r.window.starts_after_hours}
             for r in rows
         ]
         with self.engine.begin() as conn:
@@ -485,18 +487,19 @@ class StoredForecast:
     alarm: bool
     factors: tuple[str, ...]
     computed_at: datetime
-    horizon_days: float | None  # what `risk` is a probability over; None: recorded by an older gpumedic
+    window: RiskWindow  # what `risk` is a probability over
 
 
 def _stored_forecast(row: Any) -> StoredForecast:
     return StoredForecast(
         node=row.node, gpu=None if row.gpu < 0 else int(row.gpu), risk=row.risk, lead_time_h=row.lead_time_h,
         alarm=bool(row.alarm), factors=tuple(json.loads(row.factors)),
-        computed_at=datetime.fromtimestamp(row.computed_at, UTC), horizon_days=row.horizon_days,
+        computed_at=datetime.fromtimestamp(row.computed_at, UTC),
+        window=RiskWindow(row.horizon_days, row.window_starts_after_h),
     )
 
 
-def shared_horizon(rows: Iterable[StoredForecast]) -> float | None:
-    """The horizon of the latest forecast run among `rows` (each run replaces every row, so they share one)."""
+def shared_window(rows: Iterable[StoredForecast]) -> RiskWindow:
+    """The risk window of the latest forecast run among `rows` (each run replaces every row, so they share one)."""
     newest = max(rows, key=lambda r: r.computed_at, default=None)
-    return None if newest is None else newest.horizon_days
+    return UNRECORDED if newest is None else newest.window

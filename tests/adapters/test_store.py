@@ -19,12 +19,13 @@ from gpumedic.adapters.store import (
     TelemetryStore,
     add_missing_columns,
     metadata,
-    shared_horizon,
+    shared_window,
     store_engine,
 )
 from gpumedic.adapters.ticket_outbox import TicketOutbox
 from gpumedic.domain.forecast import HistoryFrame, forecast_fleet
 from gpumedic.domain.history import HistoryThinning
+from gpumedic.domain.risk_window import UNRECORDED, RiskWindow
 from gpumedic.domain.telemetry import GpuTelemetry, NodeTelemetry, RowRemapBanks, XidEvent
 
 T0 = datetime(2026, 11, 1, 12, tzinfo=UTC)
@@ -162,18 +163,18 @@ def test_a_resumed_run_records_an_incident_only_if_it_was_never_recorded(db_url:
     assert sorted(f.gpu or -1 for f in store.prior_incidents(T0)) == [2, 5]
 
 
-def test_forecasts_keep_the_horizon_their_risk_is_over(db_url: str) -> None:
+def test_forecasts_keep_the_window_their_risk_is_over(db_url: str) -> None:
     store = TelemetryStore(db_url)
-    rows = [StoredForecast("n1", 0, 0.4, 30.0, True, ("a burst",), T0, 14.0),
-            StoredForecast("n1", None, 0.1, None, False, (), T0, 14.0)]
+    rows = [StoredForecast("n1", 0, 0.4, 30.0, True, ("a burst",), T0, RiskWindow(14.0, 24.0)),
+            StoredForecast("n1", None, 0.1, None, False, (), T0, RiskWindow(14.0, 24.0))]
     store.record_forecasts(rows)
     latest = store.latest_forecasts(["n1"])
     assert latest == {("n1", 0): rows[0], ("n1", None): rows[1]}
-    assert shared_horizon(latest.values()) == 14.0
-    assert shared_horizon([]) is None
+    assert shared_window(latest.values()) == RiskWindow(14.0, 24.0)
+    assert shared_window([]) == UNRECORDED
 
 
-# The forecasts table as gpumedic created it before it recorded the horizon (SQLAlchemy's DDL).
+# The forecasts table as gpumedic created it before it recorded the window (SQLAlchemy's DDL).
 OLD_FORECASTS_DDL = (
     "CREATE TABLE forecasts (node VARCHAR(253) NOT NULL, gpu INTEGER NOT NULL, risk FLOAT NOT NULL, "
     "lead_time_h FLOAT, alarm INTEGER NOT NULL, factors TEXT NOT NULL, computed_at FLOAT NOT NULL, "
@@ -191,18 +192,25 @@ def _execute(url: str, *statements: str, **params: object) -> None:
         engine.dispose()
 
 
-def test_a_store_from_before_the_horizon_gains_it_and_keeps_its_rows(db_url: str) -> None:
+def test_a_store_from_before_the_window_gains_it_and_keeps_its_rows(db_url: str) -> None:
     _execute(db_url, OLD_FORECASTS_DDL,
              "INSERT INTO forecasts VALUES ('n1', 0, 0.6, 20.0, 1, '[\"a burst\"]', :t)", t=T0.timestamp())
     store = TelemetryStore(db_url)
     old = store.latest_forecasts(["n1"])[("n1", 0)]
-    assert (old.risk, old.alarm, old.factors, old.horizon_days) == (0.6, True, ("a burst",), None)
-    assert shared_horizon([old]) is None
+    assert (old.risk, old.alarm, old.factors, old.window) == (0.6, True, ("a burst",), UNRECORDED)
+    assert shared_window([old]) == UNRECORDED
 
     TelemetryStore(db_url)  # opening it again changes nothing and does not fail
     assert add_missing_columns(store.engine, metadata) == []
-    store.record_forecasts([StoredForecast("n1", 0, 0.3, None, False, (), T0, 7.0)])
-    assert store.latest_forecasts(["n1"])[("n1", 0)].horizon_days == 7.0
+    store.record_forecasts([StoredForecast("n1", 0, 0.3, None, False, (), T0, RiskWindow(7.0, 24.0))])
+    assert store.latest_forecasts(["n1"])[("n1", 0)].window == RiskWindow(7.0, 24.0)
+
+
+def test_a_store_that_recorded_the_horizon_but_not_the_window_start_gains_the_start(db_url: str) -> None:
+    _execute(db_url, OLD_FORECASTS_DDL, "ALTER TABLE forecasts ADD COLUMN horizon_days FLOAT",
+             "INSERT INTO forecasts VALUES ('n1', 0, 0.6, 20.0, 1, '[]', :t, 7.0)", t=T0.timestamp())
+    store = TelemetryStore(db_url)
+    assert store.latest_forecasts(["n1"])[("n1", 0)].window == RiskWindow(7.0, None)
 
 
 def test_a_missing_column_that_old_rows_cannot_fill_is_refused_by_name(db_url: str) -> None:
@@ -259,8 +267,8 @@ def test_several_processes_opening_a_store_at_once_all_succeed(db_url: str, old:
 
     assert _all_at_once(open_store) == []
     store = TelemetryStore(db_url)
-    store.record_forecasts([StoredForecast("n1", 0, 0.3, None, False, (), T0, 7.0)])
-    assert store.latest_forecasts(["n1"])[("n1", 0)].horizon_days == 7.0
+    store.record_forecasts([StoredForecast("n1", 0, 0.3, None, False, (), T0, RiskWindow(7.0, 24.0))])
+    assert store.latest_forecasts(["n1"])[("n1", 0)].window == RiskWindow(7.0, 24.0)
 
 
 def test_a_postgresql_store_that_never_answers_fails_within_the_connect_timeout(

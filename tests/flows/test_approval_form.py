@@ -8,6 +8,7 @@ from flows.remediation import evidence_markdown
 from gpumedic.adapters.store import StoredForecast
 from gpumedic.domain.budget import RemediationPolicy
 from gpumedic.domain.remediation import ApprovalKind, RequestApproval, open_incident
+from gpumedic.domain.risk_window import UNRECORDED, RiskWindow
 from gpumedic.domain.verdict import Action, GpuAssessment, NodeAssessment, Verdict
 
 NOW = datetime(2026, 11, 20, 12, tzinfo=UTC)
@@ -22,10 +23,11 @@ def _record():  # type: ignore[no-untyped-def]
 def test_the_form_shows_evidence_and_the_forecast_risk_of_the_nodes_gpus() -> None:
     step = RequestApproval(key="approval:replace", kind=ApprovalKind.REPLACE,
                            evidence=("GPU 2: row remapping failed",), timeout=timedelta(hours=24))
-    forecast = [StoredForecast("n7", 2, 0.83, 40.0, True, ("4 rows remapped within 7 days",), NOW, 14.0),
-                StoredForecast("n7", 0, 0.02, None, False, (), NOW, 14.0)]
+    window = RiskWindow(14.0, 24.0)
+    forecast = [StoredForecast("n7", 2, 0.83, 40.0, True, ("4 rows remapped within 7 days",), NOW, window),
+                StoredForecast("n7", 0, 0.02, None, False, (), NOW, window)]
     text = evidence_markdown(_record(), step, forecast)
-    assert "## Failure forecast (risk of failure within 14 days)" in text
+    assert "## Failure forecast (risk of failure within 15 days of the forecast)" in text
     assert "replace its GPU hardware" in text
     assert "GPU 2: row remapping failed" in text
     assert "- GPU 2: 83% (4 rows remapped within 7 days)" in text
@@ -35,7 +37,7 @@ def test_the_form_shows_evidence_and_the_forecast_risk_of_the_nodes_gpus() -> No
 
 def test_the_form_does_not_guess_the_horizon_of_a_forecast_stored_without_one() -> None:
     step = RequestApproval(key="approval:replace", kind=ApprovalKind.REPLACE, evidence=(), timeout=timedelta(hours=1))
-    text = evidence_markdown(_record(), step, [StoredForecast("n7", 2, 0.83, 40.0, True, (), NOW, None)])
+    text = evidence_markdown(_record(), step, [StoredForecast("n7", 2, 0.83, 40.0, True, (), NOW, UNRECORDED)])
     assert "within the forecast's horizon (not recorded" in text
     assert "7 days" not in text
 

@@ -151,7 +151,7 @@ def test_forecast_show_prints_the_latest_forecast_riskiest_first(tmp_path: Path,
     failure_forecast(fleet_file=str(fleet), horizon_days=3, emit_events=False)
     assert forecast_cli(["forecast", "show", "--fleet", str(fleet), "--top", "2"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert "4 GPUs, 1 above the alarm threshold; risk of failure within 3 days" in lines[0]
+    assert "4 GPUs, 1 above the alarm threshold; risk of failure within 4 days of the forecast" in lines[0]
     assert len(lines) == 4  # heading, column names, the two riskiest
     assert lines[2].split()[:2] == ["n1", "3"] and " yes " in lines[2] and "remapped" in lines[2]
     assert " yes " not in lines[3]

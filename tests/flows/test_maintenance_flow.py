@@ -80,8 +80,8 @@ def test_the_order_states_the_risk_over_the_horizon_the_forecast_was_run_with(tm
     assert fortnight[3] > week[3]  # a longer horizon is a larger probability: the text must say which
     assert proactive_maintenance(node="n1", gpu=3, fleet_file=fleet, auto_approve=True)["outcome"] == "ticketed"
     fields = jira.issues()[0]["fields"]
-    assert fields["summary"].endswith(f"{fortnight[3]:.0%} failure risk within 14 days")
-    assert f"**{fortnight[3]:.0%}** probability of failure within 14 days" in fields["description"]
+    assert fields["summary"].endswith(f"{fortnight[3]:.0%} failure risk within 15 days of the forecast")
+    assert f"**{fortnight[3]:.0%}** probability of failure within 15 days of the forecast" in fields["description"]
     assert "7 days" not in fields["summary"]
 
 

@@ -42,7 +42,7 @@ MAX_FACTORS = 4
 class GpuForecast:
     node: str
     gpu: int | None  # None: a node scored as a whole (its history names no GPU)
-    risk: float  # probability of failure within the horizon
+    risk: float  # probability of failure within the model's lead + the horizon: `model.risk_window(horizon)`
     lead_time_hours: float | None  # typical hours left when alarmed on this evidence; None below the alarm
     factors: tuple[str, ...]  # top contributing evidence, in words, strongest first
     unpredictable_classes: tuple[FailureClass, ...]  # failure classes this risk cannot see coming

@@ -33,6 +33,7 @@ from gpumedic.domain.forecast.features import (
     PRIOR_FEATURES,
     THERMAL_FEATURES,
 )
+from gpumedic.domain.risk_window import HOURS_PER_DAY, RiskWindow
 
 FloatArray = npt.NDArray[np.float64]
 
@@ -125,6 +126,11 @@ class HazardModel:
                 out.append((float(contrib[j]), c.name, f, c.lead_by_feature[j]))
         out.sort(key=lambda r: -r[0])
         return out
+
+    def risk_window(self, horizon_hours: float | None = None) -> RiskWindow:
+        """What `risk(x, horizon_hours)` is a probability of (see `RiskWindow`)."""
+        hours = self.horizon_hours if horizon_hours is None else horizon_hours
+        return RiskWindow(days=hours / HOURS_PER_DAY, starts_after_hours=self.lead_hours)
 
     def with_threshold(self, threshold: float) -> HazardModel:
         return replace(self, alarm_threshold=threshold)
