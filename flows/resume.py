@@ -6,7 +6,8 @@ the disruption budget, for fresh evidence, for the circuit breaker. The next run
 died leaves its record mid-step, a cordoned node out of service. This flow, every 15 minutes, reads
 the records on the Nodes and starts a run for each such incident (never a second run for a node
 that has one live). A run resumes from the record: every destructive step still needs fresh
-evidence, the budget and a closed breaker, so starting one is always safe.
+evidence, the budget and a closed breaker, so starting one is always safe. An incident whose breaker
+override nobody gave waits, unresumed, until the breaker closes: until then a run would only halt.
 """
 
 from __future__ import annotations

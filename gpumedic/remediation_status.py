@@ -21,7 +21,7 @@ from gpumedic.domain.budget import (
     circuit_breaker,
     out_of_service_by_us,
 )
-from gpumedic.domain.remediation import Decision, NodeRecord, RemediationState, Repair
+from gpumedic.domain.remediation import Decision, NodeRecord, RemediationState, Repair, breaker_override_refused
 
 S = RemediationState
 # States in which the workflow itself is acting: a record that stays in one of these far longer than
@@ -94,12 +94,13 @@ def fleet_status(
 ) -> FleetStatus:
     """The fleet's remediation status; closed incidents that no longer hold their node are left out unless asked."""
     out = out_of_service_by_us(fleet)
+    breaker = circuit_breaker(fleet, now, policy)
     shown, hidden = [], 0
     for record in sorted(fleet.records, key=lambda r: r.node):
         if _settled(record) and not include_closed:
             hidden += 1
             continue
-        shown.append(_node_status(record, record.node in out, policy, now))
+        shown.append(_node_status(record, record.node in out, policy, now, breaker.open))
     return FleetStatus(
         now=now,
         nodes=tuple(shown),
@@ -107,7 +108,7 @@ def fleet_status(
         out_of_service=len(out),
         limit=budget_limit(fleet, policy),
         policy=policy,
-        breaker=circuit_breaker(fleet, now, policy),
+        breaker=breaker,
         opted_out=tuple(sorted(fleet.opted_out)),
         unreadable=tuple(sorted(unreadable)),
         closed_hidden=hidden,
@@ -124,12 +125,20 @@ def _pending_approvals(record: NodeRecord) -> list[str]:
     return sorted(k for k in record.pending_steps if k.startswith("approval:"))
 
 
-def _stalled(record: NodeRecord, policy: RemediationPolicy, now: datetime) -> bool:
-    return not record.closed and record.state in _ACTING and now - record.updated_at > stalled_after(policy)
+def _held_by_breaker(record: NodeRecord, breaker_open: bool) -> bool:
+    """Every run halts until the breaker closes: its override was asked for once and not given."""
+    return breaker_open and not record.closed and breaker_override_refused(record)
 
 
-def _node_status(record: NodeRecord, out_of_service: bool, policy: RemediationPolicy, now: datetime) -> NodeStatus:
-    stalled = _stalled(record, policy, now)
+def _stalled(record: NodeRecord, policy: RemediationPolicy, now: datetime, breaker_open: bool) -> bool:
+    return (not record.closed and record.state in _ACTING and now - record.updated_at > stalled_after(policy)
+            and not _held_by_breaker(record, breaker_open))
+
+
+def _node_status(
+    record: NodeRecord, out_of_service: bool, policy: RemediationPolicy, now: datetime, breaker_open: bool
+) -> NodeStatus:
+    stalled = _stalled(record, policy, now, breaker_open)
     return NodeStatus(
         node=record.node,
         # A closed incident that still holds its node (ticketed, failed) is the one a human must look at.
@@ -138,7 +147,7 @@ def _node_status(record: NodeRecord, out_of_service: bool, policy: RemediationPo
         incident=record.incident_id,
         since=record.updated_at,
         out_of_service=out_of_service,
-        needs=_needs(record, now, stalled),
+        needs=_needs(record, now, stalled, _held_by_breaker(record, breaker_open)),
         last=_last(record),
         dry_run=record.dry_run,
         stalled=stalled,
@@ -152,7 +161,12 @@ def _last(record: NodeRecord) -> str:
     return f"{entry.note}: under way" if entry.step in record.pending_steps else entry.note
 
 
-def _needs(record: NodeRecord, now: datetime, stalled: bool) -> str:
+def _needs(record: NodeRecord, now: datetime, stalled: bool, held_by_breaker: bool) -> str:
+    if held_by_breaker:
+        return (
+            "the circuit breaker to close (no override was given for this incident); resume-remediations "
+            "starts a run within 15 minutes of it closing"
+        )
     if stalled:
         return (
             f"a new run: no progress for {_age(now - record.updated_at)}, its run stopped; resume-remediations "
@@ -214,16 +228,19 @@ def due_for_resumption(fleet: FleetView, policy: RemediationPolicy, now: datetim
     needs fresh evidence, the budget and a closed breaker.
     """
     due = []
+    breaker_open = circuit_breaker(fleet, now, policy).open
     for record in sorted(fleet.records, key=lambda r: r.node):
         if record.node in fleet.opted_out:
             continue  # a run would only halt: an operator took the node out of automation
-        why = _why_resume(record, policy, now)
+        if _held_by_breaker(record, breaker_open):
+            continue  # a run would only halt again: it is resumed once the breaker closes
+        why = _why_resume(record, policy, now, breaker_open)
         if why:
             due.append(Resumption(record.node, record.incident_id, why, record.updated_at))
     return due
 
 
-def _why_resume(record: NodeRecord, policy: RemediationPolicy, now: datetime) -> str:
+def _why_resume(record: NodeRecord, policy: RemediationPolicy, now: datetime, breaker_open: bool) -> str:
     if record.closed or record.state.terminal:
         return ""
     quiet = now - record.updated_at
@@ -237,7 +254,7 @@ def _why_resume(record: NodeRecord, policy: RemediationPolicy, now: datetime) ->
         until = record.probation_until
         return f"its probation ended {_age(now - until)} ago" if until is not None and now >= until else ""
     if record.state in _ACTING:
-        return f"no progress for {_age(quiet)} (its run stopped)" if _stalled(record, policy, now) else ""
+        return f"no progress for {_age(quiet)} (its run stopped)" if _stalled(record, policy, now, breaker_open) else ""
     return f"waiting for {_age(quiet)} (budget, evidence or the breaker)" if quiet > RECHECK_AFTER else ""
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from gpumedic.domain.budget import FleetView, RemediationPolicy
+from gpumedic.domain.budget import FleetView, RemediationPolicy, UnhealthyObservation
 from gpumedic.domain.remediation import (
     ACTING_STEPS,
     ApprovalReceived,
@@ -12,6 +12,7 @@ from gpumedic.domain.remediation import (
     Cordon,
     Done,
     FileTicket,
+    Halt,
     NodeRecord,
     Readmit,
     RemediationState,
@@ -55,12 +56,15 @@ def walk(
     dry_run: bool = False,
     settled: bool = False,
     decided: bool = True,
+    storm: bool = False,
 ) -> NodeRecord:
-    """Open an incident at `at` and run the state machine until it enters `until` (None: to its end).
+    """Open an incident at `at` and run the state machine until it enters `until` (None: to its end, or a halt).
 
     It stops with the step that enters `until` begun and not finished, or (`settled`) finished.
-    Approvals are given (or, unless `decided`, time out); tickets are filed as GPU-9.
+    Approvals are given (or, unless `decided`, time out); tickets are filed as GPU-9. In a `storm`, 4 other
+    nodes of the 10 turned unhealthy at `at`, so the circuit breaker is open for its first hour.
     """
+    unhealthy = tuple(UnhealthyObservation(f"{node}-peer-{i}", at) for i in range(4)) if storm else ()
     policy = policy or RemediationPolicy()
     now = at
     record = open_incident(
@@ -72,12 +76,12 @@ def walk(
     for _ in range(60):
         # The sweeps see the node broken until it is readmitted, and healthy from then on.
         latest = _assessment(node, Action.NONE if record.state is S.READMITTED else action)
-        fleet = FleetView(gpu_nodes=10, records=(record,), unschedulable=frozenset(cordoned))
+        fleet = FleetView(gpu_nodes=10, records=(record,), unschedulable=frozenset(cordoned), unhealthy=unhealthy)
         step = next_step(record, latest=latest, observed_at=now, now=now, policy=policy, fleet=fleet)
         if isinstance(step, WaitForProbation):
             now = step.until + MINUTE
             continue
-        if isinstance(step, Done):
+        if isinstance(step, Done | Halt):
             assert until is None, f"{node} ended before {until}: {step}"
             return record
         assert isinstance(step, ACTING_STEPS), step

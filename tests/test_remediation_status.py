@@ -184,3 +184,30 @@ def test_an_approval_the_server_never_timed_out_and_a_long_wait_are_resumed() ->
     assert waiting.state is S.IN_SERVICE and not waiting.closed
     assert {r.node for r in due_for_resumption(fleet, POLICY, T0 + timedelta(minutes=10))} == set()
     assert late["gpu-w"].startswith("waiting for")
+
+
+def test_an_incident_held_by_the_open_breaker_is_not_resumed_until_it_closes() -> None:
+    held = walk("gpu-h", Action.RESET_GPU, policy=POLICY, until=None, at=T0, storm=True, decided=False)
+    assert held.state is S.IN_SERVICE and not held.closed  # the override timed out: every run halts
+    storm = tuple(UnhealthyObservation(f"gpu-{i}", NOW - 10 * MINUTE) for i in range(4))
+    fleet = replace(_fleet([held], cordoned=set()), unhealthy=storm)
+
+    status = fleet_status(fleet, POLICY, NOW)
+    assert status.breaker.open
+    assert status.nodes[0].needs.startswith("the circuit breaker to close (no override was given")
+    assert not status.nodes[0].stalled
+    assert due_for_resumption(fleet, POLICY, NOW) == []  # a run would only halt again, every 15 minutes
+
+    calm = NOW + POLICY.breaker_window + MINUTE
+    assert not fleet_status(fleet, POLICY, calm).breaker.open
+    assert fleet_status(fleet, POLICY, calm).nodes[0].needs == ""
+    assert [r.why.startswith("waiting for") for r in due_for_resumption(fleet, POLICY, calm)] == [True]
+
+
+def test_an_override_given_in_a_storm_lets_the_incident_go_on() -> None:
+    overridden = walk("gpu-o", Action.RESET_GPU, policy=POLICY, until=S.DRAINING, at=NOW - 5 * MINUTE, storm=True)
+    storm = tuple(UnhealthyObservation(f"gpu-{i}", NOW - 10 * MINUTE) for i in range(4))
+    fleet = replace(_fleet([overridden], cordoned={"gpu-o"}), unhealthy=storm)
+    status = fleet_status(fleet, POLICY, NOW)
+    assert status.breaker.open and status.nodes[0].needs == ""  # its drain is under way
+    assert "breaker" not in status.nodes[0].waiting_for

@@ -1095,18 +1095,27 @@ def _after_approval(r: NodeRecord, policy: RemediationPolicy) -> Step:
     return FileTicket("ticket", kind, summary, r.reasons, awaiting, r.incident_id, r.approval.rma, r.dry_run)
 
 
+_BREAKER_APPROVAL_KEY = f"approval:{ApprovalKind.BREAKER}"
+
+
+def _breaker_overridden(r: NodeRecord) -> bool:
+    return r.breaker_approval is not None and r.breaker_approval.decision is Decision.APPROVE
+
+
+def breaker_override_refused(r: NodeRecord) -> bool:
+    """The override was asked for once and not given: while the breaker stays open, every run halts."""
+    return _BREAKER_APPROVAL_KEY in r.steps_done and not _breaker_overridden(r)
+
+
 def _breaker_gate(
     r: NodeRecord, *, now: datetime, policy: RemediationPolicy, fleet: FleetView
 ) -> Step | None:
     breaker = circuit_breaker(fleet, now, policy)
-    if not breaker.open:
+    if not breaker.open or _breaker_overridden(r):
         return None
-    if r.breaker_approval is not None and r.breaker_approval.decision is Decision.APPROVE:
-        return None
-    key = f"approval:{ApprovalKind.BREAKER}"
-    if key not in r.steps_done:
+    if not breaker_override_refused(r):
         return RequestApproval(
-            key, ApprovalKind.BREAKER, (breaker.reason,), policy.approval_timeout, r.dry_run
+            _BREAKER_APPROVAL_KEY, ApprovalKind.BREAKER, (breaker.reason,), policy.approval_timeout, r.dry_run
         )
     return Halt(f"circuit breaker open: {breaker.reason}; no override was given for this incident")
 
