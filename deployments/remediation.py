@@ -1,6 +1,7 @@
-"""The remediation deployments: one `remediate-node` run per `gpumedic.node.unhealthy` event, and
+"""The remediation deployments: one `remediate-node` run per `gpumedic.node.unhealthy` event,
 `resume-remediations` every 15 minutes for the open incidents no event will bring back (see
-`flows.resume`).
+`flows.resume`), and `file-pending-tickets` every 15 minutes for the tickets Jira was down for
+(see `flows.tickets`).
 
 The sweep emits the event with `prefect.resource.id = gpumedic.node.<node>` and the node in
 its payload; the trigger starts one run per event, with the node and the sweep id as the
@@ -28,9 +29,11 @@ from prefect.schedules import Interval
 
 from flows.remediation import DEFAULT_KUBECONFIG, remediate_node
 from flows.resume import resume_remediations
+from flows.tickets import file_pending_tickets
 
 UNHEALTHY_EVENT = "gpumedic.node.unhealthy"
 RESUME_EVERY_SECONDS = 15 * 60
+FILE_TICKETS_EVERY_SECONDS = 15 * 60
 
 
 def remediation_trigger() -> DeploymentEventTrigger:
@@ -70,6 +73,16 @@ def remediation_deployments(fleet_file: str) -> list[Any]:
                 "by itself (probation over, a wait for the budget or evidence, a run that died mid-step)."
             ),
             tags=["gpumedic", "remediation"],
+        ),
+        file_pending_tickets.to_deployment(
+            name="file-pending-tickets",
+            schedules=[Interval(FILE_TICKETS_EVERY_SECONDS)],
+            parameters={"fleet_file": fleet_file},
+            description=(
+                "Every 15 minutes: file the tickets waiting in the outbox (Jira was down when they were raised) "
+                "and list the ones Jira refused."
+            ),
+            tags=["gpumedic", "tickets"],
         ),
         remediate_node.to_deployment(
             name="remediate-node",

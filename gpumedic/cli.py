@@ -1,4 +1,4 @@
-"""The `gpumedic` command line: demo, sweep, sim, serve, forecast."""
+"""The `gpumedic` command line: demo, sweep, sim, serve, remediation, tickets, forecast."""
 
 from __future__ import annotations
 
@@ -150,6 +150,46 @@ def cmd_remediation_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def _outbox(fleet_file: str) -> Any:
+    from gpumedic.adapters.ticket_outbox import TicketOutbox
+    from gpumedic.config import load_fleet_settings
+
+    return TicketOutbox(load_fleet_settings(fleet_file).store_url)
+
+
+def cmd_tickets_status(args: argparse.Namespace) -> int:
+    from datetime import UTC, datetime
+
+    from gpumedic.ticket_queue import render, ticket_queue, to_json
+
+    outbox = _outbox(args.fleet)
+    try:
+        queue = ticket_queue(outbox.entries(), datetime.now(UTC))
+    finally:
+        outbox.close()
+    print("\n".join(render(queue, retry_command=f"gpumedic tickets retry --fleet {args.fleet}")))
+    if args.json:
+        Path(args.json).write_text(json.dumps(to_json(queue), indent=2) + "\n")
+    return 1 if queue.needs_a_human else 0
+
+
+def cmd_tickets_retry(args: argparse.Namespace) -> int:
+    outbox = _outbox(args.fleet)
+    try:
+        refused = {e.id for e in outbox.entries("failed")}
+        unknown = sorted(set(args.ids) - refused)
+        if unknown:
+            print(f"gpumedic: not refused tickets in the outbox: {', '.join(f'#{i}' for i in unknown)} "
+                  "(`gpumedic tickets status` lists them)", file=sys.stderr)
+            return 2
+        queued = outbox.retry_failed(args.ids or None)
+    finally:
+        outbox.close()
+    print(f"{queued} ticket(s) back in line: the file-pending-tickets deployment files them within 15 minutes "
+          "(or run it now from the Prefect UI)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gpumedic", description="GPU fleet health automation on Prefect")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -198,6 +238,27 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--all", action="store_true", help="also list closed incidents still recorded on nodes")
     status.add_argument("--json", metavar="OUT", help="write the status as JSON")
     status.set_defaults(func=cmd_remediation_status)
+
+    tickets = sub.add_parser("tickets", help="the ticket outbox: tickets waiting for Jira or refused by it")
+    tickets_sub = tickets.add_subparsers(dest="tickets_command", required=True)
+    outbox_status = tickets_sub.add_parser(
+        "status", help="tickets waiting for Jira, refused by it, and filed in the last day",
+        description="Every ticket is written to the outbox in the telemetry store before Jira is called. This lists "
+        "the ones still waiting (Jira was down: the file-pending-tickets deployment files them), the ones Jira "
+        "refused (parked until `gpumedic tickets retry`), and those filed in the last day. Exits 1 when a ticket "
+        "was refused.",
+    )
+    outbox_status.add_argument("--fleet", required=True, help="fleet file (its store_url holds the outbox)")
+    outbox_status.add_argument("--json", metavar="OUT", help="write the outbox as JSON")
+    outbox_status.set_defaults(func=cmd_tickets_status)
+    retry = tickets_sub.add_parser(
+        "retry", help="put tickets Jira refused back in line, once the cause is fixed",
+        description="Moves refused tickets back to waiting; the next file-pending-tickets run files them.",
+    )
+    retry.add_argument("--fleet", required=True, help="fleet file (its store_url holds the outbox)")
+    retry.add_argument("ids", nargs="*", type=int, help="ticket ids from `gpumedic tickets status` (default: all "
+                       "refused ones)")
+    retry.set_defaults(func=cmd_tickets_retry)
 
     with contextlib.suppress(ImportError):
         from gpumedic.cli_forecast import add_forecast_commands

@@ -41,6 +41,7 @@ from gpumedic.sim.kube_api import KubeApiEmulator
 SWEEP_DEPLOYMENT = "fleet-sweep/nightly-full-sweep"
 REMEDIATION_DEPLOYMENT = "remediate-node/remediate-node"
 RESUME_DEPLOYMENT = "resume-remediations/resume-remediations"
+TICKETS_DEPLOYMENT = "file-pending-tickets/file-pending-tickets"
 JIRA_TOKEN_ENV = "GPUMEDIC_JIRA_TOKEN"  # noqa: S105 - the variable's name, not a token
 WORKLOAD_NAMESPACE = "ml"
 
@@ -280,31 +281,39 @@ def _wait_for_deployment(name: str, timeout_s: float = 120) -> None:
         time.sleep(1)
 
 
-def run_sweep_deployment(timeout_s: float = 600) -> dict[str, Any]:
+def _run_served(deployment: str, timeout_s: float) -> tuple[str, str, dict[str, Any]]:
+    """Run a served deployment once: its run's name, its state's name and its result."""
     from prefect.deployments import run_deployment
 
-    flow_run = cast(FlowRun, run_deployment(SWEEP_DEPLOYMENT, timeout=timeout_s))
+    flow_run = cast(FlowRun, run_deployment(deployment, timeout=timeout_s))
     state = flow_run.state
     if state is None or not state.is_completed():
-        raise RuntimeError(f"the sweep run {flow_run.name} ended in state {state}")
-    return cast(dict[str, Any], state.result())
+        raise RuntimeError(f"the {deployment} run {flow_run.name} ended in state {state}")
+    return flow_run.name, state.name or str(state.type.value), cast(dict[str, Any], state.result())
+
+
+def run_sweep_deployment(timeout_s: float = 600) -> dict[str, Any]:
+    return _run_served(SWEEP_DEPLOYMENT, timeout_s)[2]
 
 
 def run_resume_deployment(timeout_s: float = 180) -> dict[str, Any]:
     """One run of resume-remediations (every 15 minutes in production) through the served deployment."""
-    from prefect.deployments import run_deployment
-
     _step("running resume-remediations once (it runs every 15 minutes): open incidents no run will come back to")
-    flow_run = cast(FlowRun, run_deployment(RESUME_DEPLOYMENT, timeout=timeout_s))
-    state = flow_run.state
-    if state is None or not state.is_completed():
-        raise RuntimeError(f"the resume-remediations run {flow_run.name} ended in state {state}")
-    result = cast(dict[str, Any], state.result())
+    run, state, result = _run_served(RESUME_DEPLOYMENT, timeout_s)
     if result["started"]:
-        print(f"    {flow_run.name}: started " + ", ".join(f"{e['node']} ({e['why']})" for e in result["started"]))
+        print(f"    {run}: started " + ", ".join(f"{e['node']} ({e['why']})" for e in result["started"]))
     else:
-        print(f"    {flow_run.name}: nothing to resume ({len(result['left'])} incidents left waiting on a live run)")
-    return {"run": flow_run.name, "state": state.name, **result}
+        print(f"    {run}: nothing to resume ({len(result['left'])} incidents left waiting on a live run)")
+    return {"run": run, "state": state, **result}
+
+
+def run_ticket_deployment(timeout_s: float = 180) -> dict[str, Any]:
+    """One run of file-pending-tickets (every 15 minutes in production) through the served deployment."""
+    _step("running file-pending-tickets once (it runs every 15 minutes): tickets Jira was down for")
+    run, state, result = _run_served(TICKETS_DEPLOYMENT, timeout_s)
+    print(f"    {run}: {len(result['filed'])} filed now, {result['waiting']} waiting for Jira, "
+          f"{result['refused']} refused by it")
+    return {"run": run, "state": state, **result}
 
 
 def _use_server(server: LocalPrefectServer, home: Path) -> None:
@@ -368,6 +377,7 @@ def run_demo(*, auto_approve: bool, json_out: Path | None, fleet_file: Path | No
         outcome["forecast"] = refresh_orders(forecast, jira=cluster.jira, ui_url=server.ui_url)
         outcome["remediation_status"] = _print_remediation_status(fleet, cluster)
         outcome["resume"] = run_resume_deployment()
+        outcome["ticket_outbox"] = run_ticket_deployment()
         outcome["elapsed_s"] = round(time.monotonic() - started, 1)
         if json_out:
             json_out.write_text(json.dumps(outcome, indent=2, default=str) + "\n")
@@ -376,7 +386,7 @@ def run_demo(*, auto_approve: bool, json_out: Path | None, fleet_file: Path | No
         print(f"  flow runs:  {server.ui_url}/runs   (the fleet-sweep run, the failure-forecast run and its "
               "proactive-maintenance order, then one remediate-node run per node)")
         print(f"  artifacts:  {server.ui_url}/artifacts  (fleet-health-report, gpu-failure-forecast, "
-              "gpu-failure-risk, fleet-remediation, incident-*)")
+              "gpu-failure-risk, fleet-remediation, incident-*, resumed-remediations, ticket-outbox)")
         print(f"  logs:       {home / 'serve.log'}")
         if keep_running:
             print("\nThe server, the deployments, the simulated fleet and cluster stay up. Press Ctrl-C to stop.")

@@ -22,6 +22,7 @@ from gpumedic.domain.budget import (
     out_of_service_by_us,
 )
 from gpumedic.domain.remediation import Decision, NodeRecord, RemediationState, Repair, breaker_override_refused
+from gpumedic.reporting import age_text
 
 S = RemediationState
 # States in which the workflow itself is acting: a record that stays in one of these far longer than
@@ -169,7 +170,7 @@ def _needs(record: NodeRecord, now: datetime, stalled: bool, held_by_breaker: bo
         )
     if stalled:
         return (
-            f"a new run: no progress for {_age(now - record.updated_at)}, its run stopped; resume-remediations "
+            f"a new run: no progress for {age_text(now - record.updated_at)}, its run stopped; resume-remediations "
             f"starts one within 15 minutes, and it resumes from this record"
         )
     approvals = [k.split(":", 1)[1] for k in _pending_approvals(record)]
@@ -178,7 +179,7 @@ def _needs(record: NodeRecord, now: datetime, stalled: bool, held_by_breaker: bo
             _APPROVALS.get(kind, f"decide on {kind} in the Prefect UI") for kind in approvals
         )
     if record.state is S.TICKETED:
-        ticket = record.ticket_key or "a ticket still in the outbox (filed when Jira answers)"
+        ticket = record.ticket_key or "a ticket still in the outbox (filed once Jira answers: gpumedic tickets status)"
         work = "inspection" if record.repair is Repair.INSPECT else "replacement"
         if record.approval is not None and record.approval.decision is Decision.TIMEOUT:
             return f"a human: nobody decided in time; the {work} ticket was filed awaiting a decision: {ticket}"
@@ -249,13 +250,14 @@ def _why_resume(record: NodeRecord, policy: RemediationPolicy, now: datetime, br
         # A suspended run times the request out itself; only a run the server failed to resume needs help.
         begun = min((h.time for h in record.history if h.step in asked), default=record.updated_at)
         late = now - begun - policy.approval_timeout
-        return f"its approval request is {_age(late)} past its timeout" if late > RECHECK_AFTER else ""
+        return f"its approval request is {age_text(late)} past its timeout" if late > RECHECK_AFTER else ""
     if record.state is S.READMITTED:
         until = record.probation_until
-        return f"its probation ended {_age(now - until)} ago" if until is not None and now >= until else ""
+        return f"its probation ended {age_text(now - until)} ago" if until is not None and now >= until else ""
     if record.state in _ACTING:
-        return f"no progress for {_age(quiet)} (its run stopped)" if _stalled(record, policy, now, breaker_open) else ""
-    return f"waiting for {_age(quiet)} (budget, evidence or the breaker)" if quiet > RECHECK_AFTER else ""
+        stalled = _stalled(record, policy, now, breaker_open)
+        return f"no progress for {age_text(quiet)} (its run stopped)" if stalled else ""
+    return f"waiting for {age_text(quiet)} (budget, evidence or the breaker)" if quiet > RECHECK_AFTER else ""
 
 
 def render(status: FleetStatus) -> list[str]:
@@ -352,6 +354,3 @@ def _when(t: datetime) -> str:
     return f"{t.astimezone(UTC):%Y-%m-%d %H:%M} UTC"
 
 
-def _age(span: timedelta) -> str:
-    hours = span.total_seconds() / 3600
-    return f"{hours:.1f} h" if hours < 48 else f"{hours / 24:.1f} days"

@@ -42,6 +42,16 @@ def sweep_document(sweep_id: str, started: datetime, assessments: Sequence[NodeA
     }
 
 
+def age_text(span: timedelta) -> str:
+    """A span as an operator reads it: minutes under an hour and a half, then hours, then days."""
+    seconds = max(span.total_seconds(), 0.0)
+    if seconds < 90 * 60:
+        return f"{seconds / 60:.0f} min"
+    if seconds < 48 * 3600:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:.1f} days"
+
+
 def needs_attention(a: NodeAssessment) -> bool:
     return a.verdict is not Verdict.HEALTHY or a.action is not Action.NONE
 

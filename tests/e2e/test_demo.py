@@ -192,6 +192,13 @@ def test_the_served_resume_deployment_runs_and_finds_every_incident_settled(demo
     assert resume["started"] == [] and resume["left"] == [], resume
 
 
+def test_the_served_ticket_deployment_runs_and_finds_every_ticket_filed(demo: dict[str, Any]) -> None:
+    outbox = demo["ticket_outbox"]
+    assert outbox["state"] == "Completed" and not outbox["dry_run"], outbox
+    # Jira was up throughout: the remediation runs filed their own tickets, so nothing waits.
+    assert (outbox["filed"], outbox["waiting"], outbox["refused"]) == ([], 0, 0), outbox
+
+
 def test_the_demo_prints_its_progress_and_stays_reasonably_fast(demo: dict[str, Any]) -> None:
     stdout = demo["_stdout"]
     for text in ("gpumedic.node.unhealthy", "remediation outcome:", "disruption budget", "circuit breaker",

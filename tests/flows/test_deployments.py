@@ -108,3 +108,14 @@ def test_the_weekly_refit_runs_after_sundays_forecast_in_both_places() -> None:
     assert by_name["weekly-forecast-refit"]["entrypoint"] == "flows/refit.py:refit_forecast_model"
     built = {d.name: d for d in build_deployments("/tmp/fleet.yaml")}
     assert built["weekly-forecast-refit"].schedules[0].schedule.cron == "0 4 * * 0"
+
+
+def test_tickets_jira_was_down_for_are_filed_every_quarter_hour_in_both_places() -> None:
+    from deployments.serve import build_deployments
+
+    declared = {d["name"]: d for d in _deployments()}["file-pending-tickets"]
+    assert declared["entrypoint"] == "flows/tickets.py:file_pending_tickets"
+    assert declared["schedules"][0]["interval"] == 900
+    built = {d.name: d for d in build_deployments("/tmp/fleet.yaml")}["file-pending-tickets"]
+    assert built.schedules[0].schedule.interval.total_seconds() == 900
+    assert built.parameters == {"fleet_file": "/tmp/fleet.yaml"}

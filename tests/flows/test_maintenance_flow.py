@@ -15,13 +15,6 @@ from tests.flows.test_forecast_flow import _degrading_history
 UUID3 = "GPU-3a7e0000-0000-4000-8000-000000000003"
 
 
-@pytest.fixture
-def jira(monkeypatch: pytest.MonkeyPatch) -> JiraEmulator:
-    with JiraEmulator() as emulator:
-        monkeypatch.setenv("GPUMEDIC_JIRA_TOKEN", emulator.password)
-        yield emulator  # type: ignore[misc]
-
-
 def _fleet(tmp_path: Path, jira: JiraEmulator) -> str:
     url = f"sqlite:///{tmp_path / 'store.db'}"
     store = TelemetryStore(url)
