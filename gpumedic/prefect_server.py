@@ -1,4 +1,4 @@
-"""Run a local Prefect server (SQLite) in the background, for the demo and the tests."""
+"""Run a local Prefect server (SQLite, or PostgreSQL) in the background, for the demo and the tests."""
 
 from __future__ import annotations
 
@@ -54,12 +54,17 @@ class LocalPrefectServer:
                 self.process.kill()
 
 
-def start_local_server(home: Path, port: int | None = None, timeout_s: float = 90.0) -> LocalPrefectServer:
+def start_local_server(
+    home: Path, port: int | None = None, timeout_s: float = 90.0, database_url: str | None = None
+) -> LocalPrefectServer:
+    """`database_url`: the server's database (`postgresql+asyncpg://...` at scale); default SQLite under `home`."""
     home.mkdir(parents=True, exist_ok=True)
     port = port or free_port()
     log = open(home / "server.log", "ab")  # noqa: SIM115 - owned by the server process
     env = {**os.environ, **prefect_env(home)}
     env.pop("PREFECT_API_URL", None)
+    if database_url:
+        env["PREFECT_API_DATABASE_CONNECTION_URL"] = database_url
     process = subprocess.Popen(
         [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
         stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, start_new_session=True,
