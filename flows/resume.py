@@ -6,8 +6,9 @@ the disruption budget, for fresh evidence, for the circuit breaker. The next run
 died leaves its record mid-step, a cordoned node out of service. This flow, every 15 minutes, reads
 the records on the Nodes and starts a run for each such incident (never a second run for a node
 that has one live). A run resumes from the record: every destructive step still needs fresh
-evidence, the budget and a closed breaker, so starting one is always safe. An incident whose breaker
-override nobody gave waits, unresumed, until the breaker closes: until then a run would only halt.
+evidence, the budget and a closed breaker, so starting one is always safe. A run that only waits
+again leaves the record unchanged, so each start is keyed by the record's version and the quarter
+hour: the next pass looks again instead of being answered with that old run.
 """
 
 from __future__ import annotations

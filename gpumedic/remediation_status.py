@@ -165,8 +165,8 @@ def _last(record: NodeRecord) -> str:
 def _needs(record: NodeRecord, now: datetime, stalled: bool, held_by_breaker: bool) -> str:
     if held_by_breaker:
         return (
-            "the circuit breaker to close (no override was given for this incident); resume-remediations "
-            "starts a run within 15 minutes of it closing"
+            "the circuit breaker to close (no override was given for this incident); meanwhile "
+            "resume-remediations starts a run every 15 minutes, which readmits the node if it looks healthy"
         )
     if stalled:
         return (
@@ -211,11 +211,15 @@ class Resumption:
     node: str
     incident: str
     why: str
-    since: datetime  # the record's last change: one resumption per record version
+    since: datetime  # the record's last change
+    slot: int  # whole RECHECK_AFTER periods since then
 
     @property
     def key(self) -> str:
-        return f"resume-{self.incident}-{self.since.isoformat()}"
+        """One run per record version and re-check period: two resumers that saw the same record at the same
+        time start one run, and a run that waited again without changing the record does not block the
+        next re-check (Prefect answers a reused key with the old run)."""
+        return f"resume-{self.incident}-{self.since.isoformat()}-{self.slot}"
 
 
 def due_for_resumption(fleet: FleetView, policy: RemediationPolicy, now: datetime) -> list[Resumption]:
@@ -233,11 +237,10 @@ def due_for_resumption(fleet: FleetView, policy: RemediationPolicy, now: datetim
     for record in sorted(fleet.records, key=lambda r: r.node):
         if record.node in fleet.opted_out:
             continue  # a run would only halt: an operator took the node out of automation
-        if _held_by_breaker(record, breaker_open):
-            continue  # a run would only halt again: it is resumed once the breaker closes
         why = _why_resume(record, policy, now, breaker_open)
         if why:
-            due.append(Resumption(record.node, record.incident_id, why, record.updated_at))
+            slot = int((now - record.updated_at) / RECHECK_AFTER)
+            due.append(Resumption(record.node, record.incident_id, why, record.updated_at, slot))
     return due
 
 
@@ -254,6 +257,10 @@ def _why_resume(record: NodeRecord, policy: RemediationPolicy, now: datetime, br
     if record.state is S.READMITTED:
         until = record.probation_until
         return f"its probation ended {age_text(now - until)} ago" if until is not None and now >= until else ""
+    if _held_by_breaker(record, breaker_open):
+        # Its run halts before any destructive step, but first readmits a node that now looks healthy.
+        return (f"held by the open circuit breaker for {age_text(quiet)}: a run readmits the node if it looks "
+                "healthy now, else halts again") if quiet > RECHECK_AFTER else ""
     if record.state in _ACTING:
         stalled = _stalled(record, policy, now, breaker_open)
         return f"no progress for {age_text(quiet)} (its run stopped)" if stalled else ""

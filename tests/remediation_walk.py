@@ -64,7 +64,7 @@ def walk(
     Approvals are given (or, unless `decided`, time out); tickets are filed as GPU-9. In a `storm`, 4 other
     nodes of the 10 turned unhealthy at `at`, so the circuit breaker is open for its first hour.
     """
-    unhealthy = tuple(UnhealthyObservation(f"{node}-peer-{i}", at) for i in range(4)) if storm else ()
+    unhealthy = storm_at(node, at) if storm else ()
     policy = policy or RemediationPolicy()
     now = at
     record = open_incident(
@@ -97,3 +97,22 @@ def walk(
             return record
         now += MINUTE
     raise AssertionError(f"{node} never reached {until}")
+
+
+def storm_at(node: str, at: datetime) -> tuple[UnhealthyObservation, ...]:
+    """4 other nodes of 10 turned unhealthy at `at`: the circuit breaker is open for the next hour."""
+    return tuple(UnhealthyObservation(f"{node}-peer-{i}", at) for i in range(4))
+
+
+def refuse_breaker_override(record: NodeRecord, action: Action, *, at: datetime,
+                            policy: RemediationPolicy | None = None) -> NodeRecord:
+    """A storm breaks out at `at` while the incident is under way: its override is asked for and times out."""
+    policy = policy or RemediationPolicy()
+    fleet = FleetView(gpu_nodes=10, records=(record,), unschedulable=frozenset({record.node}),
+                      unhealthy=storm_at(record.node, at))
+    step = next_step(record, latest=_assessment(record.node, action), observed_at=at, now=at, policy=policy,
+                     fleet=fleet)
+    assert isinstance(step, RequestApproval) and step.kind == "breaker", step
+    record = begin_step(record, step, now=at)
+    return apply_outcome(record, step, ApprovalTimedOut(), now=at)
+

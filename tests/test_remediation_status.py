@@ -9,7 +9,7 @@ from gpumedic.domain.budget import FleetView, RemediationPolicy, UnhealthyObserv
 from gpumedic.domain.remediation import NodeRecord, RemediationState
 from gpumedic.domain.verdict import Action
 from gpumedic.remediation_status import due_for_resumption, fleet_status, render, stalled_after, to_json
-from tests.remediation_walk import walk
+from tests.remediation_walk import refuse_breaker_override, walk
 
 S = RemediationState
 T0 = datetime(2026, 11, 20, 8, 0, tzinfo=UTC)
@@ -186,22 +186,39 @@ def test_an_approval_the_server_never_timed_out_and_a_long_wait_are_resumed() ->
     assert late["gpu-w"].startswith("waiting for")
 
 
-def test_an_incident_held_by_the_open_breaker_is_not_resumed_until_it_closes() -> None:
-    held = walk("gpu-h", Action.RESET_GPU, policy=POLICY, until=None, at=T0, storm=True, decided=False)
-    assert held.state is S.IN_SERVICE and not held.closed  # the override timed out: every run halts
+def test_an_incident_held_by_the_open_breaker_waits_for_it_and_is_looked_at_again() -> None:
+    held = walk("gpu-h", Action.RESET_GPU, policy=POLICY, until=S.QUARANTINED, at=T0, settled=True)
+    held = refuse_breaker_override(held, Action.RESET_GPU, at=T0 + MINUTE, policy=POLICY)
+    assert held.state is S.QUARANTINED and not held.closed  # cordoned; every run halts before the drain
     storm = tuple(UnhealthyObservation(f"gpu-{i}", NOW - 10 * MINUTE) for i in range(4))
-    fleet = replace(_fleet([held], cordoned=set()), unhealthy=storm)
+    fleet = replace(_fleet([held], cordoned={"gpu-h"}), unhealthy=storm)
 
     status = fleet_status(fleet, POLICY, NOW)
     assert status.breaker.open
     assert status.nodes[0].needs.startswith("the circuit breaker to close (no override was given")
-    assert not status.nodes[0].stalled
-    assert due_for_resumption(fleet, POLICY, NOW) == []  # a run would only halt again, every 15 minutes
+    assert not status.nodes[0].stalled  # 3 h without progress, but not because its run died
+    # A run first readmits a node that looks healthy now (capacity back in a storm); else it halts again.
+    (due,) = due_for_resumption(fleet, POLICY, NOW)
+    assert due.why.startswith("held by the open circuit breaker for 3.0 h: a run readmits the node")
 
     calm = NOW + POLICY.breaker_window + MINUTE
     assert not fleet_status(fleet, POLICY, calm).breaker.open
-    assert fleet_status(fleet, POLICY, calm).nodes[0].needs == ""
-    assert [r.why.startswith("waiting for") for r in due_for_resumption(fleet, POLICY, calm)] == [True]
+    assert fleet_status(fleet, POLICY, calm).nodes[0].stalled  # no breaker to blame any more
+
+
+def test_a_wait_that_changes_nothing_is_looked_at_again_every_quarter_hour() -> None:
+    waiting = walk("gpu-w", Action.RESET_GPU, policy=POLICY, until=S.IN_SERVICE, at=T0)  # no budget yet
+    fleet = _fleet([waiting], cordoned=set())
+
+    def key(at: datetime) -> str:
+        (due,) = due_for_resumption(fleet, POLICY, at)
+        return due.key
+
+    # A resumed run that waits again leaves the record as it was; a key per record version alone would
+    # make Prefect answer every later re-check with that first run, and the incident would never move.
+    first = key(T0 + 16 * MINUTE)
+    assert key(T0 + 29 * MINUTE) == first  # two resumers in one quarter hour start one run
+    assert len({first, key(T0 + 31 * MINUTE), key(T0 + 46 * MINUTE)}) == 3
 
 
 def test_an_override_given_in_a_storm_lets_the_incident_go_on() -> None:
