@@ -606,6 +606,27 @@ def test_a_run_that_died_after_the_reset_is_resumed_once_and_readmits_the_node(
     assert resume_remediations(**resume)["started"] == []  # on probation now: nothing to resume
 
 
+def test_a_resumption_key_starts_one_run_and_a_new_quarter_hour_starts_another() -> None:
+    """What the resumer's keys rely on: Prefect answers a reused idempotency key with the run it started."""
+    from uuid import uuid4
+
+    from prefect.deployments.runner import RunnerDeployment
+
+    from flows.remediation import remediate_node
+    from tasks.remediation import start_remediation_run
+
+    deployment = cast(RunnerDeployment, remediate_node.to_deployment(name=f"remediate-{uuid4().hex[:8]}"))
+    deployment.apply()
+    name = f"remediate-node/{deployment.name}"
+
+    def start(key: str) -> str:
+        return start_remediation_run.fn(name, "gpu-node-00", "inc-w", f"resume-inc-w-2026-11-22T08:00:00+00:00-{key}")
+
+    first = start("1")
+    assert start("1") == first
+    assert start("2") != first
+
+
 # --------------------------------------------------------------------------- fleet safety
 
 
