@@ -529,7 +529,7 @@ def _with(fleet: FleetView, record: NodeRecord) -> FleetView:
     """The fleet view with this run's own record (newer than what was listed, or a dry run's)."""
     others = tuple(r for r in fleet.records if r.node != record.node)
     return FleetView(fleet.gpu_nodes, (*others, record), fleet.unschedulable, fleet.unhealthy, fleet.opted_out,
-                     fleet.breaker_override_until)
+                     fleet.breaker_override)
 
 
 def _persist(kubeconfig: str, record: NodeRecord, stored: NodeRecord | None, dry_run: bool) -> NodeRecord | None:

@@ -135,18 +135,86 @@ def cmd_remediation_status(args: argparse.Namespace) -> int:
     from tasks.remediation import remediation_status_now
 
     settings = load_fleet_settings(args.fleet)
+    override, override_note = _breaker_override_if_reachable()
     kubernetes = settings.kubernetes
     kubeconfig = args.kubeconfig or (kubernetes.kubeconfig if kubernetes and kubernetes.kubeconfig else None)
     kubeconfig = str(kubeconfig or DEFAULT_KUBECONFIG)
     try:
         status = remediation_status_now(kubeconfig, settings.remediation_policy(),
-                                        context=kubernetes.context if kubernetes else None, include_closed=args.all)
+                                        context=kubernetes.context if kubernetes else None, include_closed=args.all,
+                                        breaker_override=override)
     except AdapterError as err:
         print(f"gpumedic: cannot read the nodes' remediation records ({kubeconfig}): {err}", file=sys.stderr)
         return 1
-    print("\n".join(render(status)))
+    lines = render(status)
+    if override_note:  # beside the breaker's own line
+        at = next(i for i, line in enumerate(lines) if line.startswith("circuit breaker ")) + 1
+        lines.insert(at, override_note)
+    print("\n".join(lines))
     if args.json:
         Path(args.json).write_text(json.dumps(to_json(status), indent=2) + "\n")
+    return 0
+
+
+def _breaker_override_if_reachable() -> tuple[Any, str]:
+    """The fleet-wide breaker override from the Prefect server the deployments use; without one, say so."""
+    if not os.environ.get("PREFECT_API_URL"):
+        return None, "fleet-wide breaker override: not read (set PREFECT_API_URL to the deployments' Prefect server)"
+    from gpumedic.adapters.breaker_override import read_breaker_override
+
+    try:
+        return read_breaker_override(), ""
+    except Exception as err:  # the status is a report: the Nodes' records are read all the same
+        return None, f"fleet-wide breaker override: could not be read from {os.environ['PREFECT_API_URL']}: {err}"
+
+
+def _announce(event: str, payload: dict[str, str]) -> None:
+    """An event in the Prefect UI's event feed: who changed the fleet's breaker, and when, stays on record."""
+    from prefect.events import emit_event
+
+    emit_event(event=event, resource={"prefect.resource.id": "gpumedic.breaker"}, payload=payload)
+
+
+def cmd_breaker_override(args: argparse.Namespace) -> int:
+    import getpass
+    from datetime import UTC, datetime, timedelta
+
+    from gpumedic.adapters.breaker_override import (
+        clear_breaker_override,
+        read_breaker_override,
+        set_breaker_override,
+    )
+    from gpumedic.domain.budget import BreakerOverride
+
+    if not os.environ.get("PREFECT_API_URL"):
+        print("gpumedic: set PREFECT_API_URL to the Prefect server the remediation deployments use: the override "
+              "is a Prefect Variable there", file=sys.stderr)
+        return 2
+    if args.clear:
+        cleared = clear_breaker_override()
+        if cleared:
+            _announce("gpumedic.breaker.override-cleared", {"by": args.by or getpass.getuser()})
+        print("breaker override cleared" if cleared else "there was no breaker override")
+        return 0
+    if args.hours is None:
+        current = read_breaker_override()
+        now = datetime.now(UTC)
+        print("no fleet-wide breaker override" if current is None or not current.active(now) else
+              f"breaker overridden by {current.by} until {current.until.isoformat()}: {current.reason}")
+        return 0
+    if not args.reason:
+        print("gpumedic: --reason is required: the override is shown with it wherever the breaker is", file=sys.stderr)
+        return 2
+    now = datetime.now(UTC)
+    try:
+        override = BreakerOverride(now + timedelta(hours=args.hours), args.by or getpass.getuser(), args.reason, now)
+    except ValueError as err:
+        print(f"gpumedic: {err}", file=sys.stderr)
+        return 2
+    set_breaker_override(override)
+    _announce("gpumedic.breaker.overridden", override.to_json())
+    print(f"breaker overridden fleet-wide by {override.by} until {override.until.isoformat()}: {override.reason}\n"
+          "the disruption budget still applies; `--clear` ends the override early")
     return 0
 
 
@@ -238,6 +306,19 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--all", action="store_true", help="also list closed incidents still recorded on nodes")
     status.add_argument("--json", metavar="OUT", help="write the status as JSON")
     status.set_defaults(func=cmd_remediation_status)
+    override = remediation_sub.add_parser(
+        "breaker-override", help="keep the circuit breaker closed fleet-wide for a known event (at most 24 h)",
+        description="During a known event (a driver rollout, a rack's power work) many nodes turn unhealthy at once "
+        "and the circuit breaker stops remediation, asking for an override per incident. This overrides it "
+        "fleet-wide for a while: a Prefect Variable (gpumedic-breaker-override) on the server in PREFECT_API_URL, "
+        "read by every remediation decision. The disruption budget still applies. Without options it shows the "
+        "override in place.",
+    )
+    override.add_argument("--hours", type=float, help="how long the override lasts (more than 0, at most 24)")
+    override.add_argument("--reason", help="why: shown wherever the breaker's state is")
+    override.add_argument("--by", help="who (default: the login name)")
+    override.add_argument("--clear", action="store_true", help="end the override now")
+    override.set_defaults(func=cmd_breaker_override)
 
     tickets = sub.add_parser("tickets", help="the ticket outbox: tickets waiting for Jira or refused by it")
     tickets_sub = tickets.add_subparsers(dest="tickets_command", required=True)

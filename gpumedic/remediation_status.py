@@ -14,6 +14,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from gpumedic.domain.budget import (
+    BreakerOverride,
     BreakerState,
     FleetView,
     RemediationPolicy,
@@ -72,6 +73,7 @@ class FleetStatus:
     limit: int
     policy: RemediationPolicy
     breaker: BreakerState
+    breaker_override: BreakerOverride | None  # the operator's fleet-wide override, while it lasts
     opted_out: tuple[str, ...]
     unreadable: tuple[tuple[str, str], ...]  # (node, why its record could not be read)
     closed_hidden: int  # closed incidents left out of `nodes`
@@ -110,6 +112,8 @@ def fleet_status(
         limit=budget_limit(fleet, policy),
         policy=policy,
         breaker=breaker,
+        breaker_override=fleet.breaker_override if fleet.breaker_override and fleet.breaker_override.active(now)
+        else None,
         opted_out=tuple(sorted(fleet.opted_out)),
         unreadable=tuple(sorted(unreadable)),
         closed_hidden=hidden,
@@ -198,7 +202,13 @@ def headline(status: FleetStatus) -> list[str]:
         f"out of service by gpumedic: {status.out_of_service} of at most {status.limit} nodes "
         f"(max_nodes_out {p.max_nodes_out}, max_fraction_out {p.max_fraction_out:.0%})",
         f"circuit breaker {'OPEN' if status.breaker.open else 'closed'}: {status.breaker.reason}",
+        *([_override_line(status.breaker_override)] if status.breaker_override else []),
     ]
+
+
+def _override_line(override: BreakerOverride) -> str:
+    return (f"fleet-wide breaker override by {override.by} until {_when(override.until)}: {override.reason} "
+            "(gpumedic remediation breaker-override --clear ends it)")
 
 
 # How long an open incident may sit waiting (for the budget, fresh evidence, the breaker) before a run
@@ -336,7 +346,8 @@ def to_json(status: FleetStatus) -> dict[str, Any]:
         "gpu_nodes": status.gpu_nodes,
         "out_of_service": status.out_of_service,
         "budget_limit": status.limit,
-        "breaker": {"open": status.breaker.open, "reason": status.breaker.reason},
+        "breaker": {"open": status.breaker.open, "reason": status.breaker.reason,
+                    "override": status.breaker_override.to_json() if status.breaker_override else None},
         "opted_out": list(status.opted_out),
         "unreadable": [{"node": node, "error": why} for node, why in status.unreadable],
         "nodes": [

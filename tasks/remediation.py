@@ -28,6 +28,7 @@ from typing import Any, cast
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
+from gpumedic.adapters.breaker_override import read_breaker_override
 from gpumedic.adapters.errors import PermanentError, TransientError, is_transient
 from gpumedic.adapters.jira_tickets import Approval as JiraApproval
 from gpumedic.adapters.jira_tickets import JiraSettings, gpu_dedup_key
@@ -40,7 +41,7 @@ from gpumedic.adapters.ticket_outbox import file_through_outbox
 from gpumedic.collection import collect_nodes
 from gpumedic.config import ConfigError, JiraConfig, load_fleet_settings
 from gpumedic.domain.assess import assess_node
-from gpumedic.domain.budget import FleetView, RemediationPolicy, UnhealthyObservation
+from gpumedic.domain.budget import BreakerOverride, FleetView, RemediationPolicy, UnhealthyObservation
 from gpumedic.domain.remediation import (
     ANNOTATION_KEYS,
     ApprovalKind,
@@ -162,11 +163,12 @@ def write_node_record(kubeconfig: str, node: str, record: NodeRecord, previous: 
 
 @task(name="fleet-view", cache_policy=NO_CACHE, retries=3, retry_delay_seconds=RETRY_DELAYS,
       retry_condition_fn=retry_if_transient, timeout_seconds=120)
-def build_fleet_view(kubeconfig: str, breaker_override_until: datetime | None = None) -> FleetView:
-    """The budget's and the breaker's view, from every Node's annotations and cordon state."""
+def build_fleet_view(kubeconfig: str) -> FleetView:
+    """The budget's and the breaker's view, from every Node's annotations and cordon state, and the
+    operator's fleet-wide breaker override (a Prefect Variable)."""
     with _nodes(kubeconfig) as kube:
         views = kube.list_nodes()
-    return fleet_view_from(views, breaker_override_until)
+    return fleet_view_from(views, read_breaker_override())
 
 
 def read_records(views: list[NodeView]) -> tuple[list[NodeRecord], list[tuple[str, str]]]:
@@ -184,15 +186,15 @@ def read_records(views: list[NodeView]) -> tuple[list[NodeRecord], list[tuple[st
     return records, unreadable
 
 
-def fleet_view_from(views: list[NodeView], breaker_override_until: datetime | None = None) -> FleetView:
+def fleet_view_from(views: list[NodeView], breaker_override: BreakerOverride | None = None) -> FleetView:
     records, unreadable = read_records(views)
     for node, _why in unreadable:
         _log().warning("node=%s unreadable remediation record: left out of the fleet view", node)
-    return _fleet_view(views, records, breaker_override_until)
+    return _fleet_view(views, records, breaker_override)
 
 
 def _fleet_view(
-    views: list[NodeView], records: list[NodeRecord], breaker_override_until: datetime | None = None
+    views: list[NodeView], records: list[NodeRecord], breaker_override: BreakerOverride | None = None
 ) -> FleetView:
     # Each incident was opened on a sweep that found its node needing remediation.
     unhealthy = [UnhealthyObservation(record.node, record.opened_at) for record in records]
@@ -203,19 +205,20 @@ def _fleet_view(
         unschedulable=frozenset(v.name for v in views if v.unschedulable),
         unhealthy=tuple(unhealthy),
         opted_out=frozenset(v.name for v in views if not _opted_in(v)),
-        breaker_override_until=breaker_override_until,
+        breaker_override=breaker_override,
     )
 
 
 def remediation_status_now(
-    kubeconfig: str, policy: RemediationPolicy, *, context: str | None = None, include_closed: bool = False
+    kubeconfig: str, policy: RemediationPolicy, *, context: str | None = None, include_closed: bool = False,
+    breaker_override: BreakerOverride | None = None,
 ) -> FleetStatus:
     """`gpumedic remediation status`: the fleet's remediation, read from the Nodes now."""
     with KubeNodes.from_kubeconfig(kubeconfig, context=context) as kube:
         views = kube.list_nodes()
     records, unreadable = read_records(views)
-    return fleet_status(_fleet_view(views, records), policy, datetime.now(UTC), unreadable=unreadable,
-                        include_closed=include_closed)
+    return fleet_status(_fleet_view(views, records, breaker_override), policy, datetime.now(UTC),
+                        unreadable=unreadable, include_closed=include_closed)
 
 
 @dataclass(frozen=True, slots=True)

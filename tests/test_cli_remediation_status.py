@@ -68,12 +68,16 @@ def test_it_lists_the_nodes_gpumedic_holds_and_names_an_unreadable_record(
 
 
 def test_a_cluster_with_nothing_under_remediation_says_so(
-    cluster: tuple[KubeApiEmulator, Path, Path], capsys: pytest.CaptureFixture[str]
+    cluster: tuple[KubeApiEmulator, Path, Path], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     _, kubeconfig, fleet = cluster
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
     assert main(["remediation", "status", "--fleet", str(fleet), "--kubeconfig", str(kubeconfig)]) == 0
     out = capsys.readouterr().out.splitlines()
     assert out[1] == "out of service by gpumedic: 0 of at most 3 nodes (max_nodes_out 5, max_fraction_out 100%)"
+    assert out[2].startswith("circuit breaker closed: ")
+    # The fleet-wide override lives on the Prefect server: without its address the status says it did not look.
+    assert out[3].startswith("fleet-wide breaker override: not read (set PREFECT_API_URL")
     assert out[-1] == "no open incidents"
 
 

@@ -158,6 +158,52 @@ class UnhealthyObservation:
     observed_at: datetime
 
 
+# An override is for a known event (a driver rollout, a rack's power work), not a way to switch the breaker off.
+MAX_BREAKER_OVERRIDE = timedelta(hours=24)
+
+
+@dataclass(frozen=True, slots=True)
+class BreakerOverride:
+    """An operator's fleet-wide override of the circuit breaker: remediation goes on in a storm until `until`."""
+
+    until: datetime
+    by: str
+    reason: str
+    set_at: datetime
+
+    def __post_init__(self) -> None:
+        if self.until.tzinfo is None or self.set_at.tzinfo is None:
+            raise ValueError("a breaker override's times must carry a timezone")
+        if not self.by.strip() or not self.reason.strip():
+            raise ValueError("a breaker override must say who set it and why")
+        if not timedelta(0) < self.until - self.set_at <= MAX_BREAKER_OVERRIDE:
+            raise ValueError(
+                f"a breaker override lasts more than 0 and at most {_duration(MAX_BREAKER_OVERRIDE)} "
+                f"(this one: {self.set_at.isoformat()} to {self.until.isoformat()})"
+            )
+
+    def active(self, now: datetime) -> bool:
+        return self.set_at <= now < self.until
+
+    def to_json(self) -> dict[str, str]:
+        return {"until": self.until.isoformat(), "by": self.by, "reason": self.reason,
+                "set_at": self.set_at.isoformat()}
+
+    @classmethod
+    def from_json(cls, data: object) -> BreakerOverride:
+        """Raises ValueError, naming what is wrong, for anything but what `to_json` writes."""
+        if not isinstance(data, dict) or not all(isinstance(data.get(k), str) for k in ("until", "by", "reason",
+                                                                                       "set_at")):
+            raise ValueError(f"expected {{until, by, reason, set_at}} as strings, got {data!r:.200}")
+        times = {}
+        for key in ("until", "set_at"):
+            try:
+                times[key] = datetime.fromisoformat(data[key])
+            except ValueError:
+                raise ValueError(f"{key}: {data[key]!r} is not an ISO-8601 time") from None
+        return cls(times["until"], data["by"], data["reason"], times["set_at"])
+
+
 @dataclass(frozen=True, slots=True)
 class FleetView:
     """The cluster as it is now, as far as the budget and the breaker need to know.
@@ -166,8 +212,8 @@ class FleetView:
     the remediation records read back from Node annotations (one per node at most),
     `unschedulable` the nodes whose `spec.unschedulable` is true right now, `unhealthy`
     the recent sweep observations, `opted_out` the nodes an operator marked
-    `gpumedic.io/opt-out`, and `breaker_override_until` a fleet-wide override of the
-    breaker an operator set (e.g. on the gpumedic ConfigMap).
+    `gpumedic.io/opt-out`, and `breaker_override` a fleet-wide override of the breaker an
+    operator set (`gpumedic remediation breaker-override`).
     """
 
     gpu_nodes: int  # size of the GPU fleet, in nodes
@@ -175,7 +221,7 @@ class FleetView:
     unschedulable: frozenset[str] = frozenset()
     unhealthy: tuple[UnhealthyObservation, ...] = ()
     opted_out: frozenset[str] = frozenset()
-    breaker_override_until: datetime | None = None
+    breaker_override: BreakerOverride | None = None
 
     def __post_init__(self) -> None:
         if self.gpu_nodes < 0:
@@ -286,7 +332,7 @@ def circuit_breaker(fleet: FleetView, now: datetime, policy: RemediationPolicy) 
 
     Counts distinct nodes with an unhealthy observation in [now - breaker_window, now].
     It needs at least `breaker_min_nodes` of them. An active fleet-wide override
-    (`fleet.breaker_override_until` in the future) keeps it closed, and says so.
+    (`fleet.breaker_override`, while it lasts) keeps it closed, and says who set it and why.
     """
     since = now - policy.breaker_window
     nodes = {o.node for o in fleet.unhealthy if since <= o.observed_at <= now}
@@ -306,10 +352,11 @@ def circuit_breaker(fleet: FleetView, now: datetime, policy: RemediationPolicy) 
         f"{count} of {fleet.gpu_nodes} nodes ({share:.0%}) turned unhealthy within {window}, "
         f"above the {policy.breaker_fraction:.0%} breaker"
     )
-    if fleet.breaker_override_until is not None and now < fleet.breaker_override_until:
+    override = fleet.breaker_override
+    if override is not None and override.active(now):
         return BreakerState(
             False,
-            f"{storm}; overridden by an operator until {fleet.breaker_override_until.isoformat()}",
+            f"{storm}; overridden by {override.by} until {override.until.isoformat()}: {override.reason}",
             share,
             count,
         )

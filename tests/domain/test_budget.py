@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from gpumedic.domain.budget import (
+    BreakerOverride,
     FleetView,
     RemediationPolicy,
     UnhealthyObservation,
@@ -214,6 +215,10 @@ def observations(count: int, at: datetime, prefix: str = "n") -> tuple[Unhealthy
     return tuple(UnhealthyObservation(f"{prefix}{i}", at) for i in range(count))
 
 
+def override(until: datetime) -> BreakerOverride:
+    return BreakerOverride(until, "alice", "driver rollout on rack 7", set_at=min(until - MINUTE, T0))
+
+
 def test_breaker_opens_above_the_fraction_within_the_window() -> None:
     policy = RemediationPolicy()
     below = circuit_breaker(FleetView(gpu_nodes=100, unhealthy=observations(20, T0)), T0, policy)
@@ -244,10 +249,30 @@ def test_breaker_needs_a_minimum_number_of_nodes_so_a_small_fleet_can_repair_one
 
 def test_a_fleet_wide_override_keeps_the_breaker_closed_until_it_expires() -> None:
     policy = RemediationPolicy()
-    view = FleetView(gpu_nodes=10, unhealthy=observations(5, T0), breaker_override_until=T0 + MINUTE)
+    view = FleetView(gpu_nodes=10, unhealthy=observations(5, T0), breaker_override=override(T0 + MINUTE))
     state = circuit_breaker(view, T0, policy)
-    assert not state.open and "overridden" in state.reason
+    assert not state.open
+    assert state.reason.endswith(f"overridden by alice until {(T0 + MINUTE).isoformat()}: driver rollout on rack 7")
     assert circuit_breaker(view, T0 + MINUTE, policy).open
+
+
+def test_a_breaker_override_is_bounded_signed_and_read_back_exactly() -> None:
+    good = BreakerOverride(T0 + timedelta(hours=2), "alice", "driver rollout", set_at=T0)
+    assert BreakerOverride.from_json(good.to_json()) == good
+    assert good.active(T0) and not good.active(T0 - MINUTE) and not good.active(T0 + timedelta(hours=2))
+    with pytest.raises(ValueError, match="at most 1d"):
+        BreakerOverride(T0 + timedelta(hours=25), "alice", "a long weekend", set_at=T0)
+    with pytest.raises(ValueError, match="more than 0"):
+        BreakerOverride(T0, "alice", "already over", set_at=T0)
+    with pytest.raises(ValueError, match="who set it and why"):
+        BreakerOverride(T0 + MINUTE, "alice", " ", set_at=T0)
+    with pytest.raises(ValueError, match="timezone"):
+        BreakerOverride(datetime(2026, 11, 22, 12), "alice", "x", set_at=datetime(2026, 11, 22, 11))
+    for bad in ("2026-11-22", {"until": "2026-11-22T12:00:00+00:00"}):
+        with pytest.raises(ValueError, match="expected {until, by, reason, set_at}"):
+            BreakerOverride.from_json(bad)
+    with pytest.raises(ValueError, match="until: 'noon' is not an ISO-8601 time"):
+        BreakerOverride.from_json({**good.to_json(), "until": "noon"})
 
 
 # --------------------------------------------------------------------------- the breaker in next_step
@@ -307,7 +332,7 @@ def test_an_override_that_times_out_halts_until_the_breaker_closes() -> None:
     step = ask(r, storm_view(r), policy)
     assert isinstance(step, Halt) and "circuit breaker open" in step.reason
     assert isinstance(ask(r, fleet(r), policy), Cordon)  # the storm has passed
-    overridden = replace(storm_view(r), breaker_override_until=T0 + timedelta(hours=1))
+    overridden = replace(storm_view(r), breaker_override=override(T0 + timedelta(hours=1)))
     assert isinstance(ask(r, overridden, policy), Cordon)
 
 
@@ -357,7 +382,7 @@ class Storm:
             records=tuple(self.records.values()),
             unschedulable=frozenset(self.unschedulable),
             unhealthy=tuple(UnhealthyObservation(n, T0) for n in sorted(self.records)),
-            breaker_override_until=self.override_until,
+            breaker_override=None if self.override_until is None else override(self.override_until),
         )
 
     def check(self) -> None:

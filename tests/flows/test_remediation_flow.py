@@ -693,6 +693,31 @@ def test_the_breaker_asks_a_human_and_a_timeout_halts_the_node(storm_rig: Rig) -
     assert not storm_rig.node("gpu-node-03")["spec"].get("unschedulable")
 
 
+def test_an_operators_fleet_wide_override_lets_remediation_go_on_in_a_storm_without_asking(storm_rig: Rig) -> None:
+    from gpumedic.adapters.breaker_override import clear_breaker_override, set_breaker_override
+    from gpumedic.domain.budget import BreakerOverride, RemediationPolicy
+    from gpumedic.domain.remediation import open_incident
+    from gpumedic.domain.verdict import Action, NodeAssessment, Verdict
+    from tasks.remediation import write_node_record
+
+    policy = {"max_nodes_out": 5, "max_fraction_out": 1.0, "breaker_fraction": 0.5}
+    for n in ("gpu-node-00", "gpu-node-01", "gpu-node-02"):  # three unhealthy of five just now: a storm
+        broken = NodeAssessment(n, Verdict.FAILED, Action.REPLACE, ("row remap failure",), ())
+        record = open_incident(broken, incident_id=f"inc-storm-{n}", now=datetime.now(UTC),
+                               policy=RemediationPolicy.model_validate(policy))
+        write_node_record.fn(storm_rig.kubeconfig, n, record, None)
+    now = datetime.now(UTC)
+    set_breaker_override(BreakerOverride(now + timedelta(hours=1), "alice", "driver rollout on rack 7", now))
+    try:
+        last = storm_rig.run("gpu-node-03", policy=policy, auto_approve=True)
+    finally:
+        clear_breaker_override()
+    history = " ".join(last["history"])
+    assert "approval:breaker" not in history, last  # nobody was asked: the override answers for the fleet
+    assert last["final_state"] == "ticketed", last
+    assert storm_rig.node("gpu-node-03")["spec"].get("unschedulable")
+
+
 # --------------------------------------------------------------------------- Jira down, Jira misconfigured
 
 
