@@ -168,7 +168,12 @@ def build_fleet_view(kubeconfig: str) -> FleetView:
     operator's fleet-wide breaker override (a Prefect Variable)."""
     with _nodes(kubeconfig) as kube:
         views = kube.list_nodes()
-    return fleet_view_from(views, read_breaker_override())
+    try:
+        override = read_breaker_override()
+    except Exception as err:  # without it each incident asks for its own override: the safe side
+        _log().warning("the fleet-wide breaker override could not be read, so none applies: %s", err)
+        override = None
+    return fleet_view_from(views, override)
 
 
 def read_records(views: list[NodeView]) -> tuple[list[NodeRecord], list[tuple[str, str]]]:
