@@ -674,19 +674,26 @@ def test_a_widened_budget_lock_is_refused() -> None:
         ensure_budget_lock(name)
 
 
-def test_the_breaker_asks_a_human_and_a_timeout_halts_the_node(storm_rig: Rig) -> None:
+STORM_POLICY = {"max_nodes_out": 5, "max_fraction_out": 1.0, "breaker_fraction": 0.5}
+
+
+def _storm(rig: Rig) -> None:
+    """Three of the five nodes turned unhealthy just now: the breaker is open."""
     from gpumedic.domain.budget import RemediationPolicy
     from gpumedic.domain.remediation import open_incident
     from gpumedic.domain.verdict import Action, NodeAssessment, Verdict
     from tasks.remediation import write_node_record
 
-    policy = {"max_nodes_out": 5, "max_fraction_out": 1.0, "breaker_fraction": 0.5}
-    for n in ("gpu-node-00", "gpu-node-01", "gpu-node-02"):  # three unhealthy of five just now: a storm
+    for n in ("gpu-node-00", "gpu-node-01", "gpu-node-02"):
         broken = NodeAssessment(n, Verdict.FAILED, Action.REPLACE, ("row remap failure",), ())
         record = open_incident(broken, incident_id=f"inc-storm-{n}", now=datetime.now(UTC),
-                               policy=RemediationPolicy.model_validate(policy))
-        write_node_record.fn(storm_rig.kubeconfig, n, record, None)
-    last = storm_rig.run("gpu-node-03", policy=policy, approval_timeout_s=1, approval_poll_s=1)
+                               policy=RemediationPolicy.model_validate(STORM_POLICY))
+        write_node_record.fn(rig.kubeconfig, n, record, None)
+
+
+def test_the_breaker_asks_a_human_and_a_timeout_halts_the_node(storm_rig: Rig) -> None:
+    _storm(storm_rig)
+    last = storm_rig.run("gpu-node-03", policy=STORM_POLICY, approval_timeout_s=1, approval_poll_s=1)
     assert last["waiting"] and last["waiting"].startswith("halted: circuit breaker open"), last
     history = " ".join(last["history"])
     assert "approval:breaker" in history and "no decision within" in history
@@ -695,21 +702,13 @@ def test_the_breaker_asks_a_human_and_a_timeout_halts_the_node(storm_rig: Rig) -
 
 def test_an_operators_fleet_wide_override_lets_remediation_go_on_in_a_storm_without_asking(storm_rig: Rig) -> None:
     from gpumedic.adapters.breaker_override import clear_breaker_override, set_breaker_override
-    from gpumedic.domain.budget import BreakerOverride, RemediationPolicy
-    from gpumedic.domain.remediation import open_incident
-    from gpumedic.domain.verdict import Action, NodeAssessment, Verdict
-    from tasks.remediation import write_node_record
+    from gpumedic.domain.budget import BreakerOverride
 
-    policy = {"max_nodes_out": 5, "max_fraction_out": 1.0, "breaker_fraction": 0.5}
-    for n in ("gpu-node-00", "gpu-node-01", "gpu-node-02"):  # three unhealthy of five just now: a storm
-        broken = NodeAssessment(n, Verdict.FAILED, Action.REPLACE, ("row remap failure",), ())
-        record = open_incident(broken, incident_id=f"inc-storm-{n}", now=datetime.now(UTC),
-                               policy=RemediationPolicy.model_validate(policy))
-        write_node_record.fn(storm_rig.kubeconfig, n, record, None)
+    _storm(storm_rig)
     now = datetime.now(UTC)
     set_breaker_override(BreakerOverride(now + timedelta(hours=1), "alice", "driver rollout on rack 7", now))
     try:
-        last = storm_rig.run("gpu-node-03", policy=policy, auto_approve=True)
+        last = storm_rig.run("gpu-node-03", policy=STORM_POLICY, auto_approve=True)
     finally:
         clear_breaker_override()
     history = " ".join(last["history"])
