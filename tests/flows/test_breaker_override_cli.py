@@ -53,9 +53,9 @@ def test_an_override_is_set_shown_read_by_remediation_and_cleared(
 
     assert Variable.get(VARIABLE)["reason"] == "driver rollout"  # what the Prefect UI's Variables page shows
     # Who changed the fleet's breaker stays on record in the event feed.
-    assert eventually(lambda: _events("gpumedic.breaker.overridden") == [override.to_json()], timeout_s=30)
+    assert eventually(lambda: _events("gpumedic.breaker.overridden") == [override.to_json()], timeout_s=120)
     assert main(["remediation", "breaker-override", "--clear", "--by", "bob"]) == 0
-    assert eventually(lambda: _events("gpumedic.breaker.override-cleared") == [{"by": "bob"}], timeout_s=30)
+    assert eventually(lambda: _events("gpumedic.breaker.override-cleared") == [{"by": "bob"}], timeout_s=120)
     assert read_breaker_override() is None
     capsys.readouterr()
     assert main(["remediation", "breaker-override", "--clear"]) == 0
