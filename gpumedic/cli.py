@@ -13,7 +13,10 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from gpumedic.adapters.ticket_outbox import TicketOutbox
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
@@ -218,7 +221,7 @@ def cmd_breaker_override(args: argparse.Namespace) -> int:
     return 0
 
 
-def _outbox(fleet_file: str) -> Any:
+def _outbox(fleet_file: str) -> TicketOutbox:
     from gpumedic.adapters.ticket_outbox import TicketOutbox
     from gpumedic.config import load_fleet_settings
 
