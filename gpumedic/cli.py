@@ -352,6 +352,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from sqlalchemy.exc import OperationalError
+
     from gpumedic.config import ConfigError
 
     args = build_parser().parse_args(argv)
@@ -360,6 +362,10 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         print(f"gpumedic: {err}", file=sys.stderr)
         return 2
+    except OperationalError as err:  # the driver's own words; never the URL, which may hold a password
+        reason = str(err.orig).strip().splitlines()[0] if err.orig else "no reason given"
+        print(f"gpumedic: the telemetry store (the fleet file's store_url) cannot be used: {reason}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
 

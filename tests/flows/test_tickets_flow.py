@@ -103,3 +103,15 @@ def test_a_fleet_without_jira_has_nothing_to_file(tmp_path: Path, jira: JiraEmul
     outbox = TicketOutbox(f"sqlite:///{tmp_path / 's.db'}")
     assert outbox.entries() == []
     outbox.close()
+
+
+def test_a_store_that_cannot_be_opened_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from gpumedic.cli import main
+
+    fleet = tmp_path / "fleet.yaml"
+    fleet.write_text("fleet:\n  source: exporter\n  nodes: [{name: n1}]\n"
+                     f"  store_url: sqlite:///{tmp_path / 'no-such-dir' / 's.db'}\n")
+    assert main(["tickets", "status", "--fleet", str(fleet)]) == 1
+    err = capsys.readouterr().err
+    assert err == ("gpumedic: the telemetry store (the fleet file's store_url) cannot be used: unable to open "
+                   "database file\n")
