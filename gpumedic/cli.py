@@ -233,11 +233,8 @@ def cmd_tickets_status(args: argparse.Namespace) -> int:
 
     from gpumedic.ticket_queue import render, ticket_queue, to_json
 
-    outbox = _outbox(args.fleet)
-    try:
+    with _outbox(args.fleet) as outbox:
         queue = ticket_queue(outbox.entries(), datetime.now(UTC))
-    finally:
-        outbox.close()
     print("\n".join(render(queue, retry_command=f"gpumedic tickets retry --fleet {args.fleet}")))
     if args.json:
         Path(args.json).write_text(json.dumps(to_json(queue), indent=2) + "\n")
@@ -245,8 +242,7 @@ def cmd_tickets_status(args: argparse.Namespace) -> int:
 
 
 def cmd_tickets_retry(args: argparse.Namespace) -> int:
-    outbox = _outbox(args.fleet)
-    try:
+    with _outbox(args.fleet) as outbox:
         refused = {e.id for e in outbox.entries("failed")}
         unknown = sorted(set(args.ids) - refused)
         if unknown:
@@ -254,8 +250,6 @@ def cmd_tickets_retry(args: argparse.Namespace) -> int:
                   "(`gpumedic tickets status` lists them)", file=sys.stderr)
             return 2
         queued = outbox.retry_failed(args.ids or None)
-    finally:
-        outbox.close()
     print(f"{queued} ticket(s) back in line: the file-pending-tickets deployment files them within 15 minutes "
           "(or run it now from the Prefect UI)")
     return 0

@@ -5,18 +5,14 @@ from __future__ import annotations
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from gpumedic.adapters.jira_tickets import JiraTickets
-from gpumedic.adapters.ticket_outbox import FlushReport, OutboxEntry, TicketOutbox
+from gpumedic.adapters.ticket_outbox import FlushReport, OutboxEntry, TicketOutbox, flush_pending
 from tasks.remediation import jira_for_fleet
 
 
 @task(name="read-ticket-outbox", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5)
 def read_ticket_outbox(store_url: str | None) -> list[OutboxEntry]:
-    outbox = TicketOutbox(store_url)
-    try:
+    with TicketOutbox(store_url) as outbox:
         return outbox.entries()
-    finally:
-        outbox.close()
 
 
 @task(name="flush-ticket-outbox", cache_policy=NO_CACHE, timeout_seconds=600)
@@ -27,9 +23,4 @@ def flush_ticket_outbox(fleet_file: str) -> FlushReport:
     same moment never files it twice, and Jira is searched for the ticket's dedup label first.
     """
     _, settings, store_url = jira_for_fleet(fleet_file)
-    outbox = TicketOutbox(store_url)
-    try:
-        with JiraTickets(settings) as jira:
-            return outbox.flush(jira)
-    finally:
-        outbox.close()
+    return flush_pending(store_url, settings)

@@ -25,7 +25,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, Self
 
 from sqlalchemy import (
     Column,
@@ -143,6 +143,12 @@ class TicketOutbox:
 
     def close(self) -> None:
         self.engine.dispose()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     # -- rows ------------------------------------------------------------------------------
 
@@ -320,10 +326,12 @@ def file_through_outbox(
     The first request stored for an incident is the one filed: a re-run whose evidence names
     another GPU never files a second ticket under a different label. Errors as `OutboxDesk.file`.
     """
-    outbox = TicketOutbox(store_url)
-    try:
-        with JiraTickets(settings) as client:
-            filed = next((e.request for e in outbox.entries() if e.request.incident_id == request.incident_id), request)
-            return OutboxDesk(outbox, client).file(filed), filed
-    finally:
-        outbox.close()
+    with TicketOutbox(store_url) as outbox, JiraTickets(settings) as client:
+        filed = next((e.request for e in outbox.entries() if e.request.incident_id == request.incident_id), request)
+        return OutboxDesk(outbox, client).file(filed), filed
+
+
+def flush_pending(store_url: str | None, settings: JiraSettings) -> FlushReport:
+    """File every ticket waiting in the outbox in `store_url`, oldest first (`TicketOutbox.flush`)."""
+    with TicketOutbox(store_url) as outbox, JiraTickets(settings) as client:
+        return outbox.flush(client)

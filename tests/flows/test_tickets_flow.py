@@ -100,9 +100,8 @@ def test_a_fleet_without_jira_has_nothing_to_file(tmp_path: Path, jira: JiraEmul
 
     fleet = _fleet(tmp_path, jira, with_jira=False)
     assert file_pending_tickets(fleet_file=fleet) == {"filed": [], "waiting": 0, "refused": 0, "dry_run": False}
-    outbox = TicketOutbox(f"sqlite:///{tmp_path / 's.db'}")
-    assert outbox.entries() == []
-    outbox.close()
+    with TicketOutbox(f"sqlite:///{tmp_path / 's.db'}") as outbox:
+        assert outbox.entries() == []
 
 
 def test_a_store_that_cannot_be_opened_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
