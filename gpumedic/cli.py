@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from gpumedic.adapters.ticket_outbox import TicketOutbox
+    from gpumedic.domain.budget import BreakerOverride
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
@@ -159,7 +160,7 @@ def cmd_remediation_status(args: argparse.Namespace) -> int:
     return 0
 
 
-def _breaker_override_if_reachable() -> tuple[Any, str]:
+def _breaker_override_if_reachable() -> tuple[BreakerOverride | None, str]:
     """The fleet-wide breaker override from the Prefect server the deployments use; without one, say so."""
     if not os.environ.get("PREFECT_API_URL"):
         return None, "fleet-wide breaker override: not read (set PREFECT_API_URL to the deployments' Prefect server)"
