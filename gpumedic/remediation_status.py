@@ -135,15 +135,17 @@ def _held_by_breaker(record: NodeRecord, breaker_open: bool) -> bool:
     return breaker_open and not record.closed and breaker_override_refused(record)
 
 
-def _stalled(record: NodeRecord, policy: RemediationPolicy, now: datetime, breaker_open: bool) -> bool:
+def _stalled(record: NodeRecord, policy: RemediationPolicy, now: datetime, held_by_breaker: bool) -> bool:
+    """No progress for too long in an acting state, and no open breaker to explain it."""
     return (not record.closed and record.state in _ACTING and now - record.updated_at > stalled_after(policy)
-            and not _held_by_breaker(record, breaker_open))
+            and not held_by_breaker)
 
 
 def _node_status(
     record: NodeRecord, out_of_service: bool, policy: RemediationPolicy, now: datetime, breaker_open: bool
 ) -> NodeStatus:
-    stalled = _stalled(record, policy, now, breaker_open)
+    held = _held_by_breaker(record, breaker_open)
+    stalled = _stalled(record, policy, now, held)
     return NodeStatus(
         node=record.node,
         # A closed incident that still holds its node (ticketed, failed) is the one a human must look at.
@@ -152,7 +154,7 @@ def _node_status(
         incident=record.incident_id,
         since=record.updated_at,
         out_of_service=out_of_service,
-        needs=_needs(record, now, stalled, _held_by_breaker(record, breaker_open)),
+        needs=_needs(record, now, stalled, held),
         last=_last(record),
         dry_run=record.dry_run,
         stalled=stalled,
@@ -272,7 +274,7 @@ def _why_resume(record: NodeRecord, policy: RemediationPolicy, now: datetime, br
         return (f"held by the open circuit breaker for {age_text(quiet)}: a run readmits the node if it looks "
                 "healthy now, else halts again") if quiet > RECHECK_AFTER else ""
     if record.state in _ACTING:
-        stalled = _stalled(record, policy, now, breaker_open)
+        stalled = _stalled(record, policy, now, held_by_breaker=False)  # held ones returned above
         return f"no progress for {age_text(quiet)} (its run stopped)" if stalled else ""
     return f"waiting for {age_text(quiet)} (budget, evidence or the breaker)" if quiet > RECHECK_AFTER else ""
 
