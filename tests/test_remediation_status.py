@@ -9,7 +9,7 @@ from gpumedic.domain.budget import FleetView, RemediationPolicy, UnhealthyObserv
 from gpumedic.domain.remediation import NodeRecord, RemediationState
 from gpumedic.domain.verdict import Action
 from gpumedic.remediation_status import due_for_resumption, fleet_status, render, stalled_after, to_json
-from tests.remediation_walk import refuse_breaker_override, walk
+from tests.remediation_walk import refuse_breaker_override, storm_at, walk
 
 S = RemediationState
 T0 = datetime(2026, 11, 20, 8, 0, tzinfo=UTC)
@@ -190,8 +190,7 @@ def test_an_incident_held_by_the_open_breaker_waits_for_it_and_is_looked_at_agai
     held = walk("gpu-h", Action.RESET_GPU, policy=POLICY, until=S.QUARANTINED, at=T0, settled=True)
     held = refuse_breaker_override(held, Action.RESET_GPU, at=T0 + MINUTE, policy=POLICY)
     assert held.state is S.QUARANTINED and not held.closed  # cordoned; every run halts before the drain
-    storm = tuple(UnhealthyObservation(f"gpu-{i}", NOW - 10 * MINUTE) for i in range(4))
-    fleet = replace(_fleet([held], cordoned={"gpu-h"}), unhealthy=storm)
+    fleet = replace(_fleet([held], cordoned={"gpu-h"}), unhealthy=storm_at("gpu-h", NOW - 10 * MINUTE))
 
     status = fleet_status(fleet, POLICY, NOW)
     assert status.breaker.open
@@ -223,8 +222,7 @@ def test_a_wait_that_changes_nothing_is_looked_at_again_every_quarter_hour() -> 
 
 def test_an_override_given_in_a_storm_lets_the_incident_go_on() -> None:
     overridden = walk("gpu-o", Action.RESET_GPU, policy=POLICY, until=S.DRAINING, at=NOW - 5 * MINUTE, storm=True)
-    storm = tuple(UnhealthyObservation(f"gpu-{i}", NOW - 10 * MINUTE) for i in range(4))
-    fleet = replace(_fleet([overridden], cordoned={"gpu-o"}), unhealthy=storm)
+    fleet = replace(_fleet([overridden], cordoned={"gpu-o"}), unhealthy=storm_at("gpu-o", NOW - 10 * MINUTE))
     status = fleet_status(fleet, POLICY, NOW)
     assert status.breaker.open and status.nodes[0].needs == ""  # its drain is under way
     assert "breaker" not in status.nodes[0].waiting_for
