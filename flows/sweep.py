@@ -17,10 +17,12 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from gpumedic.adapters.collect_exporter import new_gauge_xids
 from gpumedic.adapters.targets import NodeTarget
 from gpumedic.collection import Depth
+from gpumedic.domain.observation import newly_unseen, observe_fleet
 from gpumedic.domain.telemetry import NodeTelemetry
 from gpumedic.inventory import resolve_fleet
 from gpumedic.reporting import summary_line, sweep_document
 from tasks.sweep import (
+    announce_blind_spots,
     assess_fleet,
     collect_shard,
     emit_unhealthy_events,
@@ -50,7 +52,8 @@ def fleet_sweep(fleet_file: str, depth: Depth = "full", emit_events: bool = True
         depth: "full" also reads `nvidia-smi -q` (row remapping, retired pages) and NVLink error counters over
             SSH, and applies the history retention; "quick" skips those, for frequent sweeps.
         emit_events: Raise `gpumedic.node.unhealthy` for every node whose recommended action is reset_gpu or
-            worse, which starts its remediate-node run. Off: report only.
+            worse, which starts its remediate-node run, and `gpumedic.node.unseen` for every node no sweep
+            could assess for the policy's `unseen_alert_after_hours` (once per dark spell). Off: report only.
     """
     logger = get_run_logger()
     started = datetime.now(UTC)
@@ -60,10 +63,8 @@ def fleet_sweep(fleet_file: str, depth: Depth = "full", emit_events: bool = True
     logger.info("sweep %s: %d nodes (%s, %s sweep)", sweep_id, len(targets), fleet.source, depth)
 
     policy = fleet.health_policy()
-    previous, prior_xids = load_previous(
-        fleet.store_url, [t.name for t in targets], started, policy.xid_repeat_window_hours
-    )
-    since = {node: snap.collected_at for node, snap in previous.items()}
+    previous = load_previous(fleet.store_url, [t.name for t in targets], started, policy.xid_repeat_window_hours)
+    since = {node: snap.collected_at for node, snap in previous.snapshots.items()}
 
     shards = _shards(targets, fleet.shard_size)
     per_shard = max(1, min(fleet.shard_size, math.ceil(fleet.concurrency / max(1, min(len(shards), 4)))))
@@ -81,16 +82,22 @@ def fleet_sweep(fleet_file: str, depth: Depth = "full", emit_events: bool = True
     order = {t.name: i for i, t in enumerate(targets)}
     telemetry.sort(key=lambda t: order[t.node])
 
-    evidence = [new_gauge_xids(t, previous.get(t.node)) for t in telemetry]
-    assessments = assess_fleet(policy, evidence, previous, prior_xids)
-    document = sweep_document(sweep_id, started, assessments)
-    record_telemetry(fleet.store_url, telemetry, evidence, sweep_id, started, {"summary": summary_line(assessments)})
+    evidence = [new_gauge_xids(t, previous.snapshots.get(t.node)) for t in telemetry]
+    assessments = assess_fleet(policy, evidence, previous.snapshots, previous.prior_xids)
+    observations = observe_fleet(previous.observations, assessments, started)
+    document = sweep_document(sweep_id, started, assessments, {o.node: o for o in observations})
+    record_telemetry(fleet.store_url, telemetry, evidence, observations, sweep_id, started,
+                     {"summary": summary_line(assessments)})
     if depth == "full":
         prune_history(fleet.store_url, started - timedelta(days=fleet.history_retention_days))
-    publish_reports(fleet.store_url, sweep_id, started, assessments, time.monotonic() - clock)
+    unseen_alert_after = timedelta(hours=policy.unseen_alert_after_hours)
+    publish_reports(fleet.store_url, sweep_id, started, assessments, observations, unseen_alert_after,
+                    time.monotonic() - clock)
     if emit_events:
         emitted = emit_unhealthy_events(document, assessments)
         logger.info("remediation requested for %d nodes: %s", len(emitted), ", ".join(emitted) or "none")
+        announce_blind_spots(newly_unseen(previous.observations, observations, unseen_alert_after), sweep_id,
+                             unseen_alert_after)
     logger.info("sweep %s done: %s", sweep_id, summary_line(assessments))
     return document
 

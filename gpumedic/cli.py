@@ -12,6 +12,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -29,6 +30,11 @@ def _print_sweep(document: dict[str, Any]) -> None:
     print(f"{'node':<16} {'verdict':<9} {'action':<12} reasons")
     for node in document["nodes"]:
         reasons = "; ".join(node["reasons"]) or "-"
+        if node["verdict"] == "unknown":
+            seen = node.get("last_seen")
+            when = f"last seen {datetime.fromisoformat(seen).astimezone(UTC):%Y-%m-%d %H:%M} UTC" if seen else \
+                "never seen"
+            reasons = f"{when}; {reasons}"
         print(f"{node['node']:<16} {node['verdict']:<9} {node['action']:<12} {reasons[:150]}")
 
 

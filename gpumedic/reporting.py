@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from gpumedic.domain.history import Sample
+from gpumedic.domain.observation import Observation, unseen
 from gpumedic.domain.risk_window import UNRECORDED, RiskWindow
 from gpumedic.domain.verdict import Action, NodeAssessment, Verdict
 
@@ -21,8 +22,21 @@ if TYPE_CHECKING:
     from gpumedic.refit import RefitOutcome
 
 
-def sweep_document(sweep_id: str, started: datetime, assessments: Sequence[NodeAssessment]) -> dict[str, Any]:
-    """The `gpumedic sweep --json` document: one entry per node in the fleet."""
+def sweep_document(
+    sweep_id: str, started: datetime, assessments: Sequence[NodeAssessment],
+    observations: Mapping[str, Observation] | None = None,
+) -> dict[str, Any]:
+    """The `gpumedic sweep --json` document: one entry per node in the fleet.
+
+    `last_seen`: the latest sweep that could assess the node (this one, unless it is unknown;
+    None when no sweep the store remembers has).
+    """
+    observations = observations or {}
+
+    def last_seen(node: str) -> str | None:
+        seen = observations[node].seen_at if node in observations else None
+        return None if seen is None else seen.isoformat()
+
     return {
         "sweep_id": sweep_id,
         "started": started.isoformat(),
@@ -31,6 +45,7 @@ def sweep_document(sweep_id: str, started: datetime, assessments: Sequence[NodeA
                 "node": a.node,
                 "verdict": str(a.verdict),
                 "action": str(a.action),
+                "last_seen": last_seen(a.node),
                 "reasons": list(a.reasons) + [r for g in a.gpus for r in g.reasons if r not in a.reasons],
                 "gpus": [
                     {"index": g.index, "verdict": str(g.verdict), "action": str(g.action), "reasons": list(g.reasons)}
@@ -52,6 +67,17 @@ def age_text(span: timedelta) -> str:
     return f"{seconds / 86400:.1f} days"
 
 
+def unseen_text(observation: Observation) -> str:
+    """How long a node has gone unseen, as the report says it ("" when the latest sweep saw it)."""
+    if not observation.unseen:
+        return ""
+    span = age_text(observation.unseen_for)
+    if observation.seen_at is None:
+        first = observation.first_checked_at
+        return f"never seen: unknown in every sweep since the first, {first:%Y-%m-%d %H:%M} UTC ({span})"
+    return f"not seen since {observation.seen_at:%Y-%m-%d %H:%M} UTC ({span})"
+
+
 def needs_attention(a: NodeAssessment) -> bool:
     return a.verdict is not Verdict.HEALTHY or a.action is not Action.NONE
 
@@ -70,10 +96,13 @@ def _risk_text(risk: tuple[int | None, float] | None) -> str:
 
 
 def table_rows(
-    assessments: Sequence[NodeAssessment], risks: Mapping[tuple[str, int | None], float] | None = None
+    assessments: Sequence[NodeAssessment], risks: Mapping[tuple[str, int | None], float] | None = None,
+    observations: Mapping[str, Observation] | None = None,
 ) -> list[dict[str, str]]:
-    """One row per unhealthy or unknown node, most severe first, with its latest forecast risk."""
+    """One row per unhealthy or unknown node, most severe first, with its latest forecast risk and,
+    for a node this sweep could not assess, how long no sweep has."""
     risks = risks or {}
+    observations = observations or {}
     rows = []
     for a in sorted(assessments, key=lambda a: (-a.action.rank, -a.verdict.rank, a.node)):
         if not needs_attention(a):
@@ -86,6 +115,7 @@ def table_rows(
             "action": str(a.action),
             "gpus": gpus or "-",
             "forecast risk": _risk_text(node_risk(risks, a.node)),
+            "not seen for": age_text(o.unseen_for) if (o := observations.get(a.node)) and o.unseen else "-",
             "reasons": "; ".join(reasons)[:500],
         })
     return rows
@@ -94,8 +124,11 @@ def table_rows(
 def markdown_report(
     sweep_id: str, started: datetime, assessments: Sequence[NodeAssessment], elapsed_s: float,
     risks: Mapping[tuple[str, int | None], float] | None = None, risk_window: RiskWindow = UNRECORDED,
+    observations: Mapping[str, Observation] | None = None, unseen_alert_after: timedelta | None = None,
 ) -> str:
-    """`risks`: the latest forecast's risk per GPU, a probability of failure in `risk_window`."""
+    """`risks`: the latest forecast's risk per GPU, a probability of failure in `risk_window`.
+    `observations`: per node, when a sweep last saw it; those this sweep could not assess are
+    listed as blind spots, marked where they have been dark for `unseen_alert_after` or more."""
     risks = risks or {}
     verdicts = Counter(a.verdict for a in assessments)
     actions = Counter(a.action for a in assessments)
@@ -115,6 +148,8 @@ def markdown_report(
         "",
     ]
     swept = {a.node for a in assessments}
+    lines += _blind_spot_lines([o for n, o in (observations or {}).items() if n in swept], assessments,
+                               unseen_alert_after)
     riskiest = sorted(((r, n, g) for (n, g), r in risks.items() if n in swept), reverse=True)[:5]
     if riskiest:
         lines += [f"Highest forecast risk of failure {risk_window} (latest failure-forecast run):", ""]
@@ -134,6 +169,32 @@ def markdown_report(
             lines += [f"- GPU {g.index} ({g.verdict}, {g.action}): {reason}" for reason in g.reasons]
     lines += ["", "Actions `reset_gpu` and above start a remediation workflow (event `gpumedic.node.unhealthy`)."]
     return "\n".join(lines) + "\n"
+
+
+def _blind_spot_lines(
+    observations: Sequence[Observation], assessments: Sequence[NodeAssessment], alert_after: timedelta | None
+) -> list[str]:
+    dark = unseen(observations)
+    if not dark:
+        return []
+    why = {a.node: a.reasons[0] if a.reasons else "no health data" for a in assessments}
+    lines = [
+        "## Blind spots",
+        "",
+        f"{len(dark)} node(s) this sweep could not assess, longest dark first. Nothing is done to a node that "
+        "cannot be assessed; every failure it has stays hidden until it is seen again."
+        + (f" Those dark for {age_text(alert_after)} or more (**bold**) are announced once per dark spell "
+           "(event `gpumedic.node.unseen`)."
+           if alert_after else ""),
+        "",
+        "| node | unseen | this sweep |",
+        "|---|---|---|",
+    ]
+    for o in dark:
+        overdue = alert_after is not None and o.unseen_for >= alert_after
+        node = f"**{o.node}**" if overdue else o.node
+        lines.append(f"| {node} | {unseen_text(o)} | {why.get(o.node, '-')[:200].replace('|', '/')} |")
+    return [*lines, ""]
 
 
 def summary_line(assessments: Sequence[NodeAssessment]) -> str:

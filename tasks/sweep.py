@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
@@ -16,12 +16,14 @@ from gpumedic.adapters.targets import NodeTarget
 from gpumedic.collection import Depth, collect_nodes
 from gpumedic.config import FleetSettings
 from gpumedic.domain.assess import assess_node
+from gpumedic.domain.observation import Observation
 from gpumedic.domain.policy import HealthPolicy
 from gpumedic.domain.telemetry import NodeTelemetry
 from gpumedic.domain.verdict import NodeAssessment
-from gpumedic.reporting import markdown_report, table_rows
+from gpumedic.reporting import age_text, markdown_report, table_rows, unseen_text
 
 UNHEALTHY_EVENT = "gpumedic.node.unhealthy"
+UNSEEN_EVENT = "gpumedic.node.unseen"
 
 
 @task(name="collect-shard", cache_policy=NO_CACHE, retries=0)
@@ -37,12 +39,19 @@ def collect_shard(
     return telemetry
 
 
+class Previous(NamedTuple):
+    """What earlier sweeps left in the store for this one."""
+
+    snapshots: dict[str, NodeTelemetry]  # each node's last clean telemetry: rates, kernel log since
+    prior_xids: dict[str, dict[str, set[int]]]  # repeat-offender rules
+    observations: dict[str, Observation]  # when each node was last seen: blind spots
+
+
 @task(name="load-previous-telemetry", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2)
-def load_previous(store_url: str | None, nodes: Sequence[str], before: datetime, xid_window_h: float) -> tuple[
-    dict[str, NodeTelemetry], dict[str, dict[str, set[int]]]
-]:
+def load_previous(store_url: str | None, nodes: Sequence[str], before: datetime, xid_window_h: float) -> Previous:
     store = TelemetryStore(store_url)
-    return store.last_snapshots(nodes), store.prior_xids(nodes, before, timedelta(hours=xid_window_h))
+    return Previous(store.last_snapshots(nodes), store.prior_xids(nodes, before, timedelta(hours=xid_window_h)),
+                    store.observations(nodes))
 
 
 @task(name="assess-fleet", cache_policy=NO_CACHE)
@@ -60,9 +69,11 @@ def assess_fleet(
 
 @task(name="record-telemetry", cache_policy=NO_CACHE, retries=3, retry_delay_seconds=[1, 5, 15])
 def record_telemetry(store_url: str | None, telemetry: Sequence[NodeTelemetry], evidence: Sequence[NodeTelemetry],
-                     sweep_id: str, started: datetime, summary: dict[str, Any]) -> int:
+                     observations: Sequence[Observation], sweep_id: str, started: datetime,
+                     summary: dict[str, Any]) -> int:
     store = TelemetryStore(store_url)
     rows = store.record(telemetry, evidence=evidence)
+    store.record_observations(observations)
     store.record_sweep(sweep_id, started, summary)
     return rows
 
@@ -76,23 +87,25 @@ def prune_history(store_url: str | None, before: datetime) -> int:
 
 @task(name="publish-reports", cache_policy=NO_CACHE)
 def publish_reports(
-    store_url: str | None, sweep_id: str, started: datetime, assessments: Sequence[NodeAssessment], elapsed_s: float
+    store_url: str | None, sweep_id: str, started: datetime, assessments: Sequence[NodeAssessment],
+    observations: Sequence[Observation], unseen_alert_after: timedelta, elapsed_s: float,
 ) -> None:
     latest = TelemetryStore(store_url).latest_forecasts(a.node for a in assessments)
     risks = {key: f.risk for key, f in latest.items()}
     window = shared_window(latest.values())
-    rows = table_rows(assessments, risks)
+    seen = {o.node: o for o in observations}
+    rows = table_rows(assessments, risks, seen)
     create_table_artifact(
         key="fleet-unhealthy-nodes",
         table=rows or [{"node": "-", "verdict": "healthy", "action": "none", "gpus": "-",
-                       "forecast risk": "-", "reasons": "all healthy"}],
+                       "forecast risk": "-", "not seen for": "-", "reasons": "all healthy"}],
         description=f"Unhealthy or unknown nodes in sweep {sweep_id}, most severe first"
         + (f"; forecast risk: probability of failure {window} (latest failure-forecast run)"
            if risks else ""),
     )
     create_markdown_artifact(
         key="fleet-health-report",
-        markdown=markdown_report(sweep_id, started, assessments, elapsed_s, risks, window),
+        markdown=markdown_report(sweep_id, started, assessments, elapsed_s, risks, window, seen, unseen_alert_after),
         description=f"Fleet health report for sweep {sweep_id}",
     )
 
@@ -116,3 +129,24 @@ def emit_unhealthy_events(document: dict[str, Any], assessments: Sequence[NodeAs
         )
         emitted.append(a.node)
     return emitted
+
+
+@task(name="announce-blind-spots", cache_policy=NO_CACHE)
+def announce_blind_spots(newly: Sequence[Observation], sweep_id: str, after: timedelta) -> list[str]:
+    """One `gpumedic.node.unseen` event per node whose dark spell reached `after` at this sweep.
+
+    Nothing else is done: a node that cannot be assessed is never remediated. The event is there for
+    a Prefect automation (a notification) and for the record.
+    """
+    logger = get_run_logger()
+    for o in newly:
+        logger.warning("%s: %s; no sweep could assess it for %s or more", o.node, unseen_text(o), age_text(after))
+        emit_event(
+            event=UNSEEN_EVENT,
+            resource={"prefect.resource.id": f"gpumedic.node.{o.node}", "prefect.resource.name": o.node},
+            payload={"sweep_id": sweep_id, "node": o.node,
+                     "unseen_hours": round(o.unseen_for.total_seconds() / 3600, 2),
+                     "last_seen": None if o.seen_at is None else o.seen_at.isoformat(),
+                     "first_checked": o.first_checked_at.isoformat()},
+        )
+    return [o.node for o in newly]

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 from gpumedic.domain.history import Sample
+from gpumedic.domain.observation import Observation
 from gpumedic.domain.risk_window import UNRECORDED, RiskWindow
 from gpumedic.domain.verdict import Action, GpuAssessment, NodeAssessment, Verdict
 from gpumedic.reporting import (
@@ -51,6 +52,38 @@ def test_a_risk_is_stated_over_its_own_window_and_never_a_guessed_one() -> None:
     assert str(RiskWindow(7.0, None)).startswith("within 7 days of the forecast plus its model's lead (the lead was")
     assert "not recorded" in str(UNRECORDED)
     assert "not recorded" in markdown_report("s1", NOW, [SICK], 1.5, {("n2", 3): 0.42})
+
+
+DARK = NodeAssessment("n3", Verdict.UNKNOWN, Action.NONE, ("n3: cannot connect to 10.0.0.3:22: timed out",), ())
+NEVER = NodeAssessment("n4", Verdict.UNKNOWN, Action.NONE, ("nvidia-smi: output is not CSV",), ())
+SEEN = {
+    "n1": Observation("n1", NOW, NOW, NOW - timedelta(days=9)),
+    "n2": Observation("n2", NOW, NOW, NOW - timedelta(days=9)),
+    "n3": Observation("n3", NOW, NOW - timedelta(hours=30), NOW - timedelta(days=9)),
+    "n4": Observation("n4", NOW, None, NOW - timedelta(hours=2)),
+}
+
+
+def test_the_sweep_document_says_when_each_node_was_last_seen() -> None:
+    nodes = {n["node"]: n for n in sweep_document("s1", NOW, [WELL, SICK, DARK, NEVER], SEEN)["nodes"]}
+    assert nodes["n2"]["last_seen"] == NOW.isoformat()  # failed, but seen
+    assert nodes["n3"]["last_seen"] == (NOW - timedelta(hours=30)).isoformat()
+    assert nodes["n4"]["last_seen"] is None
+
+
+def test_the_report_lists_blind_spots_longest_first_and_marks_those_past_the_alert() -> None:
+    text = markdown_report("s1", NOW, [WELL, SICK, DARK, NEVER], 1.5, observations=SEEN,
+                           unseen_alert_after=timedelta(hours=6))
+    section = text[text.index("## Blind spots"):text.index("## Nodes that need attention")]
+    assert "2 node(s) this sweep could not assess" in section
+    assert "Those dark for 6.0 h or more (**bold**) are announced once per dark spell (event `gpumedic.node.unseen`)" \
+        in section
+    rows = section.split("|---|---|---|\n")[1].strip().splitlines()
+    assert rows[0].startswith("| **n3** | not seen since 2026-11-18 18:00 UTC (30.0 h) | n3: cannot connect")
+    assert rows[1].startswith("| n4 | never seen: unknown in every sweep since the first, 2026-11-19 22:00 UTC (2.0 h)")
+    assert table_rows([WELL, SICK, DARK], observations=SEEN)[1]["not seen for"] == "30.0 h"
+    assert table_rows([WELL, SICK, DARK], observations=SEEN)[0]["not seen for"] == "-"
+    assert "Blind spots" not in markdown_report("s1", NOW, [WELL, SICK], 1.5, observations=SEEN)
 
 
 def test_sparkline_scales_to_the_largest_value() -> None:

@@ -10,6 +10,8 @@ Tables:
 - `incidents`: the GPUs (or nodes) remediation took out of service, for the forecaster's
   "prior incidents" (the strongest predictor in every field study);
 - `sweeps`: one row per sweep with its summary;
+- `observations`: per node, when a sweep last looked, last saw it (any verdict but unknown) and
+  first looked: how long a node has been a blind spot;
 - `forecasts`: the latest risk per GPU, with the horizon it is a probability over.
 
 A store written by an older gpumedic gains the columns added since (all nullable) when it is
@@ -51,6 +53,7 @@ from sqlalchemy.exc import DBAPIError
 from gpumedic.adapters.telemetry_codec import telemetry_from_json, telemetry_to_json
 from gpumedic.domain.forecast.frame import FIELD_INDEX, Failure, HistoryFrame
 from gpumedic.domain.history import HISTORY_FIELDS, HistoryThinning, Sample, samples_from_telemetry
+from gpumedic.domain.observation import Observation
 from gpumedic.domain.risk_window import UNRECORDED, RiskWindow
 from gpumedic.domain.telemetry import NodeTelemetry, canonical_pci_bus_id
 
@@ -136,6 +139,15 @@ sweeps = Table(
     Column("summary", Text, nullable=False),
 )
 
+
+observations = Table(
+    "observations",
+    metadata,
+    Column("node", String(253), primary_key=True),
+    Column("checked_at", Float, nullable=False),
+    Column("seen_at", Float, nullable=True),
+    Column("first_checked_at", Float, nullable=False),
+)
 
 def default_store_url() -> str:
     home = Path.home() / ".gpumedic"
@@ -442,6 +454,34 @@ class TelemetryStore:
             conn.execute(sweeps.delete().where(sweeps.c.sweep_id == sweep_id))
             conn.execute(sweeps.insert(), [{"sweep_id": sweep_id, "started": _epoch(started),
                                             "summary": json.dumps(summary)}])
+
+    def observations(self, nodes: Iterable[str]) -> dict[str, Observation]:
+        out: dict[str, Observation] = {}
+        with self.engine.connect() as conn:
+            for names in _batches(nodes):
+                for row in conn.execute(select(observations).where(observations.c.node.in_(names))):
+                    out[row.node] = Observation(
+                        node=row.node,
+                        checked_at=datetime.fromtimestamp(row.checked_at, UTC),
+                        seen_at=None if row.seen_at is None else datetime.fromtimestamp(row.seen_at, UTC),
+                        first_checked_at=datetime.fromtimestamp(row.first_checked_at, UTC),
+                    )
+        return out
+
+    def record_observations(self, rows: Iterable[Observation]) -> None:
+        """Replace each node's observation, unless the stored one comes from a newer sweep (a quick and a
+        full sweep overlapping: the newest sweep's word stands). A re-run of a sweep writes the same rows."""
+        values = {o.node: {"node": o.node, "checked_at": _epoch(o.checked_at),
+                           "seen_at": None if o.seen_at is None else _epoch(o.seen_at),
+                           "first_checked_at": _epoch(o.first_checked_at)} for o in rows}
+        with self.engine.begin() as conn:
+            for names in _batches(sorted(values)):
+                query = select(observations.c.node, observations.c.checked_at).where(observations.c.node.in_(names))
+                newer = {node for node, checked in conn.execute(query) if checked > values[node]["checked_at"]}
+                names = [n for n in names if n not in newer]
+                if names:
+                    conn.execute(delete(observations).where(observations.c.node.in_(names)))
+                    conn.execute(observations.insert(), [values[n] for n in names])
 
     def record_forecasts(self, rows: Iterable[StoredForecast]) -> int:
         values = [

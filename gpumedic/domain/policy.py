@@ -157,6 +157,18 @@ class HealthPolicy(BaseModel):
         ),
     )
 
+    unseen_alert_after_hours: float = Field(
+        default=6.0,
+        gt=0,
+        description=(
+            "A node no sweep could assess for this long (unreachable, unreadable tools, no health "
+            "data: `unknown` every time) is announced once (event `gpumedic.node.unseen`) and listed "
+            "as a blind spot in every sweep report until it is seen again. Nothing is done to it: "
+            "an unknown node is never remediated. Six hours: longer than a reboot or a driver "
+            "upgrade, short enough that a dead node is noticed within a shift."
+        ),
+    )
+
     @field_validator("thermal_throttle_reasons", "power_throttle_reasons")
     @classmethod
     def _canonical_reasons(cls, value: frozenset[str]) -> frozenset[str]:

@@ -25,6 +25,7 @@ from gpumedic.adapters.store import (
 from gpumedic.adapters.ticket_outbox import TicketOutbox
 from gpumedic.domain.forecast import HistoryFrame, forecast_fleet
 from gpumedic.domain.history import HistoryThinning
+from gpumedic.domain.observation import Observation
 from gpumedic.domain.risk_window import UNRECORDED, RiskWindow
 from gpumedic.domain.telemetry import GpuTelemetry, NodeTelemetry, RowRemapBanks, XidEvent
 
@@ -286,3 +287,18 @@ def test_a_postgresql_store_that_never_answers_fails_within_the_connect_timeout(
         silent.close()
     # One wait (libpq waits at least 2 s), not one per schema attempt; without the timeout it waits for ever.
     assert time.monotonic() - started < 9  # five attempts would take at least 10 s
+
+
+def test_observations_round_trip_and_a_newer_sweeps_row_is_never_overwritten_by_an_older_one(db_url: str) -> None:
+    store = TelemetryStore(db_url)
+    dark = Observation("n1", T0 + timedelta(hours=7), T0, T0 - timedelta(days=3))
+    never = Observation("n2", T0, None, T0 - timedelta(hours=1))
+    store.record_observations([dark, never])
+    assert store.observations(["n1", "n2", "n3"]) == {"n1": dark, "n2": never}
+    # A quick sweep that started before the one recorded, and finished after it, changes nothing...
+    store.record_observations([Observation("n1", T0 + timedelta(hours=6), T0 + timedelta(hours=6), T0)])
+    assert store.observations(["n1"]) == {"n1": dark}
+    # ...a later sweep replaces the row.
+    seen = Observation("n1", T0 + timedelta(hours=8), T0 + timedelta(hours=8), T0 - timedelta(days=3))
+    store.record_observations([seen])
+    assert store.observations(["n1"]) == {"n1": seen}

@@ -26,7 +26,11 @@ def test_sweep_command_on_the_reference_fleet(tmp_path: Path) -> None:
     assert set(document) == {"sweep_id", "started", "nodes"}
     assert {n["node"]: (n["verdict"], n["action"]) for n in document["nodes"]} == EXPECTED_EXAMPLE
     for node in document["nodes"]:
-        assert set(node) == {"node", "verdict", "action", "reasons", "gpus"}
+        assert set(node) == {"node", "verdict", "action", "last_seen", "reasons", "gpus"}
         for gpu in node["gpus"]:
             assert set(gpu) == {"index", "verdict", "action", "reasons"}
+        # A fresh store: a node this sweep assessed was last seen now; one it could not, never.
+        assert node["last_seen"] == (None if node["verdict"] == "unknown" else document["started"])
     assert "gpu-node-05" in proc.stdout  # the summary table is printed too
+    unknown = [line for line in proc.stdout.splitlines() if line.startswith("gpu-node-09")]
+    assert unknown and "unknown" in unknown[0] and "never seen; " in unknown[0]

@@ -9,6 +9,7 @@ import pytest
 from gpumedic.cli import main
 from gpumedic.domain.budget import BreakerOverride, FleetView, RemediationPolicy, UnhealthyObservation
 from gpumedic.remediation_status import fleet_status, render, to_json
+from tests.flows.events import event_payloads
 from tests.waiting import eventually
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
@@ -22,15 +23,6 @@ def prefect_api(monkeypatch: pytest.MonkeyPatch) -> str:
     url = str(PREFECT_API_URL.value())
     monkeypatch.setenv("PREFECT_API_URL", url)
     return url
-
-
-def _events(name: str) -> list[dict[str, object]]:
-    from prefect import get_client
-
-    with get_client(sync_client=True) as client:
-        response = client._client.post("/events/filter", json={"filter": {"event": {"name": [name]}}})
-    response.raise_for_status()
-    return [e["payload"] for e in response.json()["events"]]
 
 
 def test_an_override_is_set_shown_read_by_remediation_and_cleared(
@@ -53,9 +45,9 @@ def test_an_override_is_set_shown_read_by_remediation_and_cleared(
 
     assert Variable.get(VARIABLE)["reason"] == "driver rollout"  # what the Prefect UI's Variables page shows
     # Who changed the fleet's breaker stays on record in the event feed.
-    assert eventually(lambda: _events("gpumedic.breaker.overridden") == [override.to_json()], timeout_s=120)
+    assert eventually(lambda: event_payloads("gpumedic.breaker.overridden") == [override.to_json()], timeout_s=120)
     assert main(["remediation", "breaker-override", "--clear", "--by", "bob"]) == 0
-    assert eventually(lambda: _events("gpumedic.breaker.override-cleared") == [{"by": "bob"}], timeout_s=120)
+    assert eventually(lambda: event_payloads("gpumedic.breaker.override-cleared") == [{"by": "bob"}], timeout_s=120)
     assert read_breaker_override() is None
     capsys.readouterr()
     assert main(["remediation", "breaker-override", "--clear"]) == 0

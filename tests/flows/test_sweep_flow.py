@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -11,6 +12,8 @@ import yaml
 from gpumedic.sim import node_state
 from gpumedic.sim.fleet import SimulatedFleet
 from tests.conftest import EXPECTED_EXAMPLE
+from tests.flows.events import event_payloads
+from tests.waiting import eventually
 
 
 def _inventory_with_store(fleet: SimulatedFleet, tmp_path: Path, **policy: float) -> str:
@@ -81,3 +84,55 @@ def test_full_sweeps_apply_the_retention_and_repeat_sweeps_store_only_what_chang
     # Seconds later nothing has changed and the gauges were just read: another sweep adds no reading.
     fleet_sweep(fleet_file=inventory, depth="full", emit_events=False)
     assert store.count_samples() == after_full
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_a_node_no_sweep_can_assess_is_a_blind_spot_announced_once(small_fleet: SimulatedFleet, tmp_path: Path) -> None:
+    from prefect.artifacts import Artifact
+    from prefect.events import emit_event
+
+    from flows.sweep import fleet_sweep
+    from gpumedic.adapters.store import TelemetryStore
+    from gpumedic.domain.observation import Observation
+
+    inventory = _inventory_with_store(small_fleet, tmp_path)
+    data = yaml.safe_load(Path(inventory).read_text())
+    with socket.socket() as probe:  # a port nothing listens on: the node is down
+        probe.bind(("127.0.0.1", 0))
+        closed_port = probe.getsockname()[1]
+    data["fleet"]["nodes"][1]["port"] = closed_port
+    Path(inventory).write_text(yaml.safe_dump(data))
+    # The store remembers gpu-node-01 last seen 7 h ago; the sweep 2 h ago could not assess it either
+    # (dark for 5 h then: under the 6 h alert).
+    now = datetime.now(UTC)
+    last_seen = now - timedelta(hours=7)
+    TelemetryStore(f"sqlite:///{tmp_path / 'store.db'}").record_observations(
+        [Observation("gpu-node-01", now - timedelta(hours=2), last_seen, now - timedelta(days=30))]
+    )
+
+    document = fleet_sweep(fleet_file=inventory, depth="quick", emit_events=True)
+    nodes = {n["node"]: n for n in document["nodes"]}
+    assert nodes["gpu-node-01"]["verdict"] == "unknown" and nodes["gpu-node-01"]["action"] == "none"
+    assert nodes["gpu-node-01"]["last_seen"] == last_seen.isoformat()
+    assert nodes["gpu-node-00"]["last_seen"] == document["started"]
+    report = str(Artifact.get("fleet-health-report").data)  # type: ignore[union-attr]
+    assert "## Blind spots" in report and "| **gpu-node-01** | not seen since" in report
+
+    def announced() -> list[dict[str, object]]:
+        return [p for p in event_payloads("gpumedic.node.unseen") if p["sweep_id"] in sweeps]
+
+    sweeps = {document["sweep_id"]}
+    assert eventually(lambda: len(announced()) == 1, timeout_s=120)
+    assert announced()[0]["node"] == "gpu-node-01" and announced()[0]["last_seen"] == last_seen.isoformat()
+    assert float(announced()[0]["unseen_hours"]) >= 7  # type: ignore[arg-type]
+
+    # The next sweep still lists it, and announces nothing new: one announcement per dark spell.
+    second = fleet_sweep(fleet_file=inventory, depth="quick", emit_events=True)
+    sweeps.add(second["sweep_id"])
+    marker = f"after {second['sweep_id']}"
+    emit_event(event="gpumedic.test.marker", resource={"prefect.resource.id": "gpumedic.test"},
+               payload={"sweep_id": marker})
+    assert eventually(lambda: any(p["sweep_id"] == marker for p in event_payloads("gpumedic.test.marker")),
+                      timeout_s=120)
+    assert len(announced()) == 1
+    assert "| **gpu-node-01** | not seen since" in str(Artifact.get("fleet-health-report").data)  # type: ignore[union-attr]
