@@ -547,8 +547,8 @@ def _print_report(report: dict[str, Any]) -> None:
         print(f"  {name:<13} {n['final_state']:<18} {n['outcome']:<27} {','.join(n['tickets']) or '-':<10} "
               f"{str(detail)[:90]}")
     budget = report["budget"]
-    print(f"\n  tickets filed: {len(report['tickets'])} "
-          + " ".join(f"{t['key']} ({t['node']}, {t['status']})" for t in report["tickets"]))
+    print(" ".join([f"\n  tickets filed: {len(report['tickets'])}",
+                    *(f"{t['key']} ({t['node']}, {t['status']})" for t in report["tickets"])]))
     print(f"  disruption budget: at most {budget['max_out_at_once']} nodes out of service at once "
           f"(limit {budget['limit']})")
     print(f"  evictions: {report['evictions']['evicted']} pods evicted, "

@@ -177,7 +177,7 @@ def _blind_spot_lines(
     dark = unseen(observations)
     if not dark:
         return []
-    why = {a.node: a.reasons[0] if a.reasons else "no health data" for a in assessments}
+    why = {a.node: next(iter([*a.reasons, *(r for g in a.gpus for r in g.reasons)]), "-") for a in assessments}
     lines = [
         "## Blind spots",
         "",

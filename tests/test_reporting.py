@@ -55,7 +55,8 @@ def test_a_risk_is_stated_over_its_own_window_and_never_a_guessed_one() -> None:
 
 
 DARK = NodeAssessment("n3", Verdict.UNKNOWN, Action.NONE, ("n3: cannot connect to 10.0.0.3:22: timed out",), ())
-NEVER = NodeAssessment("n4", Verdict.UNKNOWN, Action.NONE, ("nvidia-smi: output is not CSV",), ())
+NEVER = NodeAssessment("n4", Verdict.UNKNOWN, Action.NONE, (),
+                       (GpuAssessment(1, Verdict.UNKNOWN, Action.NONE, ("GPU 1: no health data reported",)),))
 SEEN = {
     "n1": Observation("n1", NOW, NOW, NOW - timedelta(days=9)),
     "n2": Observation("n2", NOW, NOW, NOW - timedelta(days=9)),
@@ -80,7 +81,8 @@ def test_the_report_lists_blind_spots_longest_first_and_marks_those_past_the_ale
         in section
     rows = section.split("|---|---|---|\n")[1].strip().splitlines()
     assert rows[0].startswith("| **n3** | not seen since 2026-11-18 18:00 UTC (30.0 h) | n3: cannot connect")
-    assert rows[1].startswith("| n4 | never seen: unknown in every sweep since the first, 2026-11-19 22:00 UTC (2.0 h)")
+    assert rows[1] == ("| n4 | never seen: unknown in every sweep since the first, 2026-11-19 22:00 UTC (2.0 h) "
+                       "| GPU 1: no health data reported |")
     assert table_rows([WELL, SICK, DARK], observations=SEEN)[1]["not seen for"] == "30.0 h"
     assert table_rows([WELL, SICK, DARK], observations=SEEN)[0]["not seen for"] == "-"
     assert "Blind spots" not in markdown_report("s1", NOW, [WELL, SICK], 1.5, observations=SEEN)
