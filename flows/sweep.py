@@ -17,7 +17,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from gpumedic.adapters.collect_exporter import new_gauge_xids
 from gpumedic.adapters.targets import NodeTarget
 from gpumedic.collection import Depth
-from gpumedic.domain.observation import newly_unseen, observe_fleet
+from gpumedic.domain.observation import newly_unseen, observe_fleet, seen_again
 from gpumedic.domain.telemetry import NodeTelemetry
 from gpumedic.inventory import resolve_fleet
 from gpumedic.reporting import summary_line, sweep_document
@@ -53,7 +53,8 @@ def fleet_sweep(fleet_file: str, depth: Depth = "full", emit_events: bool = True
             SSH, and applies the history retention; "quick" skips those, for frequent sweeps.
         emit_events: Raise `gpumedic.node.unhealthy` for every node whose recommended action is reset_gpu or
             worse, which starts its remediate-node run, and `gpumedic.node.unseen` for every node no sweep
-            could assess for the policy's `unseen_alert_after_hours` (once per dark spell). Off: report only.
+            could assess for the policy's `unseen_alert_after_hours` (once per dark spell; `gpumedic.node.seen-again`
+            when it returns). Off: report only.
     """
     logger = get_run_logger()
     started = datetime.now(UTC)
@@ -96,7 +97,8 @@ def fleet_sweep(fleet_file: str, depth: Depth = "full", emit_events: bool = True
     if emit_events:
         emitted = emit_unhealthy_events(document, assessments)
         logger.info("remediation requested for %d nodes: %s", len(emitted), ", ".join(emitted) or "none")
-        announce_blind_spots(newly_unseen(previous.observations, observations, unseen_alert_after), sweep_id,
+        announce_blind_spots(newly_unseen(previous.observations, observations, unseen_alert_after),
+                             seen_again(previous.observations, observations, unseen_alert_after), sweep_id,
                              unseen_alert_after)
     logger.info("sweep %s done: %s", sweep_id, summary_line(assessments))
     return document

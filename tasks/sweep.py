@@ -24,6 +24,7 @@ from gpumedic.reporting import age_text, markdown_report, table_rows, unseen_tex
 
 UNHEALTHY_EVENT = "gpumedic.node.unhealthy"
 UNSEEN_EVENT = "gpumedic.node.unseen"
+SEEN_AGAIN_EVENT = "gpumedic.node.seen-again"
 
 
 @task(name="collect-shard", cache_policy=NO_CACHE, retries=0)
@@ -132,21 +133,36 @@ def emit_unhealthy_events(document: dict[str, Any], assessments: Sequence[NodeAs
 
 
 @task(name="announce-blind-spots", cache_policy=NO_CACHE)
-def announce_blind_spots(newly: Sequence[Observation], sweep_id: str, after: timedelta) -> list[str]:
-    """One `gpumedic.node.unseen` event per node whose dark spell reached `after` at this sweep.
+def announce_blind_spots(
+    newly: Sequence[Observation], back: Sequence[tuple[Observation, Observation]], sweep_id: str, after: timedelta
+) -> list[str]:
+    """`gpumedic.node.unseen` for each node whose dark spell reached `after` at this sweep, and
+    `gpumedic.node.seen-again` for each node seen after an announced spell; returns the first ones.
 
-    Nothing else is done: a node that cannot be assessed is never remediated. The event is there for
-    a Prefect automation (a notification) and for the record.
+    Nothing else is done: a node that cannot be assessed is never remediated. The events are there
+    for a Prefect automation (page someone, resolve the page) and for the record.
     """
     logger = get_run_logger()
     for o in newly:
         logger.warning("%s: %s; no sweep could assess it for %s or more", o.node, unseen_text(o), age_text(after))
-        emit_event(
-            event=UNSEEN_EVENT,
-            resource={"prefect.resource.id": f"gpumedic.node.{o.node}", "prefect.resource.name": o.node},
-            payload={"sweep_id": sweep_id, "node": o.node,
-                     "unseen_hours": round(o.unseen_for.total_seconds() / 3600, 2),
-                     "last_seen": None if o.seen_at is None else o.seen_at.isoformat(),
-                     "first_checked": o.first_checked_at.isoformat()},
-        )
+        _emit_node_event(UNSEEN_EVENT, o.node, {
+            "sweep_id": sweep_id, "unseen_hours": _hours(o.unseen_for),
+            "last_seen": None if o.seen_at is None else o.seen_at.isoformat(),
+            "first_checked": o.first_checked_at.isoformat()})
+    for before, now in back:
+        dark = now.checked_at - (before.dark_since or before.checked_at)
+        logger.info("%s: seen again after %s dark", now.node, age_text(dark))
+        _emit_node_event(SEEN_AGAIN_EVENT, now.node, {
+            "sweep_id": sweep_id, "unseen_hours": _hours(dark),
+            "last_seen": None if before.seen_at is None else before.seen_at.isoformat(),
+            "seen_at": now.checked_at.isoformat()})
     return [o.node for o in newly]
+
+
+def _hours(span: timedelta) -> float:
+    return round(span.total_seconds() / 3600, 2)
+
+
+def _emit_node_event(event: str, node: str, payload: dict[str, Any]) -> None:
+    emit_event(event=event, resource={"prefect.resource.id": f"gpumedic.node.{node}", "prefect.resource.name": node},
+               payload={"node": node, **payload})

@@ -6,7 +6,8 @@ blind spot: a node that stays unknown hides every failure it has, and a fleet re
 it once among a dozen `unknown`s does not say it has been dark for three days. So each sweep
 keeps, per node, when it was last seen (assessed with any verdict but `unknown`), and a node
 dark for longer than the policy's `unseen_alert_after_hours` is announced once per dark spell
-and listed in every report until it is seen again.
+and listed in every report until it is seen again; its return is announced too, so whatever was
+paged can be resolved.
 
 Pure: the caller passes the sweep's time and the previous observations (the telemetry store's).
 """
@@ -19,7 +20,7 @@ from datetime import datetime, timedelta
 
 from gpumedic.domain.verdict import NodeAssessment, Verdict
 
-__all__ = ["Observation", "newly_unseen", "observe", "observe_fleet", "unseen"]
+__all__ = ["Observation", "newly_unseen", "observe", "observe_fleet", "seen_again", "unseen"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,3 +107,17 @@ def newly_unseen(
         if obs.unseen_for >= after and (before is None or before.unseen_for < after):
             out.append(obs)
     return sorted(out, key=lambda o: (-o.unseen_for.total_seconds(), o.node))
+
+
+def seen_again(previous: Mapping[str, Observation], current: Iterable[Observation], after: timedelta) -> list[
+    tuple[Observation, Observation]
+]:
+    """(before, now) for each node this sweep saw after an announced dark spell (`before` was dark for
+    `after` or more). A spell that ended before any sweep found it that long was never announced, so
+    its end is not either."""
+    out = []
+    for obs in current:
+        before = previous.get(obs.node)
+        if before is not None and not obs.unseen and before.checked_at < obs.checked_at and before.unseen_for >= after:
+            out.append((before, obs))
+    return sorted(out, key=lambda pair: pair[1].node)

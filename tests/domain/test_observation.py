@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gpumedic.domain.observation import Observation, newly_unseen, observe, observe_fleet, unseen
+from gpumedic.domain.observation import Observation, newly_unseen, observe, observe_fleet, seen_again, unseen
 from gpumedic.domain.verdict import Action, NodeAssessment, Verdict
 
 T0 = datetime(2026, 11, 1, tzinfo=UTC)
@@ -17,15 +17,26 @@ SIX_HOURS = timedelta(hours=6)
 
 def _sweeps(verdicts: list[Verdict], every: timedelta, after: timedelta = SIX_HOURS) -> tuple[Observation, list[int]]:
     """Sweep one node with these verdicts, `every` apart; the last observation and the sweeps that announced."""
+    obs, announced, _ = _sweeps_and_returns(verdicts, every, after)
+    return obs, announced
+
+
+def _sweeps_and_returns(
+    verdicts: list[Verdict], every: timedelta, after: timedelta
+) -> tuple[Observation, list[int], list[tuple[int, timedelta]]]:
+    """... and the sweeps that announced the node seen again, with how long it had been dark."""
     obs: Observation | None = None
-    announced = []
+    announced, returns = [], []
     for k, verdict in enumerate(verdicts):
         current = observe(obs, "n1", verdict, T0 + k * every)
-        if newly_unseen({"n1": obs} if obs else {}, [current], after):
+        before = {"n1": obs} if obs else {}
+        if newly_unseen(before, [current], after):
             announced.append(k)
+        returns += [(k, now.checked_at - (was.dark_since or was.checked_at)) for was, now in
+                    seen_again(before, [current], after)]
         obs = current
     assert obs is not None
-    return obs, announced
+    return obs, announced, returns
 
 
 def test_a_node_seen_by_the_latest_sweep_is_no_blind_spot_whatever_its_verdict() -> None:
@@ -59,6 +70,14 @@ def test_a_node_seen_again_and_lost_again_is_announced_again() -> None:
     spell = [Verdict.UNKNOWN] * 10
     _, announced = _sweeps([Verdict.HEALTHY, *spell, Verdict.WATCH, *spell], timedelta(hours=1))
     assert announced == [6, 17]
+
+
+def test_the_return_of_an_announced_node_is_announced_with_how_long_it_was_dark() -> None:
+    spell = [Verdict.UNKNOWN] * 10
+    verdicts = [Verdict.HEALTHY, *spell, Verdict.WATCH, Verdict.UNKNOWN, Verdict.UNKNOWN, Verdict.HEALTHY]
+    _, announced, returns = _sweeps_and_returns(verdicts, timedelta(hours=1), SIX_HOURS)
+    assert announced == [6]
+    assert returns == [(11, timedelta(hours=11))]  # the 2 h spell after it was never announced: nor is its end
 
 
 def test_nightly_sweeps_announce_a_node_dark_since_the_previous_night() -> None:
@@ -104,12 +123,14 @@ def test_every_dark_spell_that_reaches_the_delay_is_announced_exactly_once(
     seen: list[bool], every_min: int, after_min: int
 ) -> None:
     every, after = timedelta(minutes=every_min), timedelta(minutes=after_min)
-    _, announced = _sweeps([Verdict.HEALTHY if s else Verdict.UNKNOWN for s in seen], every, after)
+    _, announced, returns = _sweeps_and_returns([Verdict.HEALTHY if s else Verdict.UNKNOWN for s in seen], every, after)
     # Counted independently: a spell is a run of unseen sweeps; it is dark from the sweep before it
     # (a sighting) or, at the start, from the first sweep.
-    expected, start = [], None
+    expected, expected_returns, start, announced_this_spell = [], [], None, False
     for k, s in enumerate(seen):
         if s:
+            if start is not None and announced_this_spell:
+                expected_returns.append((k, (k - start) * every))
             start = None
             continue
         if start is None:
@@ -119,3 +140,4 @@ def test_every_dark_spell_that_reaches_the_delay_is_announced_exactly_once(
             expected.append(k)
             announced_this_spell = True
     assert announced == expected
+    assert returns == expected_returns

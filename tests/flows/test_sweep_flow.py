@@ -87,7 +87,9 @@ def test_full_sweeps_apply_the_retention_and_repeat_sweeps_store_only_what_chang
 
 
 @pytest.mark.usefixtures("prefect_harness")
-def test_a_node_no_sweep_can_assess_is_a_blind_spot_announced_once(small_fleet: SimulatedFleet, tmp_path: Path) -> None:
+def test_a_node_no_sweep_can_assess_is_a_blind_spot_announced_once_and_its_return_too(
+    small_fleet: SimulatedFleet, tmp_path: Path
+) -> None:
     from prefect.artifacts import Artifact
     from prefect.events import emit_event
 
@@ -97,6 +99,7 @@ def test_a_node_no_sweep_can_assess_is_a_blind_spot_announced_once(small_fleet: 
 
     inventory = _inventory_with_store(small_fleet, tmp_path)
     data = yaml.safe_load(Path(inventory).read_text())
+    reachable = Path(inventory).read_text()
     with socket.socket() as probe:  # a port nothing listens on: the node is down
         probe.bind(("127.0.0.1", 0))
         closed_port = probe.getsockname()[1]
@@ -136,3 +139,16 @@ def test_a_node_no_sweep_can_assess_is_a_blind_spot_announced_once(small_fleet: 
                       timeout_s=120)
     assert len(announced()) == 1
     assert "| **gpu-node-01** | not seen since" in str(Artifact.get("fleet-health-report").data)  # type: ignore[union-attr]
+
+    # The node answers again: its return is announced, with how long it was dark.
+    Path(inventory).write_text(reachable)
+    third = fleet_sweep(fleet_file=inventory, depth="quick", emit_events=True)
+    assert {n["node"]: n["last_seen"] for n in third["nodes"]}["gpu-node-01"] == third["started"]
+
+    def back() -> list[dict[str, object]]:
+        return [p for p in event_payloads("gpumedic.node.seen-again") if p["sweep_id"] == third["sweep_id"]]
+
+    assert eventually(lambda: len(back()) == 1, timeout_s=120)
+    assert back()[0]["node"] == "gpu-node-01" and back()[0]["last_seen"] == last_seen.isoformat()
+    assert float(back()[0]["unseen_hours"]) >= 7  # type: ignore[arg-type]
+    assert "Blind spots" not in str(Artifact.get("fleet-health-report").data)  # type: ignore[union-attr]
