@@ -25,7 +25,8 @@ from gpumedic.parsers.nvlink import NvLinkNotSupported, parse_nvlink_errors, par
 
 _MARK = "@@gpumedic"
 _END = re.compile(rf"^{_MARK}:end:(?P<name>[a-z_]+):(?P<rc>-?\d+)$")
-Q_SECTIONS = "ROW_REMAPPER,PAGE_RETIREMENT,TEMPERATURE,PCIE"
+# ECC for the "SRAM Threshold Exceeded" flag, which no --query-gpu field carries.
+Q_SECTIONS = "ROW_REMAPPER,PAGE_RETIREMENT,ECC,TEMPERATURE,PCIE"
 
 
 def tool_commands(since: datetime, depth: str = "full") -> dict[str, list[str]]:

@@ -214,6 +214,18 @@ def _memory_findings(gpu: GpuTelemetry, label: str, policy: HealthPolicy) -> lis
                 cause=FailureClass.HBM,
             )
         )
+    if gpu.sram_threshold_exceeded:
+        # Row remapping cannot spare on-chip SRAM; past the field diagnostic's threshold the
+        # board fails NVIDIA's RMA qualification, so a reset or reboot would only delay it.
+        found.append(
+            Finding(
+                Verdict.FAILED,
+                Action.REPLACE,
+                f"{label}: SRAM uncorrectable errors exceed the field diagnostic's threshold "
+                "(SRAM Threshold Exceeded: Yes): replacement criterion",
+                cause=FailureClass.SRAM,
+            )
+        )
     banks = gpu.remap_banks
     if banks is not None and banks.none is not None and banks.none > 0:
         found.append(

@@ -85,6 +85,9 @@ class GpuTelemetry:
     ecc_dbe_volatile: int | None = None
     ecc_sbe_aggregate: int | None = None
     ecc_dbe_aggregate: int | None = None
+    # NVML's SRAM `bThresholdExceeded` (nvidia-smi -q "SRAM Threshold Exceeded", Ampere and later):
+    # the GPU's SRAM uncorrectable errors exceed the threshold of NVIDIA's field diagnostic.
+    sram_threshold_exceeded: bool | None = None
 
     retired_pages_sbe: int | None = None  # pre-Ampere page retirement
     retired_pages_dbe: int | None = None

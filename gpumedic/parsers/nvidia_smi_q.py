@@ -185,6 +185,7 @@ def _gpu(index: int, node: _Node) -> GpuTelemetry:
         ecc_dbe_volatile=dbe_vol,
         ecc_sbe_aggregate=sbe_agg,
         ecc_dbe_aggregate=dbe_agg,
+        sram_threshold_exceeded=_read(ecc, optional_bool, where, "aggregate", "sram threshold exceeded"),
         retired_pages_sbe=_read(node, optional_int, where, "retired pages", "single bit ecc"),
         retired_pages_dbe=_read(node, optional_int, where, "retired pages", "double bit ecc"),
         retired_pages_pending=_retired_pending(node.child("retired pages"), where),

@@ -122,7 +122,7 @@ def _q_section_ecc(g: GpuState) -> list[str]:
         "            SRAM Uncorrectable SEC-DED    : 0",
         f"            DRAM Correctable              : {g['sbe_agg']}",
         f"            DRAM Uncorrectable            : {g['dbe_agg']}",
-        "            SRAM Threshold Exceeded       : No",
+        f"            SRAM Threshold Exceeded       : {'Yes' if g.get('sram_threshold') else 'No'}",
     ]
 
 

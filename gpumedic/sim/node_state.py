@@ -75,6 +75,7 @@ def new_gpu(index: int, rng: random.Random) -> dict[str, Any]:
         "remap_uncorr": 0,
         "remap_pending": False,
         "remap_failure": False,
+        "sram_threshold": False,
         "banks": [640, 0, 0, 0, 0],
         "nvlinks": [{"up": True, "crc": 0, "replay": 0, "recovery": 0} for _ in range(NVLINKS_PER_GPU)],
         "pcie_replay": 0,
@@ -128,6 +129,9 @@ def apply_fault(state: dict[str, Any], fault: dict[str, Any], now: float) -> Non
         elif key == "row_remap_failure":
             gpu["remap_failure"] = bool(value)
             gpu["banks"] = [0, 0, 0, 3, 637] if value else gpu["banks"]
+            gpu["hw_fault"] = bool(value)
+        elif key == "sram_threshold_exceeded":
+            gpu["sram_threshold"] = bool(value)
             gpu["hw_fault"] = bool(value)
         elif key == "temperature_c":
             gpu["temp"] = float(value)

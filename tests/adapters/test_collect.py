@@ -120,3 +120,27 @@ def test_a_mig_node_without_nvlink_queries_is_not_unknown() -> None:
                        now=datetime.now(UTC), expected_gpus=1, expected=("query", "nvlink_status", "kernel_log"))
     assert t.collection_errors == ()
     assert t.gpus[0].nvlinks == ()
+
+
+def test_the_sram_threshold_flag_travels_from_nvidia_smi_q_over_ssh_to_a_replacement(
+    small_fleet: SimulatedFleet,
+) -> None:
+    from gpumedic.domain.assess import assess_node
+    from gpumedic.domain.policy import HealthPolicy
+    from gpumedic.domain.verdict import Action
+
+    with node_state.locked(small_fleet.state_file("gpu-node-01")) as state:
+        node_state.apply_fault(state, {"gpu": 2, "sram_threshold_exceeded": True}, now=0.0)
+    settings, targets = _targets(small_fleet)
+    collected = {
+        name: collect_over_ssh(targets[name], ssh_settings(settings), since=None,  # type: ignore[arg-type]
+                               lookback=timedelta(hours=1))
+        for name in ("gpu-node-00", "gpu-node-01")
+    }
+    assert all(t.collection_errors == () for t in collected.values())
+    assert {name: [g.sram_threshold_exceeded for g in t.gpus] for name, t in collected.items()} == {
+        "gpu-node-00": [False] * 4, "gpu-node-01": [False, False, True, False]}
+    assessed = assess_node(collected["gpu-node-01"], HealthPolicy())
+    assert assessed.action is Action.REPLACE
+    assert any("SRAM Threshold Exceeded: Yes" in r for g in assessed.gpus for r in g.reasons)
+    assert assess_node(collected["gpu-node-00"], HealthPolicy()).action is Action.NONE

@@ -208,6 +208,12 @@ def test_no_expected_count_means_no_count_rule() -> None:
         ),
         ({"row_remap_failure": True}, F, Action.REPLACE, "GPU 4: row remapping failed"),
         (
+            {"sram_threshold_exceeded": True},
+            F,
+            Action.REPLACE,
+            "GPU 4: SRAM uncorrectable errors exceed the field diagnostic's threshold",
+        ),
+        (
             {"remap_banks": RowRemapBanks(max=2557, low=0, none=3)},
             F,
             Action.REPLACE,

@@ -35,6 +35,8 @@ HBM, NVLINK, BUS = FailureClass.HBM, FailureClass.NVLINK, FailureClass.FALLEN_OF
         (node(xids=(xid(74, 4),)), 4, NVLINK),
         (node(xids=(xid(119, 1),)), 1, FailureClass.GSP),
         (node(xids=(xid(48, 1), xid(63, 1))), 1, HBM),
+        # An SRAM uncorrectable error still counts in the DBE total; the threshold flag names SRAM.
+        (node(gpu(4, ecc_dbe_volatile=1, sram_threshold_exceeded=True)), 4, FailureClass.SRAM),
     ],
 )
 def test_a_gpus_evidence_names_what_broke(telemetry: NodeTelemetry, index: int, cause: FailureClass) -> None:

@@ -125,6 +125,22 @@ def test_hopper_ecc_sums_parity_and_secded_into_uncorrected_totals(corpus: Corpu
     assert gpu.ecc_dbe_aggregate == 0
 
 
+@pytest.mark.parametrize("name", [A100_555, A40, GH200, H100_535_161, H100_535_183, H100_590, H100_NVL, H200_MIG])
+def test_the_sram_threshold_flag_reads_no_on_every_gpu_that_prints_it(corpus: Corpus, name: str) -> None:
+    text = corpus(name)
+    gpus = parse_nvidia_smi_q(text)
+    assert len(gpus) == text.count("SRAM Threshold Exceeded") > 0
+    assert all(g.sram_threshold_exceeded is False for g in gpus)
+
+
+def test_the_sram_threshold_flag_set_reads_yes_and_is_unknown_where_the_driver_has_none(corpus: Corpus) -> None:
+    exceeded = only(parse_nvidia_smi_q(with_value(corpus(H100_590), "SRAM Threshold Exceeded", "Yes")))
+    assert exceeded.sram_threshold_exceeded is True
+    # Before R510-ish, and in the ECC excerpt of a user's A100/H100, there is no such line.
+    assert all(g.sram_threshold_exceeded is None for g in parse_nvidia_smi_q(corpus(A100_460)))
+    assert only(parse_nvidia_smi_q(corpus(ECC_EXCERPT))).sram_threshold_exceeded is None
+
+
 def test_ecc_total_is_unknown_when_a_counter_of_its_layout_is_cut_off(corpus: Corpus) -> None:
     lines = corpus(H100_590).splitlines()
     cut = next(i for i, ln in enumerate(lines) if "SRAM Uncorrectable Parity" in ln)
