@@ -78,6 +78,11 @@ def unseen_text(observation: Observation) -> str:
     return f"not seen since {observation.seen_at:%Y-%m-%d %H:%M} UTC ({span})"
 
 
+def all_reasons(a: NodeAssessment) -> list[str]:
+    """The node's own reasons, then its GPUs'."""
+    return list(a.reasons) + [r for g in a.gpus for r in g.reasons]
+
+
 def needs_attention(a: NodeAssessment) -> bool:
     return a.verdict is not Verdict.HEALTHY or a.action is not Action.NONE
 
@@ -108,7 +113,7 @@ def table_rows(
         if not needs_attention(a):
             continue
         gpus = ", ".join(f"{g.index}:{g.verdict}" for g in a.gpus if g.verdict is not Verdict.HEALTHY)
-        reasons = list(a.reasons) + [r for g in a.gpus for r in g.reasons]
+        reasons = all_reasons(a)
         rows.append({
             "node": a.node,
             "verdict": str(a.verdict),
@@ -177,7 +182,7 @@ def _blind_spot_lines(
     dark = unseen(observations)
     if not dark:
         return []
-    why = {a.node: next(iter([*a.reasons, *(r for g in a.gpus for r in g.reasons)]), "-") for a in assessments}
+    why = {a.node: next(iter(all_reasons(a)), "-") for a in assessments}
     lines = [
         "## Blind spots",
         "",

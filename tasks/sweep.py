@@ -52,7 +52,7 @@ class Previous(NamedTuple):
 def load_previous(store_url: str | None, nodes: Sequence[str], before: datetime, xid_window_h: float) -> Previous:
     store = TelemetryStore(store_url)
     return Previous(store.last_snapshots(nodes), store.prior_xids(nodes, before, timedelta(hours=xid_window_h)),
-                    store.observations(nodes))
+                    store.last_observations(nodes))
 
 
 @task(name="assess-fleet", cache_policy=NO_CACHE)

@@ -149,6 +149,7 @@ observations = Table(
     Column("first_checked_at", Float, nullable=False),
 )
 
+
 def default_store_url() -> str:
     home = Path.home() / ".gpumedic"
     home.mkdir(parents=True, exist_ok=True)
@@ -455,7 +456,7 @@ class TelemetryStore:
             conn.execute(sweeps.insert(), [{"sweep_id": sweep_id, "started": _epoch(started),
                                             "summary": json.dumps(summary)}])
 
-    def observations(self, nodes: Iterable[str]) -> dict[str, Observation]:
+    def last_observations(self, nodes: Iterable[str]) -> dict[str, Observation]:
         out: dict[str, Observation] = {}
         with self.engine.connect() as conn:
             for names in _batches(nodes):

@@ -294,11 +294,11 @@ def test_observations_round_trip_and_a_newer_sweeps_row_is_never_overwritten_by_
     dark = Observation("n1", T0 + timedelta(hours=7), T0, T0 - timedelta(days=3))
     never = Observation("n2", T0, None, T0 - timedelta(hours=1))
     store.record_observations([dark, never])
-    assert store.observations(["n1", "n2", "n3"]) == {"n1": dark, "n2": never}
+    assert store.last_observations(["n1", "n2", "n3"]) == {"n1": dark, "n2": never}
     # A quick sweep that started before the one recorded, and finished after it, changes nothing...
     store.record_observations([Observation("n1", T0 + timedelta(hours=6), T0 + timedelta(hours=6), T0)])
-    assert store.observations(["n1"]) == {"n1": dark}
+    assert store.last_observations(["n1"]) == {"n1": dark}
     # ...a later sweep replaces the row.
     seen = Observation("n1", T0 + timedelta(hours=8), T0 + timedelta(hours=8), T0 - timedelta(days=3))
     store.record_observations([seen])
-    assert store.observations(["n1"]) == {"n1": seen}
+    assert store.last_observations(["n1"]) == {"n1": seen}

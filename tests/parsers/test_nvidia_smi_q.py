@@ -16,6 +16,8 @@ H100_535_183 = "nvidia-smi-q_H100_80GB_HBM3_driver535.183.01_8gpu_01.txt"
 H100_535_161 = "nvidia-smi-q_H100_80GB_HBM3_driver535.161.08_8gpu_01.txt"
 H100_590 = "nvidia-smi-q_H100_80GB_HBM3_driver590.48.01_under-load_01.txt"
 H200_MIG = "nvidia-smi-q_H200_MIG-enabled_driver590.48.01_01.txt"
+H200_IDLE = "nvidia-smi-q_H200_driver590.48.01_idle_01.txt"
+H100_565 = "nvidia-smi-q_H100_80GB_HBM3_driver565.57.01_8gpu_01.txt"
 V100 = "nvidia-smi-q_V100_SXM2_16GB_driver550.127.05_8gpu_retired-pages-sbe_01.txt"
 A100_460 = "nvidia-smi-q_A100_SXM4_40GB_driver460.32.03_8gpu_azure-ndv4_01.txt"
 A100_555 = "nvidia-smi-q_A100_SXM4_80GB_driver555.42.02_remap-pending_4gpu_01.txt"
@@ -125,7 +127,8 @@ def test_hopper_ecc_sums_parity_and_secded_into_uncorrected_totals(corpus: Corpu
     assert gpu.ecc_dbe_aggregate == 0
 
 
-@pytest.mark.parametrize("name", [A100_555, A40, GH200, H100_535_161, H100_535_183, H100_590, H100_NVL, H200_MIG])
+@pytest.mark.parametrize("name", [A100_555, A40, GH200, H100_535_161, H100_535_183, H100_565, H100_590, H100_NVL,
+                                  H200_IDLE, H200_MIG])
 def test_the_sram_threshold_flag_reads_no_on_every_gpu_that_prints_it(corpus: Corpus, name: str) -> None:
     text = corpus(name)
     gpus = parse_nvidia_smi_q(text)
