@@ -123,11 +123,7 @@ def emit_unhealthy_events(document: dict[str, Any], assessments: Sequence[NodeAs
     for a in assessments:
         if not a.needs_remediation:
             continue
-        emit_event(
-            event=UNHEALTHY_EVENT,
-            resource={"prefect.resource.id": f"gpumedic.node.{a.node}", "prefect.resource.name": a.node},
-            payload={"sweep_id": sweep_id, **by_node[a.node]},
-        )
+        _emit_node_event(UNHEALTHY_EVENT, a.node, {"sweep_id": sweep_id, **by_node[a.node]})
         emitted.append(a.node)
     return emitted
 
@@ -150,7 +146,7 @@ def announce_blind_spots(
             "last_seen": None if o.seen_at is None else o.seen_at.isoformat(),
             "first_checked": o.first_checked_at.isoformat()})
     for before, now in back:
-        dark = now.checked_at - (before.dark_since or before.checked_at)
+        dark = before.unseen_for + (now.checked_at - before.checked_at)
         logger.info("%s: seen again after %s dark", now.node, age_text(dark))
         _emit_node_event(SEEN_AGAIN_EVENT, now.node, {
             "sweep_id": sweep_id, "unseen_hours": _hours(dark),
@@ -164,5 +160,6 @@ def _hours(span: timedelta) -> float:
 
 
 def _emit_node_event(event: str, node: str, payload: dict[str, Any]) -> None:
+    """An event about `node`: its resource is the node, its payload names it."""
     emit_event(event=event, resource={"prefect.resource.id": f"gpumedic.node.{node}", "prefect.resource.name": node},
                payload={"node": node, **payload})

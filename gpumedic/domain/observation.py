@@ -118,6 +118,6 @@ def seen_again(previous: Mapping[str, Observation], current: Iterable[Observatio
     out = []
     for obs in current:
         before = previous.get(obs.node)
-        if before is not None and not obs.unseen and before.checked_at < obs.checked_at and before.unseen_for >= after:
+        if before is not None and not obs.unseen and before.unseen_for >= after:
             out.append((before, obs))
     return sorted(out, key=lambda pair: pair[1].node)

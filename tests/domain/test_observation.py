@@ -32,7 +32,7 @@ def _sweeps_and_returns(
         before = {"n1": obs} if obs else {}
         if newly_unseen(before, [current], after):
             announced.append(k)
-        returns += [(k, now.checked_at - (was.dark_since or was.checked_at)) for was, now in
+        returns += [(k, was.unseen_for + (now.checked_at - was.checked_at)) for was, now in
                     seen_again(before, [current], after)]
         obs = current
     assert obs is not None
