@@ -28,6 +28,7 @@ from tasks.sweep import (
     emit_unhealthy_events,
     load_previous,
     prune_history,
+    publish_node_conditions,
     publish_reports,
     record_telemetry,
 )
@@ -55,6 +56,10 @@ def fleet_sweep(fleet_file: str, depth: Depth = "full", emit_events: bool = True
             worse, which starts its remediate-node run, and `gpumedic.node.unseen` for every node no sweep
             could assess for the policy's `unseen_alert_after_hours` (once per dark spell; `gpumedic.node.seen-again`
             when it returns). Off: report only.
+
+    With a `kubernetes:` block in the fleet file, each node's verdict is also written to its Node as the
+    `GpuUnhealthy` condition (True: a GPU needs repair; False: healthy or watched; Unknown: not assessed),
+    whatever `emit_events` says: it is a report, seen by `kubectl describe node`.
     """
     logger = get_run_logger()
     started = datetime.now(UTC)
@@ -100,6 +105,8 @@ def fleet_sweep(fleet_file: str, depth: Depth = "full", emit_events: bool = True
         announce_blind_spots(newly_unseen(previous.observations, observations, unseen_alert_after),
                              seen_again(previous.observations, observations, unseen_alert_after), sweep_id,
                              unseen_alert_after)
+    if fleet.kubernetes is not None and fleet.kubernetes.node_conditions:
+        publish_node_conditions(fleet.kubernetes, assessments, observations, started)
     logger.info("sweep %s done: %s", sweep_id, summary_line(assessments))
     return document
 

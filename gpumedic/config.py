@@ -44,10 +44,17 @@ class NodeEntry(_Strict):
     gpus: int | None = Field(default=None, ge=0, description="expected GPU count, overrides gpus_per_node")
 
 
-class KubernetesInventory(_Strict):
+class KubernetesSettings(_Strict):
+    """The cluster the fleet's nodes belong to: their inventory when `nodes:` is empty, and where
+    each sweep's verdicts are published as Node conditions."""
+
     label_selector: str = "nvidia.com/gpu.present=true"
     kubeconfig: Path | None = None
     context: str | None = None
+    node_conditions: bool = Field(
+        default=True,
+        description="write each sweep's verdict to its Node as the GpuUnhealthy condition (RBAC: patch nodes/status)",
+    )
 
 
 class JiraConfig(_Strict):
@@ -71,7 +78,7 @@ class FleetSettings(_Strict):
     gpus_per_node: int | None = Field(default=None, ge=0, description="expected GPUs per node")
     ssh: SshConfig | None = None
     nodes: list[NodeEntry] = Field(default_factory=list)
-    kubernetes: KubernetesInventory | None = None
+    kubernetes: KubernetesSettings | None = None
     exporter_port: int = Field(default=9400, ge=1, le=65535)
     exporter_timeout_s: float = Field(default=10.0, gt=0)
     concurrency: int = Field(default=32, ge=1, le=1024, description="nodes collected at once")

@@ -210,7 +210,7 @@ def start_demo_cluster(fleet: SimulatedFleet, spec: FleetSimulation, root: Path,
     jira = JiraEmulator(username="gpumedic-bot").start()
     cluster = DemoCluster(kube, jira, kube.write_kubeconfig(root / "kubeconfig"), policy)
     _seed_workloads(cluster, list(fleet.nodes), spec)
-    _configure_fleet_file(fleet.inventory_file, jira, policy)
+    _configure_fleet_file(fleet.inventory_file, jira, policy, cluster.kubeconfig)
     cluster.start_background()
     return cluster
 
@@ -249,9 +249,11 @@ def _seed_workloads(cluster: DemoCluster, nodes: list[str], spec: FleetSimulatio
         kube.add_pdb(WORKLOAD_NAMESPACE, "ledger", {"app": "ledger"}, min_available=1)
 
 
-def _configure_fleet_file(path: Path, jira: JiraEmulator, policy: dict[str, Any]) -> None:
-    """Add the `jira:` and `remediation:` blocks to the simulated fleet's inventory."""
+def _configure_fleet_file(path: Path, jira: JiraEmulator, policy: dict[str, Any], kubeconfig: Path) -> None:
+    """Add the `jira:`, `remediation:` and `kubernetes:` blocks to the simulated fleet's inventory (its
+    nodes stay listed: the cluster is where the sweep's verdicts go, as Node conditions)."""
     document = yaml.safe_load(path.read_text())
+    document["fleet"]["kubernetes"] = {"kubeconfig": str(kubeconfig)}
     document["fleet"]["jira"] = {"url": jira.url, "user": jira.username, "token_env": JIRA_TOKEN_ENV,
                                  "project": "GPU"}
     document["fleet"]["remediation"] = policy
@@ -368,6 +370,7 @@ def run_demo(*, auto_approve: bool, json_out: Path | None, fleet_file: Path | No
         _step("running a full sweep through the server")
         document = run_sweep_deployment()
         _print_summary(document)
+        conditions = _print_node_conditions(cluster, document)
         forecast = forecast_demo_fleet(history, jira=cluster.jira, ui_url=server.ui_url, auto_approve=auto_approve)
 
         from gpumedic.demo_remediation import remediate_demo_fleet
@@ -375,6 +378,7 @@ def run_demo(*, auto_approve: bool, json_out: Path | None, fleet_file: Path | No
         outcome = remediate_demo_fleet(document, fleet=fleet, cluster=cluster, ui_url=server.ui_url,
                                        auto_approve=auto_approve)
         outcome["forecast"] = refresh_orders(forecast, jira=cluster.jira, ui_url=server.ui_url)
+        outcome["node_conditions"] = conditions
         outcome["remediation_status"] = _print_remediation_status(fleet, cluster)
         outcome["resume"] = run_resume_deployment()
         outcome["ticket_outbox"] = run_ticket_deployment()
@@ -443,6 +447,20 @@ def _print_remediation_status(fleet: SimulatedFleet, cluster: DemoCluster) -> di
     for line in render(status):
         print(f"    {line}" if line else "")
     return to_json(status)
+
+
+def _print_node_conditions(cluster: DemoCluster, document: dict[str, Any]) -> dict[str, dict[str, str]]:
+    """The sweep's verdicts as the cluster now shows them (`kubectl describe node`): the GpuUnhealthy condition."""
+    from gpumedic.domain.node_condition import CONDITION_TYPE
+
+    print(f"\n  on the Nodes (kubectl describe node): condition {CONDITION_TYPE}")
+    out = {}
+    for node in (n["node"] for n in document["nodes"]):
+        found = [c for c in cluster.kube.get_node(node)["status"]["conditions"] if c["type"] == CONDITION_TYPE]
+        condition = found[0] if found else {"status": "-", "reason": "not written (see the sweep's log)"}
+        out[node] = {"status": condition["status"], "reason": condition["reason"]}
+        print(f"  {node:<14} {condition['status']:<8} {condition['reason']}")
+    return out
 
 
 def _print_summary(document: dict[str, Any]) -> None:

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from gpumedic.domain.history import Sample
-from gpumedic.domain.observation import Observation, unseen
+from gpumedic.domain.observation import Observation, dark_spell_text, unseen
 from gpumedic.domain.risk_window import UNRECORDED, RiskWindow
 from gpumedic.domain.verdict import Action, NodeAssessment, Verdict
 
@@ -71,16 +71,7 @@ def unseen_text(observation: Observation) -> str:
     """How long a node has gone unseen, as the report says it ("" when the latest sweep saw it)."""
     if not observation.unseen:
         return ""
-    span = age_text(observation.unseen_for)
-    if observation.seen_at is None:
-        first = observation.first_checked_at
-        return f"never seen: unknown in every sweep since the first, {first:%Y-%m-%d %H:%M} UTC ({span})"
-    return f"not seen since {observation.seen_at:%Y-%m-%d %H:%M} UTC ({span})"
-
-
-def all_reasons(a: NodeAssessment) -> list[str]:
-    """The node's own reasons, then its GPUs'."""
-    return list(a.reasons) + [r for g in a.gpus for r in g.reasons]
+    return f"{dark_spell_text(observation)} ({age_text(observation.unseen_for)})"
 
 
 def needs_attention(a: NodeAssessment) -> bool:
@@ -113,7 +104,7 @@ def table_rows(
         if not needs_attention(a):
             continue
         gpus = ", ".join(f"{g.index}:{g.verdict}" for g in a.gpus if g.verdict is not Verdict.HEALTHY)
-        reasons = all_reasons(a)
+        reasons = a.all_reasons
         rows.append({
             "node": a.node,
             "verdict": str(a.verdict),
@@ -182,7 +173,7 @@ def _blind_spot_lines(
     dark = unseen(observations)
     if not dark:
         return []
-    why = {a.node: next(iter(all_reasons(a)), "-") for a in assessments}
+    why = {a.node: next(iter(a.all_reasons), "-") for a in assessments}
     lines = [
         "## Blind spots",
         "",

@@ -6,10 +6,10 @@ from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
 from gpumedic.adapters.errors import PermanentError, TransientError
-from gpumedic.config import KubernetesInventory, NodeEntry
+from gpumedic.config import KubernetesSettings, NodeEntry
 
 
-def nodes_from_kubernetes(inventory: KubernetesInventory) -> list[NodeEntry]:
+def nodes_from_kubernetes(inventory: KubernetesSettings) -> list[NodeEntry]:
     """Each node is reached at its InternalIP (falling back to its name)."""
     api_client = config.new_client_from_config(
         config_file=str(inventory.kubeconfig) if inventory.kubeconfig else None, context=inventory.context

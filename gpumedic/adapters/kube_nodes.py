@@ -31,6 +31,7 @@ import logging
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal, Self
 
@@ -39,6 +40,7 @@ from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
 from gpumedic.adapters.errors import AdapterError, PermanentError, TransientError
+from gpumedic.domain.node_condition import ConditionStatus, NodeCondition
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +57,9 @@ MIRROR_POD_ANNOTATION = "kubernetes.io/config.mirror"
 DEFAULT_SYSTEM_NAMESPACES = ("kube-system", "kube-public", "kube-node-lease")
 
 _MERGE_PATCH = "application/merge-patch+json"
+# Node.status.conditions is merged by `type` under a strategic merge patch: one condition is
+# written without replacing the kubelet's (a merge patch would replace the whole list).
+_STRATEGIC_MERGE_PATCH = "application/strategic-merge-patch+json"
 _TRANSIENT_STATUS = frozenset({408, 409, 429, 500, 502, 503, 504})
 
 NamespacePolicy = Literal["wait", "delete_after_timeout"]
@@ -62,6 +67,14 @@ NamespacePolicy = Literal["wait", "delete_after_timeout"]
 
 class ConflictError(TransientError):
     """The object changed since it was read (HTTP 409): read it again and retry."""
+
+
+class NotAllowedError(PermanentError):
+    """The API server refused the credentials or the request (401, 403): the kubeconfig or RBAC needs fixing."""
+
+
+class NodeMissingError(PermanentError):
+    """No Node of that name exists (404)."""
 
 
 class NodeNotBackError(PermanentError):
@@ -88,6 +101,7 @@ class NodeView:
     boot_id: str | None
     gpu_capacity: int
     resource_version: str
+    conditions: Mapping[str, NodeCondition] = field(default_factory=dict)  # by type
 
     def taint(self, key: str = TAINT_KEY) -> Taint | None:
         return next((t for t in self.taints if t.key == key), None)
@@ -139,6 +153,7 @@ def _node_view(node: client.V1Node) -> NodeView:
     except ValueError:
         gpus = 0
     return NodeView(
+        conditions={c.type: _condition(c) for c in status.conditions or [] if c.type},
         name=meta.name or "",
         unschedulable=bool(spec.unschedulable),
         taints=tuple(Taint(t.key, t.effect, t.value) for t in spec.taints or []),
@@ -149,6 +164,30 @@ def _node_view(node: client.V1Node) -> NodeView:
         gpu_capacity=gpus,
         resource_version=meta.resource_version or "",
     )
+
+
+_NEVER = datetime.min.replace(tzinfo=UTC)
+
+
+def _condition(c: client.V1NodeCondition) -> NodeCondition:
+    status: ConditionStatus = "True" if c.status == "True" else "False" if c.status == "False" else "Unknown"
+    return NodeCondition(c.type, status, c.reason or "", c.message or "", _aware(c.last_heartbeat_time),
+                         _aware(c.last_transition_time))
+
+
+def _aware(stamp: datetime | None) -> datetime:
+    if stamp is None:
+        return _NEVER
+    return stamp if stamp.tzinfo is not None else stamp.replace(tzinfo=UTC)
+
+
+def _condition_json(c: NodeCondition) -> dict[str, str]:
+    return {"type": c.type, "status": c.status, "reason": c.reason, "message": c.message,
+            "lastHeartbeatTime": _rfc3339(c.last_heartbeat), "lastTransitionTime": _rfc3339(c.last_transition)}
+
+
+def _rfc3339(stamp: datetime) -> str:
+    return stamp.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _taints_json(taints: Iterable[Taint]) -> list[dict[str, str]]:
@@ -193,7 +232,7 @@ def _translate(err: Exception, what: str) -> AdapterError:
         if status in _TRANSIENT_STATUS or status >= 500:
             return TransientError(f"{what}: {status} {message}")
         if status in (401, 403):
-            return PermanentError(f"{what}: not allowed ({status}): {message}; check the kubeconfig and RBAC")
+            return NotAllowedError(f"{what}: not allowed ({status}): {message}; check the kubeconfig and RBAC")
         return PermanentError(f"{what}: {status} {message}")
     if isinstance(err, urllib3.exceptions.HTTPError | OSError):
         return TransientError(f"{what}: cannot reach the API server: {type(err).__name__}: {err}")
@@ -298,7 +337,7 @@ class KubeNodes:
             return self.core.read_node(name, _request_timeout=self._timeout)
         except (ApiException, urllib3.exceptions.HTTPError, OSError) as err:
             if isinstance(err, ApiException) and err.status == 404:
-                raise PermanentError(f"node {name!r} does not exist") from err
+                raise NodeMissingError(f"node {name!r} does not exist") from err
             raise _translate(err, f"reading node {name}") from err
 
     def get_node(self, name: str) -> NodeView:
@@ -342,19 +381,38 @@ class KubeNodes:
         log.info("node=%s action=annotate keys=%s", name, ",".join(sorted(annotations)))
         return view.resource_version
 
+    def _patch_status(self, name: str, body: dict[str, Any], what: str) -> NodeView:
+        try:
+            node = self.core.patch_node_status(name, body, _content_type=_STRATEGIC_MERGE_PATCH,
+                                               _request_timeout=self._timeout)
+        except (ApiException, urllib3.exceptions.HTTPError, OSError) as err:
+            raise _translate(err, what) from err
+        return _node_view(node)
+
     def _conditional_update(
-        self, name: str, what: str, plan: Callable[[NodeView], dict[str, Any] | None]
+        self,
+        name: str,
+        what: str,
+        plan: Callable[[NodeView], dict[str, Any] | None],
+        *,
+        write: Callable[[str, dict[str, Any], str], NodeView] | None = None,
+        known: NodeView | None = None,
     ) -> tuple[NodeView, bool]:
-        """Read, let `plan` compute a merge patch (None: nothing to do), write it conditionally; retry on 409."""
+        """Read, let `plan` compute a patch (None: nothing to do), write it conditionally; retry on 409.
+
+        `write` sends the patch (default: a merge patch of the Node); `known` is a view just read
+        (a list), used for the first attempt instead of reading the node again.
+        """
+        write = write or self._patch
         last: ConflictError | None = None
         for _attempt in range(self.max_conflict_retries + 1):
-            view = self.get_node(name)
+            view, known = known or self.get_node(name), None
             body = plan(view)
             if body is None:
                 return view, False
             body.setdefault("metadata", {})["resourceVersion"] = view.resource_version
             try:
-                return self._patch(name, body, f"{what} node {name}"), True
+                return write(name, body, f"{what} node {name}"), True
             except ConflictError as err:
                 log.info("node=%s action=%s conflict, reading again", name, what)
                 last = err
@@ -422,6 +480,39 @@ class KubeNodes:
         return changed
 
     # -- draining --------------------------------------------------------------------------
+
+    def update_condition(
+        self,
+        name: str,
+        condition_type: str,
+        decide: Callable[[NodeCondition | None], NodeCondition | None],
+        *,
+        known: NodeView | None = None,
+    ) -> NodeCondition | None:
+        """Write the condition `decide` returns for the one of `condition_type` on the node now (None:
+        leave it); the condition written, or None. Other conditions (the kubelet's) are untouched.
+
+        The write is conditional on the node's resourceVersion, and `decide` sees the condition
+        again after a conflict, so two sweeps writing at once cannot put the older one's word last.
+        """
+        written: list[NodeCondition] = []
+
+        def plan(view: NodeView) -> dict[str, Any] | None:
+            written.clear()
+            condition = decide(view.conditions.get(condition_type))
+            if condition is None:
+                return None
+            if condition.type != condition_type:
+                raise ValueError(f"asked to write {condition_type}, got a {condition.type} condition")
+            written.append(condition)
+            return {"status": {"conditions": [_condition_json(condition)]}}
+
+        self._conditional_update(name, f"setting condition {condition_type} on", plan, write=self._patch_status,
+                                 known=known)
+        if written:
+            log.info("node=%s action=condition type=%s status=%s reason=%s", name, condition_type,
+                     written[0].status, written[0].reason)
+        return written[0] if written else None
 
     def _pods_on(self, node: str) -> list[client.V1Pod]:
         try:

@@ -20,7 +20,7 @@ from datetime import datetime, timedelta
 
 from gpumedic.domain.verdict import NodeAssessment, Verdict
 
-__all__ = ["Observation", "newly_unseen", "observe", "observe_fleet", "seen_again", "unseen"]
+__all__ = ["Observation", "dark_spell_text", "newly_unseen", "observe", "observe_fleet", "seen_again", "unseen"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +61,15 @@ class Observation:
         """How long, at the latest sweep, the node had gone unseen (zero when that sweep saw it)."""
         since = self.dark_since
         return timedelta(0) if since is None else self.checked_at - since
+
+
+def dark_spell_text(observation: Observation) -> str:
+    """Since when a node has gone unseen, in words that stay the same for the whole spell ("" when seen)."""
+    if not observation.unseen:
+        return ""
+    if observation.seen_at is None:
+        return f"never seen: unknown in every sweep since the first, {observation.first_checked_at:%Y-%m-%d %H:%M} UTC"
+    return f"not seen since {observation.seen_at:%Y-%m-%d %H:%M} UTC"
 
 
 def observe(previous: Observation | None, node: str, verdict: Verdict, at: datetime) -> Observation:

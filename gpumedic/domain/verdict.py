@@ -100,3 +100,8 @@ class NodeAssessment:
     @property
     def needs_remediation(self) -> bool:
         return self.action.needs_remediation
+
+    @property
+    def all_reasons(self) -> list[str]:
+        """The node's own reasons, then its GPUs'."""
+        return list(self.reasons) + [r for g in self.gpus for r in g.reasons]

@@ -82,8 +82,17 @@ What is emulated
   pod's ``terminationGracePeriodSeconds``); unscheduled or finished pods go at once; the reply
   is the pod. Other kinds are deleted at once (a namespace takes its objects with it).
 
+* RBAC, for the resources above: :meth:`KubeApiEmulator.service_account` issues a token whose
+  requests are authorized by a ClusterRole's ``rules`` (``apiGroups``, ``resources`` with
+  ``name/subresource``, ``verbs``, ``resourceNames``, ``"*"`` wildcards), as the RBAC authorizer
+  does: get/list/watch/create/update/patch/delete from the method, a refusal is 403
+  ``Forbidden`` with the apiserver's message ("nodes \"gpu-a\" is forbidden: User
+  \"system:serviceaccount:ns:name\" cannot patch resource \"nodes/status\" in API group \"\" at
+  the cluster scope"). Discovery and health paths are open to every authenticated user
+  (``system:discovery``). The emulator's own :attr:`token` is cluster-admin.
+
 Not emulated: other resources, server-side apply, protobuf/CBOR, field managers, admission,
-RBAC (one token is cluster-admin), ``dryRun`` except on eviction.
+Roles and bindings as API objects, ``dryRun`` except on eviction.
 
 The Python-side API (``add_node``, ``add_pod``, ``add_pdb`` ...) is the simulator's and the
 tests' view: it changes state as kubelets and controllers would, under the same lock, and
@@ -112,7 +121,7 @@ import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -1033,6 +1042,48 @@ class _Route:
 
 
 _SUCCESS = {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success"}
+_ADMIN: tuple[str, tuple[JsonObj, ...]] = ("kubernetes-admin", ())  # system:masters: every request allowed
+
+
+def _request_verb(route: _Route, method: str, query: dict[str, list[str]]) -> str:
+    if method in ("GET", "HEAD"):
+        if route.name is not None:
+            return "get"
+        return "watch" if _query_flag(query, "watch") else "list"
+    if method == "DELETE":
+        return "delete" if route.name is not None else "deletecollection"
+    return {"POST": "create", "PUT": "update", "PATCH": "patch"}.get(method, method.lower())
+
+
+def _rule_allows(rule: JsonObj, group: str, resource: str, verb: str, name: str | None) -> bool:
+    def has(key: str, value: str) -> bool:
+        values = rule.get(key) or []
+        return "*" in values or value in values
+
+    named = rule.get("resourceNames") or []
+    return (has("apiGroups", group) and has("resources", resource) and has("verbs", verb)
+            and (not named or (name is not None and name in named)))
+
+
+def _authorize(account: tuple[str, tuple[JsonObj, ...]], route: _Route, method: str,
+               query: dict[str, list[str]]) -> None:
+    """Raise the apiserver's 403 unless one of the account's rules allows the request
+    (plugin/pkg/auth/authorizer/rbac; the message from endpoints/handlers/responsewriters)."""
+    kind = route.kind
+    assert kind is not None
+    user, rules = account
+    verb = _request_verb(route, method, query)
+    resource = kind.plural + (f"/{route.subresource}" if route.subresource else "")
+    if any(_rule_allows(rule, kind.group, resource, verb, route.name) for rule in rules):
+        return
+    scope = f'in the namespace "{route.namespace}"' if route.namespace else "at the cluster scope"
+    why = f'User "{user}" cannot {verb} resource "{resource}" in API group "{kind.group}" {scope}'
+    subject = f'{kind.qualified} "{route.name}"' if route.name else kind.qualified
+    details: JsonObj = {"name": route.name} if route.name else {}
+    if kind.group:
+        details["group"] = kind.group
+    details["kind"] = kind.plural
+    raise _ApiError(403, "Forbidden", f"{subject} is forbidden: {why}", details)
 
 
 # --------------------------------------------------------------------------------------------
@@ -1065,6 +1116,7 @@ class KubeApiEmulator:
         can resume from before it gets 410 Expired. ``seed``: makes uids reproducible.
         """
         self.token = token or secrets.token_urlsafe(32)
+        self._accounts: dict[str, tuple[str, tuple[JsonObj, ...]]] = {}  # token -> (user, its rules)
         self.eviction_delay = eviction_delay
         self.git_version = git_version
         self.watch_default_timeout_s = watch_default_timeout_s
@@ -1170,8 +1222,17 @@ class KubeApiEmulator:
             raise RuntimeError("the emulator is not started")
         return self._ca_path
 
-    def kubeconfig(self, *, namespace: str = "default") -> JsonObj:
-        """A kubeconfig (as a dict) with the server URL, the CA data and the bearer token."""
+    def service_account(self, namespace: str, name: str, rules: Sequence[Mapping[str, Any]]) -> str:
+        """A bearer token for ``system:serviceaccount:<namespace>:<name>``, allowed what ``rules`` (a
+        ClusterRole's, bound cluster-wide) allow and nothing else."""
+        token = secrets.token_urlsafe(32)
+        with self._lock:
+            self._accounts[token] = (f"system:serviceaccount:{namespace}:{name}",
+                                     tuple(copy.deepcopy(dict(rule)) for rule in rules))
+        return token
+
+    def kubeconfig(self, *, namespace: str = "default", token: str | None = None) -> JsonObj:
+        """A kubeconfig (as a dict) with the server URL, the CA data and the bearer token (default: the admin's)."""
         ca_data = base64.b64encode(self.ca_path.read_bytes()).decode()
         return {
             "apiVersion": "v1",
@@ -1179,7 +1240,7 @@ class KubeApiEmulator:
             "clusters": [{"name": "gpumedic-sim", "cluster": {
                 "server": self.url, "certificate-authority-data": ca_data,
             }}],
-            "users": [{"name": "gpumedic-sim-admin", "user": {"token": self.token}}],
+            "users": [{"name": "gpumedic-sim-admin", "user": {"token": token or self.token}}],
             "contexts": [{"name": "gpumedic-sim", "context": {
                 "cluster": "gpumedic-sim", "user": "gpumedic-sim-admin", "namespace": namespace,
             }}],
@@ -1187,19 +1248,19 @@ class KubeApiEmulator:
             "preferences": {},
         }
 
-    def write_kubeconfig(self, path: str | Path, *, namespace: str = "default") -> Path:
+    def write_kubeconfig(self, path: str | Path, *, namespace: str = "default", token: str | None = None) -> Path:
         """Write a kubeconfig for ``kubernetes.config.load_kube_config(config_file=path)``."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.touch(mode=0o600)
-        path.write_text(yaml.safe_dump(self.kubeconfig(namespace=namespace), sort_keys=False))
+        path.write_text(yaml.safe_dump(self.kubeconfig(namespace=namespace, token=token), sort_keys=False))
         return path
 
-    def api_client(self) -> ApiClient:
+    def api_client(self, token: str | None = None) -> ApiClient:
         """A real ``kubernetes.client.ApiClient`` for this emulator (the global config is untouched)."""
         from kubernetes import config
 
-        return config.new_client_from_config_dict(self.kubeconfig())
+        return config.new_client_from_config_dict(self.kubeconfig(token=token))
 
     # ---------------------------------------------------------------- faults and logs
 
@@ -2028,13 +2089,16 @@ class KubeApiEmulator:
                 return
             time.sleep(armed.delay_s)
 
-        if not self._authenticated(req.headers.get("Authorization")):
+        account = self._authenticated(req.headers.get("Authorization"))
+        if account is None:
             record(401)
             req.send_json(401, _status_body(401, "Unauthorized", "Unauthorized", None))
             return
 
         try:
             route = self._route(path)
+            if account is not _ADMIN and route.special is None:
+                _authorize(account, route, method, query)
             if route.special is not None:
                 code, payload = self._serve_special(route, method)
                 record(code)
@@ -2062,10 +2126,20 @@ class KubeApiEmulator:
         record(code)
         req.send_json(code, payload)
 
-    def _authenticated(self, header: str | None) -> bool:
+    def _authenticated(self, header: str | None) -> tuple[str, tuple[JsonObj, ...]] | None:
+        """Who sent the request: `_ADMIN`, a service account (its user and rules), or None."""
         if not header or not header.startswith("Bearer "):
-            return False
-        return hmac.compare_digest(header[len("Bearer "):].strip().encode(), self.token.encode())
+            return None
+        given = header[len("Bearer "):].strip().encode()
+        if hmac.compare_digest(given, self.token.encode()):
+            return _ADMIN
+        with self._lock:
+            accounts = list(self._accounts.items())
+        found = None
+        for token, account in accounts:  # every token compared, in constant time each
+            if hmac.compare_digest(given, token.encode()):
+                found = account
+        return found
 
     @staticmethod
     def _route(path: str) -> _Route:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -20,8 +21,10 @@ from gpumedic.adapters.kube_nodes import (
     is_managed,
     operator_uncordoned,
 )
+from gpumedic.domain.node_condition import CONDITION_TYPE, NodeCondition
 from gpumedic.sim.kube_api import KubeApiEmulator
 
+NOW = datetime(2026, 11, 23, 4, 0, tzinfo=UTC)
 FOREIGN_TAINT = {"key": "example.com/maintenance", "value": "true", "effect": "NoSchedule"}
 
 
@@ -453,8 +456,12 @@ def test_the_cluster_role_grants_exactly_the_calls_the_adapter_makes(emulator: K
     emulator.add_pod("db", "pg-0", "gpu-a", owner_kind="StatefulSet", owner_name="pg", labels={"app": "pg"})
     emulator.add_pdb("db", "pg", {"app": "pg"}, min_available=1)
     emulator.add_pod("batch", "stuck-1", "gpu-a", owner_kind="Job")
-    with KubeNodes(emulator.api_client()) as kube:
+    # As the ServiceAccount the role is bound to: a call the role does not grant is a 403 here.
+    token = emulator.service_account("gpumedic", "gpumedic", role["rules"])
+    with KubeNodes(emulator.api_client(token)) as kube:
         kube.list_nodes()
+        found = NodeCondition(CONDITION_TYPE, "True", "ReplaceGpu", "GPU 1: row remap failure", NOW, NOW)
+        assert kube.update_condition("gpu-a", CONDITION_TYPE, lambda _on_node: found) == found
         kube.cordon("gpu-a", taint_value="reset_gpu")
         kube.write_annotations("gpu-a", {"gpumedic.io/state": "draining"})
         clock = FakeClock()

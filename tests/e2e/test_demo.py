@@ -128,6 +128,15 @@ def test_a_thermal_fault_is_quarantined_and_ticketed_for_inspection_after_approv
     assert "gpumedic-inspect" in ticket["labels"]
 
 
+def test_the_sweep_put_each_verdict_on_its_node_as_a_condition(demo: dict[str, Any]) -> None:
+    conditions = demo["node_conditions"]
+    assert conditions["gpu-node-01"] == {"status": "False", "reason": "GpusHealthy"}
+    assert conditions["gpu-node-05"] == {"status": "True", "reason": "ReplaceGpu"}
+    assert conditions["gpu-node-07"] == {"status": "True", "reason": "ResetGpu"}
+    assert conditions["gpu-node-09"] == conditions["gpu-node-10"] == {"status": "Unknown", "reason": "NotAssessed"}
+    assert len(conditions) == 12
+
+
 def test_the_pod_no_budget_lets_go_was_never_evicted(demo: dict[str, Any]) -> None:
     assert demo["pdb_violations"] == []
     assert all("ml/ledger-0" not in n["evicted"] for n in demo["nodes"].values())

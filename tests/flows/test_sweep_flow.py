@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import socket
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -14,6 +15,8 @@ from gpumedic.sim.fleet import SimulatedFleet
 from tests.conftest import EXPECTED_EXAMPLE
 from tests.flows.events import event_payloads
 from tests.waiting import eventually
+
+RBAC = Path(__file__).resolve().parents[2] / "deploy" / "rbac.yaml"
 
 
 def _inventory_with_store(fleet: SimulatedFleet, tmp_path: Path, **policy: float) -> str:
@@ -41,6 +44,78 @@ def test_sweep_of_the_reference_fleet_gives_the_catalog_verdicts(example_fleet: 
     report = Artifact.get("fleet-health-report")
     assert report is not None and "gpu-node-05" in str(report.data)
     assert Artifact.get("fleet-unhealthy-nodes") is not None
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_each_verdict_lands_on_its_node_as_a_condition_with_the_shipped_rbac(
+    example_fleet: SimulatedFleet, tmp_path: Path
+) -> None:
+    from flows.sweep import fleet_sweep
+    from gpumedic.domain.node_condition import CONDITION_TYPE
+    from gpumedic.sim.kube_api import KubeApiEmulator
+
+    role = next(d for d in yaml.safe_load_all(RBAC.read_text()) if d["kind"] == "ClusterRole")
+    with KubeApiEmulator(seed=5) as kube:
+        for node in example_fleet.nodes:
+            kube.add_node(node, gpus=8, labels={"nvidia.com/gpu.present": "true"})
+        kubeconfig = kube.write_kubeconfig(tmp_path / "kubeconfig",
+                                           token=kube.service_account("gpumedic", "gpumedic", role["rules"]))
+        inventory = Path(_inventory_with_store(example_fleet, tmp_path))
+        data = yaml.safe_load(inventory.read_text())
+        data["fleet"]["kubernetes"] = {"kubeconfig": str(kubeconfig)}  # nodes stay listed: conditions only
+        inventory.write_text(yaml.safe_dump(data))
+
+        document = fleet_sweep(fleet_file=str(inventory), emit_events=False)
+        on_nodes = {n: next(c for c in kube.get_node(n)["status"]["conditions"] if c["type"] == CONDITION_TYPE)
+                    for n in example_fleet.nodes}
+        kube.clear_logs()
+        fleet_sweep(fleet_file=str(inventory), emit_events=False)
+        written = {r.path.split("/")[-2] for r in kube.request_log
+                   if r.method == "PATCH" and r.path.endswith("/status")}
+        after = {n: next(c for c in kube.get_node(n)["status"]["conditions"] if c["type"] == CONDITION_TYPE)
+                 for n in example_fleet.nodes}
+
+    status = {"healthy": "False", "watch": "False", "unknown": "Unknown", "degraded": "True", "failed": "True"}
+    reason = {"none": "GpusHealthy", "restart_app": "GpusWatched", "reboot": "RebootNode", "replace": "ReplaceGpu",
+              "inspect": "InspectGpu", "reset_gpu": "ResetGpu"}
+    for node in document["nodes"]:
+        condition = on_nodes[node["node"]]
+        assert condition["status"] == status[node["verdict"]], node
+        assert condition["reason"] == ("NotAssessed" if node["verdict"] == "unknown" else reason[node["action"]])
+        assert node["verdict"] == "healthy" or node["reasons"][0] in condition["message"]
+    assert on_nodes["gpu-node-09"]["message"].endswith("never seen: unknown in every sweep since the first, "
+                                                       f"{document['started'][:10]} {document['started'][11:16]} UTC")
+    # Minutes later, only what the second sweep found different is written (a watched node's
+    # rate, measured over a first interval now); the rest keeps the first sweep's heartbeat.
+    def said(c: dict[str, str]) -> tuple[str, str, str]:
+        return c["status"], c["reason"], c["message"]
+
+    assert written == {n for n in on_nodes if said(on_nodes[n]) != said(after[n])}
+    assert all(after[n] == on_nodes[n] for n in on_nodes if n not in written)
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_a_cluster_that_cannot_take_the_conditions_does_not_fail_the_sweep(
+    small_fleet: SimulatedFleet, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from flows.sweep import fleet_sweep
+    from gpumedic.sim.kube_api import KubeApiEmulator
+
+    with KubeApiEmulator() as kube:
+        kubeconfig = kube.write_kubeconfig(tmp_path / "kubeconfig")
+    inventory = Path(_inventory_with_store(small_fleet, tmp_path))  # the API server above is gone now
+    data = yaml.safe_load(inventory.read_text())
+    data["fleet"]["kubernetes"] = {"kubeconfig": str(kubeconfig)}
+    inventory.write_text(yaml.safe_dump(data))
+    task_logs = logging.getLogger("prefect.task_runs")  # Prefect's run loggers do not propagate to the root
+    task_logs.addHandler(caplog.handler)
+    try:
+        document = fleet_sweep(fleet_file=str(inventory), emit_events=False)
+    finally:
+        task_logs.removeHandler(caplog.handler)
+    assert {n["node"] for n in document["nodes"]} == {"gpu-node-00", "gpu-node-01"}
+    assert any("node conditions not published" in r.getMessage() and "cannot reach the API server" in r.getMessage()
+               and r.levelname == "ERROR" for r in caplog.records)
 
 
 @pytest.mark.usefixtures("prefect_harness")

@@ -365,6 +365,94 @@ def test_strategic_merge_patch_merges_containers_and_conditions_by_their_keys(
     assert by_type["Ready"] == "False" and by_type["PodScheduled"] == "True"
 
 
+def test_a_node_status_condition_is_merged_by_type_and_the_kubelets_stay(kube: KubeApiEmulator, core: Core) -> None:
+    # What node-problem-detector does: PATCH nodes/{name}/status, strategic merge on conditions.
+    body = {"status": {"conditions": [{"type": "GpuUnhealthy", "status": "True", "reason": "ReplaceGpu",
+                                        "message": "GPU 3: row remap failure",
+                                        "lastHeartbeatTime": "2026-11-23T04:00:00Z",
+                                        "lastTransitionTime": "2026-11-23T04:00:00Z"}]}}
+    node = core.patch_node_status("gpu-a", body, _content_type="application/strategic-merge-patch+json")
+    by_type = {c.type: c for c in node.status.conditions}
+    assert set(by_type) == {"MemoryPressure", "DiskPressure", "PIDPressure", "Ready", "GpuUnhealthy"}
+    assert by_type["GpuUnhealthy"].last_heartbeat_time.isoformat() == "2026-11-23T04:00:00+00:00"
+    kube.set_node_ready("gpu-a", False)  # the kubelet's write leaves ours alone, too
+    body["status"]["conditions"][0] |= {"status": "False", "reason": "GpusHealthy"}
+    node = core.patch_node_status("gpu-a", body, _content_type="application/strategic-merge-patch+json")
+    by_type = {c.type: (c.status, c.reason) for c in node.status.conditions}
+    assert by_type["GpuUnhealthy"] == ("False", "GpusHealthy") and by_type["Ready"][0] == "False"
+    assert len(node.status.conditions) == 5
+    # A merge patch (RFC 7386) has no merge keys: the list is replaced, the kubelet's conditions with it.
+    node = core.patch_node_status("gpu-a", body, _content_type="application/merge-patch+json")
+    assert [c.type for c in node.status.conditions] == ["GpuUnhealthy"]
+
+
+def test_a_status_patch_naming_an_old_resource_version_is_a_conflict(core: Core) -> None:
+    version = core.read_node("gpu-a").metadata.resource_version
+    core.patch_node("gpu-a", {"metadata": {"labels": {"touched": "yes"}}})
+    with pytest.raises(ApiException) as caught:
+        core.patch_node_status("gpu-a", {"metadata": {"resourceVersion": version}, "status": {"conditions": [
+            {"type": "GpuUnhealthy", "status": "Unknown"}]}}, _content_type="application/strategic-merge-patch+json")
+    assert caught.value.status == 409 and status_of(caught.value)["reason"] == "Conflict"
+
+
+NODE_WRITER_RULES = [
+    {"apiGroups": [""], "resources": ["nodes"], "verbs": ["get", "list", "patch"]},
+    {"apiGroups": [""], "resources": ["pods"], "verbs": ["list"], "resourceNames": []},
+    {"apiGroups": [""], "resources": ["pods/eviction"], "verbs": ["create"]},
+    {"apiGroups": ["policy"], "resources": ["poddisruptionbudgets"], "verbs": ["get"], "resourceNames": ["only-this"]},
+]
+
+
+@pytest.fixture
+def limited(kube: KubeApiEmulator) -> Iterator[Core]:
+    api_client = kube.api_client(kube.service_account("gpumedic", "gpumedic", NODE_WRITER_RULES))
+    yield client.CoreV1Api(api_client)
+    api_client.close()
+
+
+def test_a_service_account_may_do_what_its_rules_allow(kube: KubeApiEmulator, limited: Core) -> None:
+    kube.add_pod("web", "api-1", "gpu-a")
+    assert {n.metadata.name for n in limited.list_node().items} == {"gpu-a", "gpu-b", "cpu-a"}
+    assert limited.patch_node("gpu-a", {"metadata": {"labels": {"x": "1"}}}).metadata.labels["x"] == "1"
+    assert [p.metadata.name for p in limited.list_pod_for_all_namespaces().items] == ["api-1"]
+    assert client.VersionApi(limited.api_client).get_code().git_version  # discovery is open to every user
+
+
+def test_a_request_no_rule_allows_is_forbidden_with_the_apiservers_message(kube: KubeApiEmulator,
+                                                                         limited: Core) -> None:
+    user = "system:serviceaccount:gpumedic:gpumedic"
+    kube.add_pod("web", "api-1", "gpu-a")
+    with pytest.raises(ApiException) as caught:
+        limited.patch_node_status("gpu-a", {"status": {"conditions": [{"type": "X", "status": "True"}]}},
+                                  _content_type="application/strategic-merge-patch+json")
+    assert caught.value.status == 403
+    assert status_of(caught.value) | {} == {
+        "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure", "code": 403, "reason": "Forbidden",
+        "message": f'nodes "gpu-a" is forbidden: User "{user}" cannot patch resource "nodes/status" in API group "" '
+                   "at the cluster scope",
+        "details": {"name": "gpu-a", "kind": "nodes"},
+    }
+    assert limited.list_namespaced_pod("web").items  # a cluster-wide grant holds in every namespace
+    with pytest.raises(ApiException) as caught:
+        limited.delete_namespaced_pod("api-1", "web")
+    assert status_of(caught.value)["message"] == (
+        f'pods "api-1" is forbidden: User "{user}" cannot delete resource "pods" in API group "" '
+        'in the namespace "web"')
+    policy = client.PolicyV1Api(limited.api_client)
+    with pytest.raises(ApiException) as caught:
+        policy.list_pod_disruption_budget_for_all_namespaces()  # resourceNames never allow a list
+    assert status_of(caught.value)["message"] == (
+        f'poddisruptionbudgets.policy is forbidden: User "{user}" cannot list resource "poddisruptionbudgets" '
+        'in API group "policy" at the cluster scope')
+    assert status_of(caught.value)["details"] == {"group": "policy", "kind": "poddisruptionbudgets"}
+    with pytest.raises(ApiException) as caught:
+        policy.read_namespaced_pod_disruption_budget("other", "web")
+    assert caught.value.status == 403
+    kube.add_pdb("web", "only-this", {"app": "x"}, min_available=1)
+    assert policy.read_namespaced_pod_disruption_budget("only-this", "web").metadata.name == "only-this"
+    assert kube.get_node("gpu-a")["status"]["conditions"][-1]["type"] == "Ready"  # nothing was written
+
+
 def test_pod_updates_may_only_change_the_mutable_fields(kube: KubeApiEmulator, core: Core) -> None:
     kube.add_pod("web", "api-1", "gpu-a")
     with pytest.raises(ApiException) as caught:
