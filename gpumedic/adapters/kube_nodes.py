@@ -153,7 +153,6 @@ def _node_view(node: client.V1Node) -> NodeView:
     except ValueError:
         gpus = 0
     return NodeView(
-        conditions={c.type: _condition(c) for c in status.conditions or [] if c.type},
         name=meta.name or "",
         unschedulable=bool(spec.unschedulable),
         taints=tuple(Taint(t.key, t.effect, t.value) for t in spec.taints or []),
@@ -163,6 +162,7 @@ def _node_view(node: client.V1Node) -> NodeView:
         boot_id=status.node_info.boot_id if status.node_info else None,
         gpu_capacity=gpus,
         resource_version=meta.resource_version or "",
+        conditions={c.type: _condition(c) for c in status.conditions or [] if c.type},
     )
 
 
@@ -386,6 +386,8 @@ class KubeNodes:
             node = self.core.patch_node_status(name, body, _content_type=_STRATEGIC_MERGE_PATCH,
                                                _request_timeout=self._timeout)
         except (ApiException, urllib3.exceptions.HTTPError, OSError) as err:
+            if isinstance(err, ApiException) and err.status == 404:  # deleted since it was listed
+                raise NodeMissingError(f"node {name!r} does not exist") from err
             raise _translate(err, what) from err
         return _node_view(node)
 

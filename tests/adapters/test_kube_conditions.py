@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from gpumedic.adapters.kube_conditions import publish_conditions
-from gpumedic.adapters.kube_nodes import KubeNodes
+from gpumedic.adapters.kube_nodes import KubeNodes, NodeMissingError
 from gpumedic.domain.node_condition import CONDITION_TYPE, HEARTBEAT_REFRESH, NodeCondition, next_condition
 from gpumedic.sim.kube_api import KubeApiEmulator
 
@@ -106,6 +106,13 @@ def test_nodes_not_in_the_cluster_and_failed_writes_are_reported_and_the_rest_wr
     assert list(outcome.failed) == ["gpu-b"] and "503" in outcome.failed["gpu-b"]
     assert outcome.summary() == "node conditions: 2 written, 0 unchanged, 1 not in the cluster, 1 failed"
     assert CONDITION_TYPE not in _on_node(emulator, "gpu-b")
+
+
+def test_a_node_deleted_after_the_list_is_missing_not_failed(emulator: KubeApiEmulator, kube: KubeNodes) -> None:
+    listed = {view.name: view for view in kube.list_nodes(SELECTOR)}
+    emulator.remove_node("gpu-b")
+    with pytest.raises(NodeMissingError, match="gpu-b"):
+        kube.update_condition("gpu-b", CONDITION_TYPE, lambda _: _findings(T0)["gpu-b"], known=listed["gpu-b"])
 
 
 def test_a_node_outside_the_selector_is_read_on_its_own(emulator: KubeApiEmulator, kube: KubeNodes) -> None:
