@@ -104,7 +104,8 @@ def condition_for(assessment: NodeAssessment, observation: Observation | None, a
     if assessment.verdict is Verdict.UNKNOWN:
         status, reason = "Unknown", "NotAssessed"
         spell = dark_spell_text(observation) if observation is not None else ""
-        parts = (reasons or ["no health data"]) + ([spell] if spell else [])
+        # How long it has been dark first: a cut message must not lose it to a long reason.
+        parts = ([spell] if spell else []) + (reasons or ["no health data"])
     elif assessment.verdict in (Verdict.DEGRADED, Verdict.FAILED):
         status = "True"
         reason = _REPAIR_REASON.get(assessment.action, f"Gpu{assessment.verdict.value.capitalize()}")

@@ -67,10 +67,13 @@ def test_a_node_no_sweep_could_assess_is_unknown_never_false_and_says_since_when
                        first_checked_at=T0 - timedelta(days=9))
     c = condition_for(_node(Verdict.UNKNOWN, Action.NONE, ("ssh: connection refused",), gpus=0), seen, T0)
     assert (c.status, c.reason) == ("Unknown", "NotAssessed")
-    assert c.message == "ssh: connection refused; not seen since 2026-11-21 22:00 UTC"
+    assert c.message == "not seen since 2026-11-21 22:00 UTC; ssh: connection refused"
     never = Observation("gpu-node-01", checked_at=T0, seen_at=None, first_checked_at=T0 - timedelta(hours=2))
     c = condition_for(_node(Verdict.UNKNOWN, Action.NONE, gpus=0), never, T0)
-    assert c.message == "no health data; never seen: unknown in every sweep since the first, 2026-11-23 02:00 UTC"
+    assert c.message == "never seen: unknown in every sweep since the first, 2026-11-23 02:00 UTC; no health data"
+    long_reasons = tuple(f"ssh: attempt {i}: " + "connection reset by peer " * 10 for i in range(10))
+    c = condition_for(_node(Verdict.UNKNOWN, Action.NONE, long_reasons, gpus=0), seen, T0)
+    assert c.message.startswith("not seen since 2026-11-21 22:00 UTC; ssh: attempt 0") and "more" in c.message
 
 
 @given(st.sampled_from(list(Verdict)), st.sampled_from(list(Action)), st.integers(0, 8))

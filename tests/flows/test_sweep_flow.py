@@ -83,8 +83,8 @@ def test_each_verdict_lands_on_its_node_as_a_condition_with_the_shipped_rbac(
         assert condition["status"] == status[node["verdict"]], node
         assert condition["reason"] == ("NotAssessed" if node["verdict"] == "unknown" else reason[node["action"]])
         assert node["verdict"] == "healthy" or node["reasons"][0] in condition["message"]
-    assert on_nodes["gpu-node-09"]["message"].endswith("never seen: unknown in every sweep since the first, "
-                                                       f"{document['started'][:10]} {document['started'][11:16]} UTC")
+    assert on_nodes["gpu-node-09"]["message"].startswith("never seen: unknown in every sweep since the first, "
+                                                         f"{document['started'][:10]} {document['started'][11:16]} UTC")
     # Minutes later, only what the second sweep found different is written (a watched node's
     # rate, measured over a first interval now); the rest keeps the first sweep's heartbeat.
     def said(c: dict[str, str]) -> tuple[str, str, str]:
