@@ -355,10 +355,17 @@ class KubeNodes:
 
     # -- writing ---------------------------------------------------------------------------
 
-    def _patch(self, name: str, body: dict[str, Any], what: str) -> NodeView:
+    def _patch(self, name: str, body: dict[str, Any], what: str, *, status: bool = False) -> NodeView:
+        """A merge patch of the Node, or with `status` a strategic merge patch of its status."""
         try:
-            node = self.core.patch_node(name, body, _content_type=_MERGE_PATCH, _request_timeout=self._timeout)
+            if status:
+                node = self.core.patch_node_status(name, body, _content_type=_STRATEGIC_MERGE_PATCH,
+                                                   _request_timeout=self._timeout)
+            else:
+                node = self.core.patch_node(name, body, _content_type=_MERGE_PATCH, _request_timeout=self._timeout)
         except (ApiException, urllib3.exceptions.HTTPError, OSError) as err:
+            if isinstance(err, ApiException) and err.status == 404:  # deleted since it was read
+                raise NodeMissingError(f"node {name!r} does not exist") from err
             raise _translate(err, what) from err
         return _node_view(node)
 
@@ -381,31 +388,20 @@ class KubeNodes:
         log.info("node=%s action=annotate keys=%s", name, ",".join(sorted(annotations)))
         return view.resource_version
 
-    def _patch_status(self, name: str, body: dict[str, Any], what: str) -> NodeView:
-        try:
-            node = self.core.patch_node_status(name, body, _content_type=_STRATEGIC_MERGE_PATCH,
-                                               _request_timeout=self._timeout)
-        except (ApiException, urllib3.exceptions.HTTPError, OSError) as err:
-            if isinstance(err, ApiException) and err.status == 404:  # deleted since it was listed
-                raise NodeMissingError(f"node {name!r} does not exist") from err
-            raise _translate(err, what) from err
-        return _node_view(node)
-
     def _conditional_update(
         self,
         name: str,
         what: str,
         plan: Callable[[NodeView], dict[str, Any] | None],
         *,
-        write: Callable[[str, dict[str, Any], str], NodeView] | None = None,
+        status: bool = False,
         known: NodeView | None = None,
     ) -> tuple[NodeView, bool]:
         """Read, let `plan` compute a patch (None: nothing to do), write it conditionally; retry on 409.
 
-        `write` sends the patch (default: a merge patch of the Node); `known` is a view just read
+        `status`: the patch is of the Node's status (see `_patch`); `known` is a view just read
         (a list), used for the first attempt instead of reading the node again.
         """
-        write = write or self._patch
         last: ConflictError | None = None
         for _attempt in range(self.max_conflict_retries + 1):
             view, known = known or self.get_node(name), None
@@ -414,7 +410,7 @@ class KubeNodes:
                 return view, False
             body.setdefault("metadata", {})["resourceVersion"] = view.resource_version
             try:
-                return write(name, body, f"{what} node {name}"), True
+                return self._patch(name, body, f"{what} node {name}", status=status), True
             except ConflictError as err:
                 log.info("node=%s action=%s conflict, reading again", name, what)
                 last = err
@@ -509,8 +505,7 @@ class KubeNodes:
             written.append(condition)
             return {"status": {"conditions": [_condition_json(condition)]}}
 
-        self._conditional_update(name, f"setting condition {condition_type} on", plan, write=self._patch_status,
-                                 known=known)
+        self._conditional_update(name, f"setting condition {condition_type} on", plan, status=True, known=known)
         if written:
             log.info("node=%s action=condition type=%s status=%s reason=%s", name, condition_type,
                      written[0].status, written[0].reason)

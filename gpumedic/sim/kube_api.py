@@ -256,7 +256,7 @@ def _status_body(code: int, reason: str, message: str, details: JsonObj | None) 
 
 
 def _details(kind: _Kind, name: str, *, use_kind: bool = False) -> JsonObj:
-    details: JsonObj = {"name": name}
+    details: JsonObj = {"name": name} if name else {}  # StatusDetails.name is omitempty
     if kind.group:
         details["group"] = kind.group
     details["kind"] = kind.kind if use_kind else kind.plural
@@ -1079,11 +1079,7 @@ def _authorize(account: tuple[str, tuple[JsonObj, ...]], route: _Route, method: 
     scope = f'in the namespace "{route.namespace}"' if route.namespace else "at the cluster scope"
     why = f'User "{user}" cannot {verb} resource "{resource}" in API group "{kind.group}" {scope}'
     subject = f'{kind.qualified} "{route.name}"' if route.name else kind.qualified
-    details: JsonObj = {"name": route.name} if route.name else {}
-    if kind.group:
-        details["group"] = kind.group
-    details["kind"] = kind.plural
-    raise _ApiError(403, "Forbidden", f"{subject} is forbidden: {why}", details)
+    raise _ApiError(403, "Forbidden", f"{subject} is forbidden: {why}", _details(kind, route.name or ""))
 
 
 # --------------------------------------------------------------------------------------------
