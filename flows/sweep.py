@@ -17,6 +17,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from gpumedic.adapters.collect_exporter import new_gauge_xids
 from gpumedic.adapters.targets import NodeTarget
 from gpumedic.collection import Depth
+from gpumedic.domain.deep_readings import quick_sweep_note
 from gpumedic.domain.observation import newly_unseen, observe_fleet, seen_again
 from gpumedic.domain.telemetry import NodeTelemetry
 from gpumedic.inventory import resolve_fleet
@@ -50,8 +51,10 @@ def fleet_sweep(fleet_file: str, depth: Depth = "full", emit_events: bool = True
     Args:
         fleet_file: Path of the fleet YAML file on the worker: how to reach the nodes, the telemetry store,
             the health policy.
-        depth: "full" also reads `nvidia-smi -q` (row remapping, retired pages) and NVLink error counters over
-            SSH, and applies the history retention; "quick" skips those, for frequent sweeps.
+        depth: "full" also reads `nvidia-smi -q` (SRAM flag, spare-row banks, slowdown temperatures, PCIe replays)
+            and NVLink error counters over SSH, and applies the history retention; "quick" skips those, for
+            frequent sweeps, and takes the state readings among them from each node's last full sweep (at most
+            the policy's `full_reading_max_age_hours` old; reasons from them say when they were read).
         emit_events: Raise `gpumedic.node.unhealthy` for every node whose recommended action is reset_gpu or
             worse, which starts its remediate-node run, and `gpumedic.node.unseen` for every node no sweep
             could assess for the policy's `unseen_alert_after_hours` (once per dark spell; `gpumedic.node.seen-again`
@@ -89,7 +92,7 @@ def fleet_sweep(fleet_file: str, depth: Depth = "full", emit_events: bool = True
     telemetry.sort(key=lambda t: order[t.node])
 
     evidence = [new_gauge_xids(t, previous.snapshots.get(t.node)) for t in telemetry]
-    assessments = assess_fleet(policy, evidence, previous.snapshots, previous.prior_xids)
+    assessments = assess_fleet(policy, evidence, previous)
     observations = observe_fleet(previous.observations, assessments, started)
     document = sweep_document(sweep_id, started, assessments, {o.node: o for o in observations})
     record_telemetry(fleet.store_url, telemetry, evidence, observations, sweep_id, started,
@@ -97,8 +100,9 @@ def fleet_sweep(fleet_file: str, depth: Depth = "full", emit_events: bool = True
     if depth == "full":
         prune_history(fleet.store_url, started - timedelta(days=fleet.history_retention_days))
     unseen_alert_after = timedelta(hours=policy.unseen_alert_after_hours)
+    quick = any(t.depth == "quick" for t in telemetry)
     publish_reports(fleet.store_url, sweep_id, started, assessments, observations, unseen_alert_after,
-                    time.monotonic() - clock)
+                    time.monotonic() - clock, quick_sweep_note(policy.full_reading_max_age_hours) if quick else "")
     if emit_events:
         emitted = emit_unhealthy_events(document, assessments)
         logger.info("remediation requested for %d nodes: %s", len(emitted), ", ".join(emitted) or "none")

@@ -9,7 +9,6 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
-from typing import Literal
 
 import httpx
 
@@ -18,9 +17,10 @@ from gpumedic.adapters.collect_exporter import collect_from_exporter
 from gpumedic.adapters.collect_ssh import collect_over_ssh, unreachable
 from gpumedic.adapters.targets import NodeTarget, ssh_settings
 from gpumedic.config import FleetSettings
-from gpumedic.domain.telemetry import NodeTelemetry
+from gpumedic.domain.telemetry import NodeTelemetry, ReadingDepth
 
-Depth = Literal["quick", "full"]
+# What a sweep asks for. A source that reads everything at once (exporter, DCGM) reads full either way.
+Depth = ReadingDepth
 
 
 def collect_nodes(

@@ -121,10 +121,12 @@ def markdown_report(
     sweep_id: str, started: datetime, assessments: Sequence[NodeAssessment], elapsed_s: float,
     risks: Mapping[tuple[str, int | None], float] | None = None, risk_window: RiskWindow = UNRECORDED,
     observations: Mapping[str, Observation] | None = None, unseen_alert_after: timedelta | None = None,
+    depth_note: str = "",
 ) -> str:
     """`risks`: the latest forecast's risk per GPU, a probability of failure in `risk_window`.
     `observations`: per node, when a sweep last saw it; those this sweep could not assess are
-    listed as blind spots, marked where they have been dark for `unseen_alert_after` or more."""
+    listed as blind spots, marked where they have been dark for `unseen_alert_after` or more.
+    `depth_note`: what a quick sweep did not read, under the opening line."""
     risks = risks or {}
     verdicts = Counter(a.verdict for a in assessments)
     actions = Counter(a.action for a in assessments)
@@ -134,6 +136,7 @@ def markdown_report(
         f"Started {started.isoformat()}; {len(assessments)} nodes, "
         f"{sum(len(a.gpus) for a in assessments)} GPUs assessed in {elapsed_s:.1f} s.",
         "",
+        *([depth_note, ""] if depth_note else []),
         "| verdict | nodes |",
         "|---|---|",
         *[f"| {v} | {verdicts.get(v, 0)} |" for v in Verdict],

@@ -48,6 +48,7 @@ class Previous(NamedTuple):
     """What earlier sweeps left in the store for this one."""
 
     snapshots: dict[str, NodeTelemetry]  # each node's last clean telemetry: rates, kernel log since
+    full_snapshots: dict[str, NodeTelemetry]  # its last clean full one: what a quick sweep cannot read
     prior_xids: dict[str, dict[str, set[int]]]  # repeat-offender rules
     observations: dict[str, Observation]  # when each node was last seen: blind spots
 
@@ -55,19 +56,19 @@ class Previous(NamedTuple):
 @task(name="load-previous-telemetry", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2)
 def load_previous(store_url: str | None, nodes: Sequence[str], before: datetime, xid_window_h: float) -> Previous:
     store = TelemetryStore(store_url)
-    return Previous(store.last_snapshots(nodes), store.prior_xids(nodes, before, timedelta(hours=xid_window_h)),
-                    store.last_observations(nodes))
+    return Previous(store.last_snapshots(nodes), store.last_snapshots(nodes, full=True),
+                    store.prior_xids(nodes, before, timedelta(hours=xid_window_h)), store.last_observations(nodes))
 
 
 @task(name="assess-fleet", cache_policy=NO_CACHE)
 def assess_fleet(
     policy: HealthPolicy,
     telemetry: Sequence[NodeTelemetry],
-    previous: dict[str, NodeTelemetry],
-    prior_xids: dict[str, dict[str, set[int]]],
+    previous: Previous,
 ) -> list[NodeAssessment]:
     return [
-        assess_node(t, policy, previous=previous.get(t.node), prior_xids=prior_xids.get(t.node))
+        assess_node(t, policy, previous=previous.snapshots.get(t.node), prior_xids=previous.prior_xids.get(t.node),
+                    last_full=previous.full_snapshots.get(t.node))
         for t in telemetry
     ]
 
@@ -93,7 +94,7 @@ def prune_history(store_url: str | None, before: datetime) -> int:
 @task(name="publish-reports", cache_policy=NO_CACHE)
 def publish_reports(
     store_url: str | None, sweep_id: str, started: datetime, assessments: Sequence[NodeAssessment],
-    observations: Sequence[Observation], unseen_alert_after: timedelta, elapsed_s: float,
+    observations: Sequence[Observation], unseen_alert_after: timedelta, elapsed_s: float, depth_note: str = "",
 ) -> None:
     latest = TelemetryStore(store_url).latest_forecasts(a.node for a in assessments)
     risks = {key: f.risk for key, f in latest.items()}
@@ -110,7 +111,8 @@ def publish_reports(
     )
     create_markdown_artifact(
         key="fleet-health-report",
-        markdown=markdown_report(sweep_id, started, assessments, elapsed_s, risks, window, seen, unseen_alert_after),
+        markdown=markdown_report(sweep_id, started, assessments, elapsed_s, risks, window, seen, unseen_alert_after,
+                                 depth_note),
         description=f"Fleet health report for sweep {sweep_id}",
     )
 

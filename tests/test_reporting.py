@@ -98,3 +98,14 @@ def test_daily_increments_treat_a_drop_as_a_counter_reset() -> None:
     values = [(0, 10.0), (12, 30.0), (30, 5.0), (60, 9.0)]  # reset between hour 12 and 30
     samples = [Sample(start + timedelta(hours=h), "n", 0, "ecc_sbe_aggregate", v) for h, v in values]
     assert daily_increments(samples, "ecc_sbe_aggregate", now=NOW, days=3) == [20.0, 5.0, 4.0]
+
+
+def test_a_quick_sweeps_report_says_what_it_did_not_read() -> None:
+    from gpumedic.domain.deep_readings import quick_sweep_note
+
+    note = quick_sweep_note(48)
+    text = markdown_report("s1", NOW, [WELL, SICK], 1.5, depth_note=note)
+    assert note in text and text.index(note) < text.index("| verdict | nodes |")
+    assert "at most 48 h old" in note
+    assert "not judged" in quick_sweep_note(0)
+    assert "Quick sweep" not in markdown_report("s1", NOW, [WELL, SICK], 1.5)

@@ -113,7 +113,9 @@ def parse_sections(
     expected_gpus: int | None,
     expected: Collection[str] = ("query", "q", "nvlink_status", "nvlink_errors", "kernel_log"),
 ) -> NodeTelemetry:
-    """Turn the composite command's sections into telemetry; failures become collection errors."""
+    """Turn the composite command's sections into telemetry; failures become collection errors.
+
+    Without `-q` among the `expected` tools the reading is a quick one (`NodeTelemetry.depth`)."""
     errors: list[str] = []
 
     def parsed(name: str, parser: Callable[[str], object], what: str) -> object | None:
@@ -155,6 +157,7 @@ def parse_sections(
         expected_gpu_count=expected_gpus,
         xid_events=tuple(xids) if isinstance(xids, list) else (),
         collection_errors=tuple(errors),
+        depth="full" if "q" in expected else "quick",
     )
 
 

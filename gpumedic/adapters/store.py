@@ -5,6 +5,8 @@ Tables:
   the same shape as the backtest's HISTORY.csv;
 - `snapshots`: each node's last good telemetry, so the next sweep can compute *rates*
   (counter deltas per hour) and read the kernel log only since then;
+- `full_snapshots`: each node's last good *full* telemetry, whose state readings a quick sweep
+  takes up and whose PCIe/NVLink counters the next full sweep takes rates against;
 - `series_last`: the last kept reading of every series, so a sweep keeps only what changed
   (`HistoryThinning`) without reading the samples back;
 - `incidents`: the GPUs (or nodes) remediation took out of service, for the forecaster's
@@ -85,6 +87,14 @@ series_last = Table(
 
 snapshots = Table(
     "snapshots",
+    metadata,
+    Column("node", String(253), primary_key=True),
+    Column("collected_at", Float, nullable=False),
+    Column("telemetry", Text, nullable=False),
+)
+
+full_snapshots = Table(
+    "full_snapshots",
     metadata,
     Column("node", String(253), primary_key=True),
     Column("collected_at", Float, nullable=False),
@@ -271,7 +281,8 @@ class TelemetryStore:
         """Append history from `evidence` (default: `telemetry`); snapshot the raw `telemetry`.
 
         Only the readings `self.thinning` keeps are appended; returns how many. A node's
-        snapshot is replaced only when its collection was clean. `evidence` is the
+        snapshot (and its full snapshot, for a full reading) is replaced only when its collection
+        was clean. `evidence` is the
         telemetry with already-seen events removed (see collect_exporter.new_gauge_xids).
         """
         raw = list(telemetry)
@@ -279,7 +290,6 @@ class TelemetryStore:
         last = self._series_last({t.node for t in sources})
         rows: list[dict[str, Any]] = []
         kept: dict[tuple[str, int, str], tuple[datetime, float]] = {}
-        snaps: list[dict[str, Any]] = []
         events: list[dict[str, Any]] = []
         for t in sources:
             events += [
@@ -294,10 +304,10 @@ class TelemetryStore:
                 rows.append({"time": _epoch(s.time), "node": s.node, "gpu": s.gpu, "field": s.field, "value": s.value})
                 if s.field != "xid":
                     kept[key] = (s.time, s.value)
-        for t in raw:
-            if not t.collection_errors:
-                snaps.append({"node": t.node, "collected_at": _epoch(t.collected_at),
-                              "telemetry": json.dumps(telemetry_to_json(t))})
+        clean = [t for t in raw if not t.collection_errors]
+        snaps = [{"node": t.node, "collected_at": _epoch(t.collected_at), "telemetry": json.dumps(telemetry_to_json(t))}
+                 for t in clean]
+        full_snaps = [snap for snap, t in zip(snaps, clean, strict=True) if t.depth == "full"]
         with self.engine.begin() as conn:
             if rows:
                 conn.execute(samples.insert(), rows)
@@ -310,9 +320,10 @@ class TelemetryStore:
                 ])
             if events:
                 conn.execute(xid_events.insert(), events)
-            if snaps:
-                conn.execute(snapshots.delete().where(snapshots.c.node.in_([s["node"] for s in snaps])))
-                conn.execute(snapshots.insert(), snaps)
+            for table, replacing in ((snapshots, snaps), (full_snapshots, full_snaps)):
+                if replacing:
+                    conn.execute(table.delete().where(table.c.node.in_([s["node"] for s in replacing])))
+                    conn.execute(table.insert(), replacing)
         return len(rows)
 
     def _series_last(self, nodes: set[str]) -> dict[tuple[str, int, str], tuple[datetime, float]]:
@@ -349,11 +360,13 @@ class TelemetryStore:
                 conn.execute(samples.insert(), batch)
         return len(rows)
 
-    def last_snapshots(self, nodes: Iterable[str]) -> dict[str, NodeTelemetry]:
+    def last_snapshots(self, nodes: Iterable[str], *, full: bool = False) -> dict[str, NodeTelemetry]:
+        """Each node's last clean reading; `full`: its last clean full reading."""
+        table = full_snapshots if full else snapshots
         out: dict[str, NodeTelemetry] = {}
         with self.engine.connect() as conn:
             for names in _batches(nodes):
-                query = select(snapshots.c.telemetry).where(snapshots.c.node.in_(names))
+                query = select(table.c.telemetry).where(table.c.node.in_(names))
                 for (text,) in conn.execute(query):
                     snap = telemetry_from_json(json.loads(text))
                     out[snap.node] = snap

@@ -25,6 +25,7 @@ def telemetry_to_json(telemetry: NodeTelemetry) -> dict[str, Any]:
             {**dataclasses.asdict(e), "time": e.time.isoformat() if e.time else None} for e in telemetry.xid_events
         ],
         "collection_errors": list(telemetry.collection_errors),
+        "depth": telemetry.depth,
     }
 
 
@@ -48,4 +49,7 @@ def telemetry_from_json(data: dict[str, Any]) -> NodeTelemetry:
             for e in data.get("xid_events", ())
         ),
         collection_errors=tuple(data.get("collection_errors", ())),
+        # A snapshot written before readings had a depth is taken as full; had it been a quick
+        # one, its full-only fields are empty, so it carries and rates nothing.
+        depth="quick" if data.get("depth") == "quick" else "full",
     )

@@ -15,6 +15,11 @@ Contract of `assess_node`:
 * `previous` is the same node's previous sweep: rates (correctable ECC, PCIe replay, NVLink CRC)
   need it. Without it, counter totals alone never trigger a rate finding. A counter that went
   down was reset (driver reload, GPU reset): no rate, no alarm.
+* `last_full` is the node's last clean full sweep (`gpumedic.domain.deep_readings`). A quick
+  sweep takes from it the state readings it cannot make (SRAM flag, spare-row banks, remap
+  state, slowdown temperature) while it is younger than `full_reading_max_age_hours`; a finding
+  that exists only thanks to them ends with when they were read. A full sweep takes its PCIe
+  replay and NVLink CRC rates against it when `previous` was a quick sweep.
 * `prior_xids` maps a GPU key to the Xid codes that GPU logged in *earlier* sweeps (not this
   one's `xid_events`). A key is a GPU UUID (matched case-insensitively), a PCI bus id in any
   common spelling ("00000000:3B:00.0", "0000:3b:00.0", "PCI:0000:3b:00"), or a GPU index (int).
@@ -34,8 +39,10 @@ from __future__ import annotations
 import dataclasses
 import re
 from collections.abc import Collection, Iterable, Mapping
-from datetime import datetime
+from datetime import datetime, timedelta
+from typing import NamedTuple
 
+from gpumedic.domain.deep_readings import carried_note, full_baseline, readings_to_carry, with_full_readings
 from gpumedic.domain.failure_class import FailureClass
 from gpumedic.domain.policy import HealthPolicy
 from gpumedic.domain.telemetry import GpuTelemetry, NodeTelemetry, NvLinkState, XidEvent, canonical_pci_bus_id
@@ -415,38 +422,43 @@ def _rate(before: int | None, after: int | None, hours: float) -> float | None:
     return (after - before) / hours
 
 
-def _previous_gpu(gpu: GpuTelemetry, previous: NodeTelemetry) -> GpuTelemetry | None:
-    for old in previous.gpus:
-        if gpu.uuid is not None and old.uuid is not None:
-            if gpu.uuid.strip().lower() == old.uuid.strip().lower():
-                return old
-        elif gpu.pci_bus_id is not None and old.pci_bus_id is not None:
-            if canonical_pci_bus_id(gpu.pci_bus_id) == canonical_pci_bus_id(old.pci_bus_id):
-                return old
-        elif gpu.index == old.index:
-            return old
-    return None
+def _interval_hours(previous: NodeTelemetry | None, now: datetime, policy: HealthPolicy) -> float | None:
+    """Hours since `previous`, or None when there is none or it is too recent for a rate."""
+    if previous is None:
+        return None
+    hours = _hours_between(previous.collected_at, now)
+    if hours is None or hours * 60 < policy.rate_min_interval_minutes:
+        return None
+    return hours
 
 
-def _rate_findings(
+def _ecc_rate_findings(
     gpu: GpuTelemetry, old: GpuTelemetry, hours: float, label: str, policy: HealthPolicy
 ) -> list[Finding]:
-    found: list[Finding] = []
     window = f"over {_fmt(round(hours, 2))} h"
     if gpu.ecc_sbe_volatile is not None and old.ecc_sbe_volatile is not None:
         sbe, counter = _rate(old.ecc_sbe_volatile, gpu.ecc_sbe_volatile, hours), "volatile"
     else:
         sbe, counter = _rate(old.ecc_sbe_aggregate, gpu.ecc_sbe_aggregate, hours), "aggregate"
-    if sbe is not None and sbe > policy.sbe_rate_per_hour_watch:
-        found.append(
-            Finding(
-                Verdict.WATCH,
-                Action.MONITOR,
-                f"{label}: {sbe:.0f} correctable (SBE) ECC errors per hour ({counter} counter, {window}), "
-                f"above {_fmt(policy.sbe_rate_per_hour_watch)}/h",
-                cause=FailureClass.HBM,
-            )
+    if sbe is None or sbe <= policy.sbe_rate_per_hour_watch:
+        return []
+    return [
+        Finding(
+            Verdict.WATCH,
+            Action.MONITOR,
+            f"{label}: {sbe:.0f} correctable (SBE) ECC errors per hour ({counter} counter, {window}), "
+            f"above {_fmt(policy.sbe_rate_per_hour_watch)}/h",
+            cause=FailureClass.HBM,
         )
+    ]
+
+
+def _link_rate_findings(
+    gpu: GpuTelemetry, old: GpuTelemetry, hours: float, label: str, policy: HealthPolicy
+) -> list[Finding]:
+    """PCIe replay and NVLink CRC rates: counters only a full sweep reads."""
+    found: list[Finding] = []
+    window = f"over {_fmt(round(hours, 2))} h"
     replay = _rate(old.pcie_replay, gpu.pcie_replay, hours)
     if replay is not None and replay > policy.pcie_replay_rate_per_hour_watch:
         found.append(
@@ -501,12 +513,37 @@ def _gpu_history(gpu: GpuTelemetry, history: Mapping[str | int, frozenset[int]])
 # --- the assessment ------------------------------------------------------------------------------
 
 
+class _Earlier(NamedTuple):
+    """What earlier sweeps tell the assessment of one GPU."""
+
+    old: GpuTelemetry | None  # the previous sweep's reading of the board: ECC rates over `hours`
+    hours: float | None
+    baseline: GpuTelemetry | None  # the last full sweep's: PCIe replay and NVLink CRC rates
+    baseline_hours: float | None
+    full: NodeTelemetry | None  # a full sweep whose state readings a quick sweep takes up
+
+
+def _state_findings(gpu: GpuTelemetry, label: str, policy: HealthPolicy) -> list[Finding]:
+    return _memory_findings(gpu, label, policy) + _thermal_findings(gpu, label, policy)
+
+
+def _with_carried_state(gpu: GpuTelemetry, label: str, policy: HealthPolicy, full: NodeTelemetry) -> list[Finding]:
+    """State findings with the last full sweep's readings filled in; those that only the carried
+    readings make say when they were read."""
+    filled = with_full_readings(gpu, full)
+    found = _state_findings(filled, label, policy)
+    if filled is gpu or not found:  # most GPUs: nothing found, nothing to tell apart
+        return found
+    own = _state_findings(gpu, label, policy)
+    note = carried_note(full)
+    return [f if f in own else dataclasses.replace(f, reason=f"{f.reason} ({note})") for f in found]
+
+
 def _assess_gpu(
     gpu: GpuTelemetry,
     policy: HealthPolicy,
     *,
-    old: GpuTelemetry | None,
-    hours: float | None,
+    earlier: _Earlier,
     xids: list[XidEvent],
     history: frozenset[int],
     catalog: XidCatalog,
@@ -515,12 +552,16 @@ def _assess_gpu(
     findings: list[Finding] = []
     if not _has_health_data(gpu):
         findings.append(Finding(Verdict.UNKNOWN, Action.NONE, f"{label}: no health data reported"))
-    findings += _memory_findings(gpu, label, policy)
-    findings += _thermal_findings(gpu, label, policy)
+    if earlier.full is not None:
+        findings += _with_carried_state(gpu, label, policy, earlier.full)
+    else:
+        findings += _state_findings(gpu, label, policy)
     findings += _nvlink_findings(gpu, label, policy)
     findings += _recovery_findings(gpu, label)
-    if old is not None and hours is not None:
-        findings += _rate_findings(gpu, old, hours, label, policy)
+    if earlier.old is not None and earlier.hours is not None:
+        findings += _ecc_rate_findings(gpu, earlier.old, earlier.hours, label, policy)
+    if earlier.baseline is not None and earlier.baseline_hours is not None:
+        findings += _link_rate_findings(gpu, earlier.baseline, earlier.baseline_hours, label, policy)
     findings += catalog.assess_events(xids, subject=label, prior_codes=history)
     verdict, action, reasons, diagnostics = summarise(findings)
     return GpuAssessment(
@@ -541,6 +582,7 @@ def assess_node(
     *,
     previous: NodeTelemetry | None = None,
     prior_xids: PriorXids | None = None,
+    last_full: NodeTelemetry | None = None,
     catalog: XidCatalog = XID_CATALOG,
 ) -> NodeAssessment:
     """Assess one node's sweep; see the module docstring for the exact contract."""
@@ -550,11 +592,11 @@ def assess_node(
     if not telemetry.collection_errors:
         node_findings += _gpu_count_findings(telemetry)
 
-    hours: float | None = None
-    if previous is not None:
-        hours = _hours_between(previous.collected_at, telemetry.collected_at)
-        if hours is not None and hours * 60 < policy.rate_min_interval_minutes:
-            hours = None
+    now = telemetry.collected_at
+    hours = _interval_hours(previous, now, policy)
+    baseline = full_baseline(telemetry, previous, last_full)
+    baseline_hours = _interval_hours(baseline, now, policy)
+    full = readings_to_carry(telemetry, last_full, timedelta(hours=policy.full_reading_max_age_hours))
 
     position_by_pci: dict[str, int] = {}
     for position, gpu in enumerate(telemetry.gpus):
@@ -577,8 +619,8 @@ def assess_node(
         _assess_gpu(
             gpu,
             policy,
-            old=_previous_gpu(gpu, previous) if previous is not None else None,
-            hours=hours,
+            earlier=_Earlier(previous.same_gpu(gpu) if previous is not None else None, hours,
+                             baseline.same_gpu(gpu) if baseline is not None else None, baseline_hours, full),
             xids=events,
             history=_gpu_history(gpu, history),
             catalog=catalog,

@@ -169,6 +169,18 @@ class HealthPolicy(BaseModel):
         ),
     )
 
+    full_reading_max_age_hours: float = Field(
+        default=48.0,
+        ge=0,
+        description=(
+            "A quick sweep cannot read the SRAM threshold flag, the spare-row banks, pending or "
+            "failed row remaps or the slowdown temperature (`nvidia-smi -q`), so it takes them from "
+            "the node's last clean full sweep while that is at most this many hours old; findings "
+            "from them say so. 48 h: the nightly full sweep may fail once and the word still "
+            "stands. 0: a quick sweep judges only what it read itself."
+        ),
+    )
+
     @field_validator("thermal_throttle_reasons", "power_throttle_reasons")
     @classmethod
     def _canonical_reasons(cls, value: frozenset[str]) -> frozenset[str]:

@@ -10,6 +10,11 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Literal
+
+# "quick": a frequent sweep that skipped the slow tools (`nvidia-smi -q`, NVLink error counters);
+# "full": everything the source can read.
+ReadingDepth = Literal["quick", "full"]
 
 _PCI_ID = re.compile(
     r"^(?:PCI:)?(?:([0-9a-fA-F]{1,8}):)?([0-9a-fA-F]{1,2}):([0-9a-fA-F]{1,2})(?:\.([0-7]))?$"
@@ -117,6 +122,22 @@ class NodeTelemetry:
     # Problems met while collecting (unreachable, auth failure, unparsable output).
     # Any entry makes the data untrustworthy: the assessment reports `unknown`.
     collection_errors: tuple[str, ...] = field(default=())
+    depth: ReadingDepth = "full"
 
     def gpu(self, index: int) -> GpuTelemetry | None:
         return next((g for g in self.gpus if g.index == index), None)
+
+    def same_gpu(self, gpu: GpuTelemetry) -> GpuTelemetry | None:
+        """This reading of the board `gpu` is a reading of: by UUID, else PCI bus id, else index.
+
+        A replaced board has a new UUID, so nothing read from its predecessor is taken for it."""
+        for mine in self.gpus:
+            if gpu.uuid is not None and mine.uuid is not None:
+                if gpu.uuid.strip().lower() == mine.uuid.strip().lower():
+                    return mine
+            elif gpu.pci_bus_id is not None and mine.pci_bus_id is not None:
+                if canonical_pci_bus_id(gpu.pci_bus_id) == canonical_pci_bus_id(mine.pci_bus_id):
+                    return mine
+            elif gpu.index == mine.index:
+                return mine
+        return None

@@ -35,6 +35,27 @@ def test_healthy_node_reports_every_gpu_with_its_thresholds(example_fleet: Simul
         assert gpu.ecc_sbe_aggregate == truth["sbe_agg"]
 
 
+def test_a_quick_reading_lacks_only_what_the_last_full_one_is_asked_for(example_fleet: SimulatedFleet) -> None:
+    """Pins the collector and the domain's CARRIED_FIELDS together: every state field a quick
+    sweep cannot read is carried; what else it lacks are counters (rated between full sweeps)."""
+    import dataclasses
+
+    from gpumedic.domain.deep_readings import CARRIED_FIELDS
+
+    settings, targets = _targets(example_fleet)
+    target, ssh = targets["gpu-node-00"], ssh_settings(settings)
+    full = collect_over_ssh(target, ssh, since=None, lookback=timedelta(hours=24))  # type: ignore[arg-type]
+    quick = collect_over_ssh(target, ssh, since=None, lookback=timedelta(hours=24), depth="quick")  # type: ignore[arg-type]
+    assert (full.depth, quick.depth) == ("full", "quick")
+    assert quick.collection_errors == () and len(quick.gpus) == len(full.gpus) == 8
+    for q, f in zip(quick.gpus, full.gpus, strict=True):
+        lacking = {field.name for field in dataclasses.fields(q)
+                   if getattr(q, field.name) is None and getattr(f, field.name) is not None}
+        assert lacking <= set(CARRIED_FIELDS) | {"pcie_replay"}, lacking
+        assert {"sram_threshold_exceeded", "remap_banks", "temp_slowdown_c"} <= lacking
+        assert all(link.crc_errors is None for link in q.nvlinks) and all(link.crc_errors == 0 for link in f.nvlinks)
+
+
 def test_xid_lines_are_collected_with_their_pci_id(example_fleet: SimulatedFleet) -> None:
     settings, targets = _targets(example_fleet)
     t = collect_over_ssh(targets["gpu-node-03"], ssh_settings(settings), since=None,  # type: ignore[arg-type]

@@ -48,6 +48,22 @@ def test_snapshot_round_trips_and_failed_collections_do_not_replace_it(db_url: s
     assert store.last_snapshots(["n1"]) == {"n1": good}
 
 
+def test_the_last_full_reading_outlives_quick_ones_and_failed_ones(db_url: str) -> None:
+    import dataclasses
+
+    store = TelemetryStore(db_url)
+    full = _telemetry(T0, sbe=5)
+    quick = dataclasses.replace(_telemetry(T0 + timedelta(minutes=15), sbe=6), depth="quick")
+    store.record([full])
+    store.record([quick])
+    store.record([_telemetry(T0 + timedelta(hours=1), sbe=9, errors=("nvidia-smi -q: exited with status 15",))])
+    assert store.last_snapshots(["n1"]) == {"n1": quick}  # the depth survives the round trip
+    assert store.last_snapshots(["n1"], full=True) == {"n1": full}
+    newer = _telemetry(T0 + timedelta(days=1), sbe=7)
+    store.record([newer])
+    assert store.last_snapshots(["n1"], full=True) == {"n1": newer} == store.last_snapshots(["n1"])
+
+
 def test_prior_xids_are_keyed_by_pci_bus_id_within_the_window(db_url: str) -> None:
     store = TelemetryStore(db_url)
     store.record([_telemetry(T0, sbe=1)])

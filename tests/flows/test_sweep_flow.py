@@ -139,6 +139,44 @@ def test_second_sweep_uses_rates_not_totals(small_fleet: SimulatedFleet, tmp_pat
 
 
 @pytest.mark.usefixtures("prefect_harness")
+def test_quick_sweeps_keep_the_full_sweeps_word_and_full_sweeps_rate_links_between_them(
+    small_fleet: SimulatedFleet, tmp_path: Path
+) -> None:
+    from prefect.artifacts import Artifact
+
+    from flows.sweep import fleet_sweep
+
+    def report() -> str:
+        return str(Artifact.get("fleet-health-report").data)  # type: ignore[union-attr]
+
+    inventory = _inventory_with_store(small_fleet, tmp_path, rate_min_interval_minutes=0)
+    with node_state.locked(small_fleet.state_file("gpu-node-00")) as state:
+        state["gpus"][1]["sram_threshold"] = True  # only `nvidia-smi -q` says so
+    full = fleet_sweep(fleet_file=inventory, depth="full", emit_events=False)
+    by_node = {n["node"]: n for n in full["nodes"]}
+    assert (by_node["gpu-node-00"]["verdict"], by_node["gpu-node-00"]["action"]) == ("failed", "replace")
+
+    quick = {n["node"]: n for n in fleet_sweep(fleet_file=inventory, depth="quick", emit_events=False)["nodes"]}
+    assert (quick["gpu-node-00"]["verdict"], quick["gpu-node-00"]["action"]) == ("failed", "replace")
+    (reason,) = quick["gpu-node-00"]["gpus"][1]["reasons"]
+    assert "SRAM Threshold Exceeded: Yes" in reason and reason.endswith(
+        f"(as read by the full sweep at {datetime.fromisoformat(full['started']):%Y-%m-%d %H:%M} UTC)")
+    assert quick["gpu-node-01"]["verdict"] == "healthy"
+    assert "Quick sweep: `nvidia-smi -q` and the NVLink error counters were not read" in report()
+
+    # PCIe replays climb on gpu-node-01 after the full sweep; a quick sweep cannot read them, and the
+    # next full sweep rates them against the last full one, not against the quick sweep in between.
+    with node_state.locked(small_fleet.state_file("gpu-node-01")) as state:
+        state["gpus"][3]["pcie_replay"] += 1_000_000
+    fleet_sweep(fleet_file=inventory, depth="quick", emit_events=False)
+    again = {n["node"]: n for n in fleet_sweep(fleet_file=inventory, depth="full", emit_events=False)["nodes"]}
+    assert again["gpu-node-01"]["verdict"] == "watch"
+    assert any("PCIe replays per hour" in r for r in again["gpu-node-01"]["gpus"][3]["reasons"])
+    assert not any("as read by" in r for n in again.values() for g in n["gpus"] for r in g["reasons"])
+    assert "Quick sweep" not in report()
+
+
+@pytest.mark.usefixtures("prefect_harness")
 def test_full_sweeps_apply_the_retention_and_repeat_sweeps_store_only_what_changed(
     small_fleet: SimulatedFleet, tmp_path: Path
 ) -> None:
