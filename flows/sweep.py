@@ -18,7 +18,7 @@ from gpumedic.adapters.collect_exporter import new_gauge_xids
 from gpumedic.adapters.targets import NodeTarget
 from gpumedic.collection import Depth
 from gpumedic.domain.deep_readings import quick_sweep_note
-from gpumedic.domain.observation import newly_unseen, observe_fleet, seen_again
+from gpumedic.domain.observation import newly_unseen, observe_fleet, seen_again, without_unannounced
 from gpumedic.domain.telemetry import NodeTelemetry
 from gpumedic.inventory import resolve_fleet
 from gpumedic.reporting import summary_line, sweep_document
@@ -58,7 +58,8 @@ def fleet_sweep(fleet_file: str, depth: Depth = "full", emit_events: bool = True
         emit_events: Raise `gpumedic.node.unhealthy` for every node whose recommended action is reset_gpu or
             worse, which starts its remediate-node run, and `gpumedic.node.unseen` for every node no sweep
             could assess for the policy's `unseen_alert_after_hours` (once per dark spell; `gpumedic.node.seen-again`
-            when it returns). Off: report only.
+            when it returns). Off: report only; a dark spell that reaches the alert delay (or ends) during such a
+            sweep is announced by the next sweep with events on.
 
     With a `kubernetes:` block in the fleet file, each node's verdict is also written to its Node as the
     `GpuUnhealthy` condition (True: a GPU needs repair; False: healthy or watched; Unknown: not assessed),
@@ -95,11 +96,13 @@ def fleet_sweep(fleet_file: str, depth: Depth = "full", emit_events: bool = True
     assessments = assess_fleet(policy, evidence, previous)
     observations = observe_fleet(previous.observations, assessments, started)
     document = sweep_document(sweep_id, started, assessments, {o.node: o for o in observations})
-    record_telemetry(fleet.store_url, telemetry, evidence, observations, sweep_id, started,
+    unseen_alert_after = timedelta(hours=policy.unseen_alert_after_hours)
+    recorded = observations if emit_events else without_unannounced(previous.observations, observations,
+                                                                     unseen_alert_after)
+    record_telemetry(fleet.store_url, telemetry, evidence, recorded, sweep_id, started,
                      {"summary": summary_line(assessments)})
     if depth == "full":
         prune_history(fleet.store_url, started - timedelta(days=fleet.history_retention_days))
-    unseen_alert_after = timedelta(hours=policy.unseen_alert_after_hours)
     quick = any(t.depth == "quick" for t in telemetry)
     publish_reports(fleet.store_url, sweep_id, started, assessments, observations, unseen_alert_after,
                     time.monotonic() - clock, quick_sweep_note(policy.full_reading_max_age_hours) if quick else "")

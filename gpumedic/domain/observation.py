@@ -20,7 +20,10 @@ from datetime import datetime, timedelta
 
 from gpumedic.domain.verdict import NodeAssessment, Verdict
 
-__all__ = ["Observation", "dark_spell_text", "newly_unseen", "observe", "observe_fleet", "seen_again", "unseen"]
+__all__ = [
+    "Observation", "dark_spell_text", "newly_unseen", "observe", "observe_fleet", "seen_again", "unseen",
+    "without_unannounced",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,3 +133,18 @@ def seen_again(previous: Mapping[str, Observation], current: Iterable[Observatio
         if before is not None and not obs.unseen and before.unseen_for >= after:
             out.append((before, obs))
     return sorted(out, key=lambda pair: pair[1].node)
+
+
+def without_unannounced(
+    previous: Mapping[str, Observation], current: Iterable[Observation], after: timedelta
+) -> list[Observation]:
+    """What a sweep that announces nothing (`emit_events` off) may record.
+
+    A node whose dark spell reached `after` at this sweep, or that came back from an announced
+    spell, keeps its previous record: recording the change would tell the next announcing sweep
+    it had been announced already, and the page (or its resolution) would never go out.
+    """
+    current = list(current)
+    held = {o.node for o in newly_unseen(previous, current, after)}
+    held |= {now.node for _, now in seen_again(previous, current, after)}
+    return [previous.get(o.node, o) if o.node in held else o for o in current]

@@ -8,7 +8,15 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gpumedic.domain.observation import Observation, newly_unseen, observe, observe_fleet, seen_again, unseen
+from gpumedic.domain.observation import (
+    Observation,
+    newly_unseen,
+    observe,
+    observe_fleet,
+    seen_again,
+    unseen,
+    without_unannounced,
+)
 from gpumedic.domain.verdict import Action, NodeAssessment, Verdict
 
 T0 = datetime(2026, 11, 1, tzinfo=UTC)
@@ -141,3 +149,75 @@ def test_every_dark_spell_that_reaches_the_delay_is_announced_exactly_once(
             announced_this_spell = True
     assert announced == expected
     assert returns == expected_returns
+
+
+def _mixed_sweeps(
+    sweeps: list[tuple[bool, bool]], every: timedelta, after: timedelta
+) -> tuple[list[int], list[int]]:
+    """Sweep one node: each sweep (seen, announces). A sweep that announces records what it saw; one
+    that does not records `without_unannounced`. Returns the sweeps that announced the node dark, and back."""
+    recorded: dict[str, Observation] = {}
+    dark, back = [], []
+    for k, (seen, announces) in enumerate(sweeps):
+        current = [observe(recorded.get("n1"), "n1", Verdict.HEALTHY if seen else Verdict.UNKNOWN, T0 + k * every)]
+        if announces:
+            dark += [k for _ in newly_unseen(recorded, current, after)]
+            back += [k for _ in seen_again(recorded, current, after)]
+            recorded = {o.node: o for o in current}
+        else:
+            recorded = {o.node: o for o in without_unannounced(recorded, current, after)}
+    return dark, back
+
+
+def test_a_dark_spell_that_reaches_the_delay_in_a_report_only_sweep_is_announced_by_the_next_sweep() -> None:
+    hour = timedelta(hours=1)
+    # Seen at 0, dark from 1 h; the sweeps at 6 and 7 h report only; the one at 8 h announces.
+    sweeps = [(True, True)] + [(False, True)] * 5 + [(False, False)] * 2 + [(False, True)] * 3
+    assert _mixed_sweeps(sweeps, hour, SIX_HOURS) == ([8], [])
+    # ... and its end, first seen by a report-only sweep, by the next sweep that announces.
+    assert _mixed_sweeps([*sweeps, (True, False), (True, False), (True, True), (True, True)], hour, SIX_HOURS) \
+        == ([8], [13])
+
+
+def test_a_report_only_sweep_records_every_other_change() -> None:
+    previous = {"n1": observe(None, "n1", Verdict.HEALTHY, T0)}
+    darker = [observe(previous["n1"], "n1", Verdict.UNKNOWN, T0 + timedelta(hours=2))]
+    assert without_unannounced(previous, darker, SIX_HOURS) == darker  # dark, not yet for the delay
+    seen = [observe(previous["n1"], "n1", Verdict.FAILED, T0 + timedelta(hours=2))]
+    assert without_unannounced(previous, seen, SIX_HOURS) == seen
+    new_node = [observe(None, "n2", Verdict.UNKNOWN, T0)]
+    assert without_unannounced(previous, new_node, SIX_HOURS) == new_node
+
+
+@given(
+    sweeps=st.lists(st.tuples(st.booleans(), st.booleans()), min_size=1, max_size=60),
+    every_min=st.integers(min_value=1, max_value=24 * 60),
+    after_min=st.integers(min_value=1, max_value=48 * 60),
+)
+def test_report_only_sweeps_never_swallow_a_page_or_its_resolution(
+    sweeps: list[tuple[bool, bool]], every_min: int, after_min: int
+) -> None:
+    """Read the announcements as a page that opens (dark) and resolves (back). After every sweep that
+    announces: the page is open if the node is dark for the delay or longer (counted from the last
+    sweep of any kind that saw it), and resolved if the node is seen. Pages alternate: never opened
+    twice, never resolved unopened."""
+    every, after = timedelta(minutes=every_min), timedelta(minutes=after_min)
+    dark, back = _mixed_sweeps(sweeps, every, after)
+    page_open, start = False, None
+    for k, (seen, announces) in enumerate(sweeps):
+        if k in dark:
+            assert not page_open, k
+            page_open = True
+        if k in back:
+            assert page_open, k
+            page_open = False
+        if seen:
+            start = None
+        elif start is None:
+            start = k - 1 if k > 0 else 0
+        if announces:
+            assert page_open == (not seen and start is not None and (k - start) * every >= after) or (
+                # Seen by a report-only sweep in between: the spells merge, the page stays open.
+                page_open and not seen), (k, dark, back)
+            if seen:
+                assert not page_open

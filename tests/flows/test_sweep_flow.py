@@ -265,3 +265,38 @@ def test_a_node_no_sweep_can_assess_is_a_blind_spot_announced_once_and_its_retur
     assert back()[0]["node"] == "gpu-node-01" and back()[0]["last_seen"] == last_seen.isoformat()
     assert float(back()[0]["unseen_hours"]) >= 7  # type: ignore[arg-type]
     assert "Blind spots" not in str(Artifact.get("fleet-health-report").data)  # type: ignore[union-attr]
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_a_report_only_sweep_leaves_a_dark_spells_announcement_to_the_next_sweep(
+    small_fleet: SimulatedFleet, tmp_path: Path
+) -> None:
+    from flows.sweep import fleet_sweep
+    from gpumedic.adapters.store import TelemetryStore
+    from gpumedic.domain.observation import Observation
+
+    inventory = _inventory_with_store(small_fleet, tmp_path)
+    data = yaml.safe_load(Path(inventory).read_text())
+    with socket.socket() as probe:  # a port nothing listens on: the node is down
+        probe.bind(("127.0.0.1", 0))
+        data["fleet"]["nodes"][1]["port"] = probe.getsockname()[1]
+    Path(inventory).write_text(yaml.safe_dump(data))
+    store = TelemetryStore(f"sqlite:///{tmp_path / 'store.db'}")
+    now = datetime.now(UTC)
+    recorded = Observation("gpu-node-01", now - timedelta(hours=2), now - timedelta(hours=7), now - timedelta(days=30))
+    store.record_observations([recorded])
+
+    # The spell passes the 6 h delay during a report-only sweep: the report lists it, nothing is
+    # announced, and the store keeps the record that says it has not been announced.
+    quiet = fleet_sweep(fleet_file=inventory, emit_events=False)
+    assert {n["node"]: n["verdict"] for n in quiet["nodes"]}["gpu-node-01"] == "unknown"
+    assert store.last_observations(["gpu-node-01"])["gpu-node-01"] == recorded
+    assert store.last_observations(["gpu-node-00"])["gpu-node-00"].seen_at is not None  # the rest is recorded
+
+    loud = fleet_sweep(fleet_file=inventory, emit_events=True)
+
+    def announced() -> list[dict[str, object]]:
+        return [p for p in event_payloads("gpumedic.node.unseen") if p["sweep_id"] == loud["sweep_id"]]
+
+    assert eventually(lambda: len(announced()) == 1, timeout_s=120)
+    assert announced()[0]["node"] == "gpu-node-01" and float(announced()[0]["unseen_hours"]) >= 7  # type: ignore[arg-type]
