@@ -85,21 +85,19 @@ series_last = Table(
     Column("value", Float, nullable=False),
 )
 
-snapshots = Table(
-    "snapshots",
-    metadata,
-    Column("node", String(253), primary_key=True),
-    Column("collected_at", Float, nullable=False),
-    Column("telemetry", Text, nullable=False),
-)
+def _snapshot_table(name: str) -> Table:
+    """One telemetry reading per node, as JSON (`telemetry_codec`)."""
+    return Table(
+        name,
+        metadata,
+        Column("node", String(253), primary_key=True),
+        Column("collected_at", Float, nullable=False),
+        Column("telemetry", Text, nullable=False),
+    )
 
-full_snapshots = Table(
-    "full_snapshots",
-    metadata,
-    Column("node", String(253), primary_key=True),
-    Column("collected_at", Float, nullable=False),
-    Column("telemetry", Text, nullable=False),
-)
+
+snapshots = _snapshot_table("snapshots")
+full_snapshots = _snapshot_table("full_snapshots")
 
 # Xid events with the GPU's PCI bus id: a GPU that fell off the bus has no index to key on.
 xid_events = Table(

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from gpumedic.domain.observation import Observation
 from gpumedic.sim import node_state
 from gpumedic.sim.fleet import SimulatedFleet
 from tests.conftest import EXPECTED_EXAMPLE
@@ -27,6 +28,25 @@ def _inventory_with_store(fleet: SimulatedFleet, tmp_path: Path, **policy: float
     path = tmp_path / "inventory.yaml"
     path.write_text(yaml.safe_dump(data))
     return str(path)
+
+
+def _gpu_node_01_down_and_dark_for_5_hours(inventory: str, tmp_path: Path) -> tuple[str, Observation]:
+    """Point gpu-node-01 at a port nothing listens on, and have the store remember it last seen 7 h ago
+    by a sweep and not assessed by the sweep 2 h ago (dark for 5 h then: under the 6 h alert).
+
+    Returns the fleet file as it was (the node reachable) and the recorded observation."""
+    from gpumedic.adapters.store import TelemetryStore
+
+    reachable = Path(inventory).read_text()
+    data = yaml.safe_load(reachable)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        data["fleet"]["nodes"][1]["port"] = probe.getsockname()[1]
+    Path(inventory).write_text(yaml.safe_dump(data))
+    now = datetime.now(UTC)
+    recorded = Observation("gpu-node-01", now - timedelta(hours=2), now - timedelta(hours=7), now - timedelta(days=30))
+    TelemetryStore(f"sqlite:///{tmp_path / 'store.db'}").record_observations([recorded])
+    return reachable, recorded
 
 
 @pytest.mark.usefixtures("prefect_harness")
@@ -207,24 +227,11 @@ def test_a_node_no_sweep_can_assess_is_a_blind_spot_announced_once_and_its_retur
     from prefect.events import emit_event
 
     from flows.sweep import fleet_sweep
-    from gpumedic.adapters.store import TelemetryStore
-    from gpumedic.domain.observation import Observation
 
     inventory = _inventory_with_store(small_fleet, tmp_path)
-    data = yaml.safe_load(Path(inventory).read_text())
-    reachable = Path(inventory).read_text()
-    with socket.socket() as probe:  # a port nothing listens on: the node is down
-        probe.bind(("127.0.0.1", 0))
-        closed_port = probe.getsockname()[1]
-    data["fleet"]["nodes"][1]["port"] = closed_port
-    Path(inventory).write_text(yaml.safe_dump(data))
-    # The store remembers gpu-node-01 last seen 7 h ago; the sweep 2 h ago could not assess it either
-    # (dark for 5 h then: under the 6 h alert).
-    now = datetime.now(UTC)
-    last_seen = now - timedelta(hours=7)
-    TelemetryStore(f"sqlite:///{tmp_path / 'store.db'}").record_observations(
-        [Observation("gpu-node-01", now - timedelta(hours=2), last_seen, now - timedelta(days=30))]
-    )
+    reachable, recorded = _gpu_node_01_down_and_dark_for_5_hours(inventory, tmp_path)
+    last_seen = recorded.seen_at
+    assert last_seen is not None
 
     document = fleet_sweep(fleet_file=inventory, depth="quick", emit_events=True)
     nodes = {n["node"]: n for n in document["nodes"]}
@@ -273,18 +280,10 @@ def test_a_report_only_sweep_leaves_a_dark_spells_announcement_to_the_next_sweep
 ) -> None:
     from flows.sweep import fleet_sweep
     from gpumedic.adapters.store import TelemetryStore
-    from gpumedic.domain.observation import Observation
 
     inventory = _inventory_with_store(small_fleet, tmp_path)
-    data = yaml.safe_load(Path(inventory).read_text())
-    with socket.socket() as probe:  # a port nothing listens on: the node is down
-        probe.bind(("127.0.0.1", 0))
-        data["fleet"]["nodes"][1]["port"] = probe.getsockname()[1]
-    Path(inventory).write_text(yaml.safe_dump(data))
+    _, recorded = _gpu_node_01_down_and_dark_for_5_hours(inventory, tmp_path)
     store = TelemetryStore(f"sqlite:///{tmp_path / 'store.db'}")
-    now = datetime.now(UTC)
-    recorded = Observation("gpu-node-01", now - timedelta(hours=2), now - timedelta(hours=7), now - timedelta(days=30))
-    store.record_observations([recorded])
 
     # The spell passes the 6 h delay during a report-only sweep: the report lists it, nothing is
     # announced, and the store keeps the record that says it has not been announced.
