@@ -59,6 +59,7 @@ from prefect.input import RunInput
 from prefect.states import State
 
 from gpumedic.adapters.store import StoredForecast, shared_window
+from gpumedic.config import load_fleet_settings
 from gpumedic.domain.budget import FleetView, RemediationPolicy
 from gpumedic.domain.remediation import (
     ApprovalKind,
@@ -98,6 +99,7 @@ from gpumedic.domain.remediation import (
 )
 from gpumedic.remediation_status import fleet_status, headline, table_rows
 from tasks.forecast import read_node_forecast
+from tasks.node_conditions import publish_node_conditions
 from tasks.remediation import (
     FreshEvidence,
     assess_node_now,
@@ -336,7 +338,10 @@ def _execute(step: Any, record: NodeRecord, evidence: FreshEvidence, *, fleet_fi
         case RunDiagnostics():
             return run_diagnostics(fleet_file, node, step)
         case Readmit():
-            return readmit_node(kubeconfig, node, step)
+            readmitted = readmit_node(kubeconfig, node, step)
+            if isinstance(readmitted, Succeeded):
+                _tell_the_node(fleet_file, evidence)
+            return readmitted
         case Cancel():
             return cancel_incident(kubeconfig, node, step)
         case RequestApproval():
@@ -509,6 +514,19 @@ def remediate_node(
     logger.info("node=%s incident=%s state=%s outcome=%s waiting=%s", node, record.incident_id, record.state,
                 record.outcome, waiting)
     return _result(record, waiting, executed)
+
+
+def _tell_the_node(fleet_file: str, evidence: FreshEvidence) -> None:
+    """The readmitted Node's `GpuUnhealthy` condition from the evidence it was readmitted on, where the
+    fleet's sweeps write conditions: else it would say the GPUs need repair until the next sweep (a
+    day, on a fleet swept nightly). A failure to write is logged; the node stays readmitted."""
+    kubernetes = load_fleet_settings(fleet_file).kubernetes
+    if kubernetes is None or not kubernetes.node_conditions:
+        return
+    state = publish_node_conditions(kubernetes, [evidence.assessment], [], evidence.observed_at, return_state=True)
+    if not state.is_completed():
+        get_run_logger().warning("node=%s condition not written after readmission: %s", evidence.assessment.node,
+                                 state.message)
 
 
 def _remember(fleet_file: str, record: NodeRecord, evidence: FreshEvidence, *, resumed: bool) -> None:

@@ -22,6 +22,7 @@ from gpumedic.domain.observation import newly_unseen, observe_fleet, seen_again,
 from gpumedic.domain.telemetry import NodeTelemetry
 from gpumedic.inventory import resolve_fleet
 from gpumedic.reporting import summary_line, sweep_document
+from tasks.node_conditions import publish_node_conditions
 from tasks.sweep import (
     announce_blind_spots,
     assess_fleet,
@@ -29,7 +30,6 @@ from tasks.sweep import (
     emit_unhealthy_events,
     load_previous,
     prune_history,
-    publish_node_conditions,
     publish_reports,
     record_telemetry,
 )

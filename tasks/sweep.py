@@ -11,15 +11,11 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.events import emit_event
 
-from gpumedic.adapters.errors import AdapterError
-from gpumedic.adapters.kube_conditions import publish_conditions
-from gpumedic.adapters.kube_nodes import KubeNodes
 from gpumedic.adapters.store import TelemetryStore, shared_window
 from gpumedic.adapters.targets import NodeTarget
 from gpumedic.collection import Depth, collect_nodes
-from gpumedic.config import FleetSettings, KubernetesSettings
+from gpumedic.config import FleetSettings
 from gpumedic.domain.assess import assess_node
-from gpumedic.domain.node_condition import HEARTBEAT_REFRESH, condition_for
 from gpumedic.domain.observation import Observation
 from gpumedic.domain.policy import HealthPolicy
 from gpumedic.domain.telemetry import NodeTelemetry
@@ -159,36 +155,6 @@ def announce_blind_spots(
             "last_seen": None if before.seen_at is None else before.seen_at.isoformat(),
             "seen_at": now.checked_at.isoformat()})
     return [o.node for o in newly]
-
-
-@task(name="publish-node-conditions", cache_policy=NO_CACHE)
-def publish_node_conditions(
-    kubernetes: KubernetesSettings, assessments: Sequence[NodeAssessment], observations: Sequence[Observation],
-    started: datetime,
-) -> str:
-    """Each node's verdict as its `GpuUnhealthy` condition; returns what became of them, in words.
-
-    Best effort: a cluster that cannot be reached or refuses the write is logged as an error and
-    the sweep goes on (its report and events are out already); the next sweep writes again.
-    """
-    logger = get_run_logger()
-    seen = {o.node: o for o in observations}
-    found = {a.node: condition_for(a, seen.get(a.node), started) for a in assessments}
-    try:
-        with KubeNodes.from_kubeconfig(kubernetes.kubeconfig, context=kubernetes.context) as kube:
-            outcome = publish_conditions(kube, found, HEARTBEAT_REFRESH, kubernetes.label_selector)
-    except AdapterError as err:
-        logger.error("node conditions not published: %s", err)
-        return f"node conditions: not published ({err})"
-    if outcome.refused:
-        logger.error("node conditions refused: %s (deploy/rbac.yaml grants patch on nodes/status)", outcome.refused)
-    for node, why in list(outcome.failed.items())[:10]:
-        logger.warning("%s: condition not written: %s", node, why)
-    if outcome.missing:
-        logger.warning("no Node for %s in the cluster: their conditions were not written",
-                       ", ".join(outcome.missing[:10]) + (" …" if len(outcome.missing) > 10 else ""))
-    logger.info(outcome.summary())
-    return outcome.summary()
 
 
 def _hours(span: timedelta) -> float:

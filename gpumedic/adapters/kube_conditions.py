@@ -41,11 +41,12 @@ def publish_conditions(
 ) -> ConditionsPublished:
     """Write what each sweep `found` per node, where `next_condition` says it is news.
 
-    The nodes matching `label_selector` are read in one list; a node outside it is read on its
-    own. A node whose write fails is reported and the next one is tried: the next sweep writes
-    it again.
+    The nodes matching `label_selector` are read in one list; a node outside it, or a lone node
+    (a readmitted one: listing the fleet for it would cost more than the write), is read on its
+    own. A node whose write fails is reported and the next one is tried: the next sweep writes it
+    again.
     """
-    views = {view.name: view for view in kube.list_nodes(label_selector)}
+    views = {view.name: view for view in kube.list_nodes(label_selector)} if len(found) > 1 else {}
     out = ConditionsPublished()
     pending = list(found.items())
     for i, (node, condition) in enumerate(pending):

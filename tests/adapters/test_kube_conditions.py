@@ -130,3 +130,12 @@ def test_without_the_nodes_status_grant_the_first_refusal_stops_the_rest(emulato
     assert outcome.written == [] and outcome.not_tried == ["gpu-b", "gpu-c"]
     assert outcome.summary() == "node conditions: 0 written, 0 unchanged, 3 refused by the API server"
     assert len(_status_patches(emulator)) == 1
+
+
+def test_a_lone_node_is_read_on_its_own_not_with_a_list_of_the_fleet(emulator: KubeApiEmulator,
+                                                                      kube: KubeNodes) -> None:
+    outcome = publish_conditions(kube, {"gpu-b": _findings(T0)["gpu-b"]}, HEARTBEAT_REFRESH, SELECTOR)
+    assert outcome.written == ["gpu-b"]
+    assert [(r.method, r.path) for r in emulator.request_log] == [
+        ("GET", "/api/v1/nodes/gpu-b"), ("PATCH", "/api/v1/nodes/gpu-b/status")]
+    assert _on_node(emulator, "gpu-b")[CONDITION_TYPE]["reason"] == "ReplaceGpu"

@@ -175,6 +175,28 @@ def _latest_table_artifact(key: str) -> tuple[list[dict[str, Any]], str]:
     return data, artifact.description or ""
 
 
+def test_a_readmitted_node_says_so_on_its_condition_without_waiting_for_the_next_sweep(dbe_rig: Rig) -> None:
+    from flows.sweep import fleet_sweep
+    from gpumedic.domain.node_condition import CONDITION_TYPE
+
+    document = yaml.safe_load(Path(dbe_rig.fleet_file).read_text())
+    document["fleet"]["kubernetes"] = {"kubeconfig": dbe_rig.kubeconfig}  # nodes stay listed: conditions only
+    Path(dbe_rig.fleet_file).write_text(yaml.safe_dump(document, sort_keys=False))
+
+    def condition(node: str) -> dict[str, str]:
+        return next(c for c in dbe_rig.node(node)["status"]["conditions"] if c["type"] == CONDITION_TYPE)
+
+    fleet_sweep(fleet_file=dbe_rig.fleet_file, emit_events=False)
+    swept, other = condition("gpu-node-00"), condition("gpu-node-01")
+    assert (swept["status"], swept["reason"]) == ("True", "ResetGpu")
+    assert dbe_rig.run("gpu-node-00", incident="inc-condition")["final_state"] == "readmitted"
+    readmitted = condition("gpu-node-00")
+    assert (readmitted["status"], readmitted["reason"]) == ("False", "GpusHealthy")
+    assert readmitted["lastTransitionTime"] > swept["lastTransitionTime"]
+    assert readmitted["lastHeartbeatTime"] > swept["lastHeartbeatTime"]
+    assert condition("gpu-node-01") == other  # only the readmitted node is written
+
+
 def test_reset_then_passing_diagnostics_readmits_the_node(dbe_rig: Rig) -> None:
     result = dbe_rig.run("gpu-node-00", incident="inc-happy")
     assert result["final_state"] == "readmitted", result
