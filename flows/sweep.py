@@ -17,7 +17,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from gpumedic.adapters.collect_exporter import new_gauge_xids
 from gpumedic.adapters.targets import NodeTarget
 from gpumedic.collection import Depth
-from gpumedic.domain.deep_readings import quick_sweep_note
+from gpumedic.domain.deep_readings import quick_sweep_note, without_full_readings
 from gpumedic.domain.observation import newly_unseen, observe_fleet, seen_again, without_unannounced
 from gpumedic.domain.telemetry import NodeTelemetry
 from gpumedic.inventory import resolve_fleet
@@ -103,9 +103,13 @@ def fleet_sweep(fleet_file: str, depth: Depth = "full", emit_events: bool = True
                      {"summary": summary_line(assessments)})
     if depth == "full":
         prune_history(fleet.store_url, started - timedelta(days=fleet.history_retention_days))
-    quick = any(t.depth == "quick" for t in telemetry)
+    depth_note = ""
+    if any(t.depth == "quick" for t in telemetry):
+        max_age = timedelta(hours=policy.full_reading_max_age_hours)
+        depth_note = quick_sweep_note(policy.full_reading_max_age_hours,
+                                      without_full_readings(telemetry, previous.full_snapshots, max_age))
     publish_reports(fleet.store_url, sweep_id, started, assessments, observations, unseen_alert_after,
-                    time.monotonic() - clock, quick_sweep_note(policy.full_reading_max_age_hours) if quick else "")
+                    time.monotonic() - clock, depth_note)
     if emit_events:
         emitted = emit_unhealthy_events(document, assessments)
         logger.info("remediation requested for %d nodes: %s", len(emitted), ", ".join(emitted) or "none")

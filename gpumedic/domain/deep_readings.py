@@ -21,12 +21,14 @@ only where the quick sweep has none of its own.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import timedelta
 
 from gpumedic.domain.telemetry import GpuTelemetry, NodeTelemetry
 
 __all__ = [
     "CARRIED_FIELDS", "carried_note", "full_baseline", "quick_sweep_note", "readings_to_carry", "with_full_readings",
+    "without_full_readings",
 ]
 
 # What `nvidia-smi -q` (or a full DCGM/exporter read) says about the board's state, that no
@@ -94,13 +96,31 @@ def carried_note(full: NodeTelemetry) -> str:
     return f"as read by the full sweep at {full.collected_at:%Y-%m-%d %H:%M} UTC"
 
 
-def quick_sweep_note(max_age_hours: float) -> str:
-    """What a quick sweep's report says about what it did not read."""
+def without_full_readings(
+    telemetry: Iterable[NodeTelemetry], last_full: Mapping[str, NodeTelemetry], max_age: timedelta
+) -> list[str]:
+    """The nodes a quick sweep read cleanly but has no full reading to take state readings from:
+    never read by a full sweep, or not cleanly for longer than `max_age` (a nightly sweep failing
+    on them, or not scheduled at all). Their SRAM flag and spare rows are not being judged."""
+    return [t.node for t in telemetry
+            if t.depth == "quick" and not t.collection_errors
+            and readings_to_carry(t, last_full.get(t.node), max_age) is None]
+
+
+def quick_sweep_note(max_age_hours: float, without_full: Sequence[str] = ()) -> str:
+    """What a quick sweep's report says about what it did not read, naming (up to ten of) the
+    nodes it had no full reading for."""
     if max_age_hours <= 0:
         return ("Quick sweep: `nvidia-smi -q` and the NVLink error counters were not read, and the policy "
                 "takes nothing from the last full sweep (`full_reading_max_age_hours: 0`): the SRAM flag, "
                 "spare-row banks and slowdown temperatures are not judged.")
-    return ("Quick sweep: `nvidia-smi -q` and the NVLink error counters were not read. The SRAM flag, "
+    note = ("Quick sweep: `nvidia-smi -q` and the NVLink error counters were not read. The SRAM flag, "
             "spare-row banks, remap state and slowdown temperatures are those of each node's last full "
             f"sweep, where it is at most {max_age_hours:g} h old; a reason that rests on them says when "
             "they were read.")
+    if without_full:
+        named = ", ".join(without_full[:10]) + (f" and {len(without_full) - 10} more" if len(without_full) > 10 else "")
+        note += (f" **{len(without_full)} node{'s' if len(without_full) != 1 else ''} had no clean full sweep "
+                 f"in that time, so nothing of this is judged there:** {named}. Check that the nightly full "
+                 "sweep runs and reaches them.")
+    return note

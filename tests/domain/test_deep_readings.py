@@ -7,7 +7,13 @@ import dataclasses
 from datetime import timedelta
 
 from gpumedic.domain.assess import assess_node
-from gpumedic.domain.deep_readings import CARRIED_FIELDS, full_baseline, readings_to_carry
+from gpumedic.domain.deep_readings import (
+    CARRIED_FIELDS,
+    full_baseline,
+    quick_sweep_note,
+    readings_to_carry,
+    without_full_readings,
+)
 from gpumedic.domain.policy import HealthPolicy
 from gpumedic.domain.telemetry import GpuTelemetry, NodeTelemetry, NvLinkState, RowRemapBanks
 from gpumedic.domain.verdict import Action, NodeAssessment, Verdict
@@ -158,3 +164,21 @@ def test_the_link_rate_baseline_is_the_latest_full_reading() -> None:
     assert full_baseline(full_node(at=NOW), quick, older_full) is older_full
     assert full_baseline(full_node(at=NOW), quick, None) is None
     assert full_baseline(quick, full_previous, older_full) is None  # a quick sweep reads no such counter
+
+
+def test_a_quick_sweep_names_the_nodes_it_has_no_full_reading_for() -> None:
+    def named(name: str, telemetry: NodeTelemetry) -> NodeTelemetry:
+        return dataclasses.replace(telemetry, node=name)
+
+    quick = [named("fresh", quick_node()), named("stale", quick_node()), named("never", quick_node()),
+             named("down", dataclasses.replace(quick_node(), collection_errors=("ssh: connection refused",))),
+             named("exporter", full_node(at=NOW))]
+    last_full = {"fresh": named("fresh", full_node()), "stale": named("stale", full_node(at=NOW - timedelta(days=3)))}
+    lacking = without_full_readings(quick, last_full, timedelta(hours=48))
+    assert lacking == ["stale", "never"]  # an unreachable node is unknown anyway; a full reading has its own
+    note = quick_sweep_note(48, lacking)
+    assert note.endswith("**2 nodes had no clean full sweep in that time, so nothing of this is judged there:** "
+                         "stale, never. Check that the nightly full sweep runs and reaches them.")
+    many = quick_sweep_note(48, [f"n{i}" for i in range(13)])
+    assert "13 nodes" in many and "n9 and 3 more." in many and "n10" not in many
+    assert "no clean full sweep" not in quick_sweep_note(48)

@@ -172,6 +172,11 @@ def test_quick_sweeps_keep_the_full_sweeps_word_and_full_sweeps_rate_links_betwe
     inventory = _inventory_with_store(small_fleet, tmp_path, rate_min_interval_minutes=0)
     with node_state.locked(small_fleet.state_file("gpu-node-00")) as state:
         state["gpus"][1]["sram_threshold"] = True  # only `nvidia-smi -q` says so
+    # Before any full sweep a quick one cannot see the flag, and its report says where it is blind.
+    blind = {n["node"]: n for n in fleet_sweep(fleet_file=inventory, depth="quick", emit_events=False)["nodes"]}
+    assert blind["gpu-node-00"]["verdict"] == "healthy"
+    assert "2 nodes had no clean full sweep in that time, so nothing of this is judged there:** gpu-node-00, " \
+           "gpu-node-01." in report()
     full = fleet_sweep(fleet_file=inventory, depth="full", emit_events=False)
     by_node = {n["node"]: n for n in full["nodes"]}
     assert (by_node["gpu-node-00"]["verdict"], by_node["gpu-node-00"]["action"]) == ("failed", "replace")
@@ -183,6 +188,7 @@ def test_quick_sweeps_keep_the_full_sweeps_word_and_full_sweeps_rate_links_betwe
         f"(as read by the full sweep at {datetime.fromisoformat(full['started']):%Y-%m-%d %H:%M} UTC)")
     assert quick["gpu-node-01"]["verdict"] == "healthy"
     assert "Quick sweep: `nvidia-smi -q` and the NVLink error counters were not read" in report()
+    assert "no clean full sweep" not in report()
 
     # PCIe replays climb on gpu-node-01 after the full sweep; a quick sweep cannot read them, and the
     # next full sweep rates them against the last full one, not against the quick sweep in between.
