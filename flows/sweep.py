@@ -106,8 +106,11 @@ def fleet_sweep(fleet_file: str, depth: Depth = "full", emit_events: bool = True
     depth_note = ""
     if any(t.depth == "quick" for t in telemetry):
         max_age = timedelta(hours=policy.full_reading_max_age_hours)
-        depth_note = quick_sweep_note(policy.full_reading_max_age_hours,
-                                      without_full_readings(telemetry, previous.full_snapshots, max_age))
+        lacking = without_full_readings(telemetry, previous.full_snapshots, max_age)
+        if lacking and max_age > timedelta(0):
+            logger.warning("no clean full sweep of %d nodes in %g h, so their SRAM flag and spare rows are not "
+                           "judged: %s", len(lacking), policy.full_reading_max_age_hours, ", ".join(lacking[:10]))
+        depth_note = quick_sweep_note(policy.full_reading_max_age_hours, lacking)
     publish_reports(fleet.store_url, sweep_id, started, assessments, observations, unseen_alert_after,
                     time.monotonic() - clock, depth_note)
     if emit_events:

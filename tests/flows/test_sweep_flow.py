@@ -160,7 +160,7 @@ def test_second_sweep_uses_rates_not_totals(small_fleet: SimulatedFleet, tmp_pat
 
 @pytest.mark.usefixtures("prefect_harness")
 def test_quick_sweeps_keep_the_full_sweeps_word_and_full_sweeps_rate_links_between_them(
-    small_fleet: SimulatedFleet, tmp_path: Path
+    small_fleet: SimulatedFleet, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     from prefect.artifacts import Artifact
 
@@ -173,7 +173,14 @@ def test_quick_sweeps_keep_the_full_sweeps_word_and_full_sweeps_rate_links_betwe
     with node_state.locked(small_fleet.state_file("gpu-node-00")) as state:
         state["gpus"][1]["sram_threshold"] = True  # only `nvidia-smi -q` says so
     # Before any full sweep a quick one cannot see the flag, and its report says where it is blind.
-    blind = {n["node"]: n for n in fleet_sweep(fleet_file=inventory, depth="quick", emit_events=False)["nodes"]}
+    flow_logs = logging.getLogger("prefect.flow_runs")  # Prefect's run loggers do not propagate
+    flow_logs.addHandler(caplog.handler)
+    try:
+        blind = {n["node"]: n for n in fleet_sweep(fleet_file=inventory, depth="quick", emit_events=False)["nodes"]}
+    finally:
+        flow_logs.removeHandler(caplog.handler)
+    assert any(r.levelname == "WARNING" and "no clean full sweep of 2 nodes in 48 h" in r.getMessage()
+               and "gpu-node-00, gpu-node-01" in r.getMessage() for r in caplog.records)
     assert blind["gpu-node-00"]["verdict"] == "healthy"
     assert "2 nodes had no clean full sweep in that time, so nothing of this is judged there:** gpu-node-00, " \
            "gpu-node-01." in report()
