@@ -59,7 +59,7 @@ from prefect.input import RunInput
 from prefect.states import State
 
 from gpumedic.adapters.store import StoredForecast, shared_window
-from gpumedic.config import load_fleet_settings
+from gpumedic.config import ConfigError, load_fleet_settings
 from gpumedic.domain.budget import FleetView, RemediationPolicy
 from gpumedic.domain.remediation import (
     ApprovalKind,
@@ -520,7 +520,11 @@ def _tell_the_node(fleet_file: str, evidence: FreshEvidence) -> None:
     """The readmitted Node's `GpuUnhealthy` condition from the evidence it was readmitted on, where the
     fleet's sweeps write conditions: else it would say the GPUs need repair until the next sweep (a
     day, on a fleet swept nightly). A failure to write is logged; the node stays readmitted."""
-    kubernetes = load_fleet_settings(fleet_file).kubernetes
+    try:
+        kubernetes = load_fleet_settings(fleet_file).kubernetes
+    except ConfigError as err:  # read a moment ago; edited since: the next sweep writes the condition
+        get_run_logger().warning("node=%s condition not written after readmission: %s", evidence.assessment.node, err)
+        return
     if kubernetes is None or not kubernetes.node_conditions:
         return
     state = publish_node_conditions(kubernetes, [evidence.assessment], [], evidence.observed_at, return_state=True)
