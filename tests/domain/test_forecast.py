@@ -92,6 +92,45 @@ def test_errors_hours_apart_merge_into_one_burst_and_a_day_apart_do_not() -> Non
     assert math.expm1(features_at(apart, 48)["sbe_bursts_7d"]) == pytest.approx(2.0)
 
 
+def replay_counter(hourly: dict[int, float], until: int) -> list[Sample]:
+    """A cumulative PCIe replay counter read every hour from 0 to `until`, growing by `hourly[h]` at hour h."""
+    total, rows = 0.0, []
+    for h in range(until + 1):
+        total += hourly.get(h, 0.0)
+        rows.append(Sample(at(h), "n1", 0, "pcie_replay", total))
+    return rows
+
+
+def test_a_link_erring_for_days_has_a_long_open_episode_and_a_spike_a_short_one_that_closes() -> None:
+    failing = replay_counter({h: 2.0 for h in range(20, 100, 3)}, 100)  # every 3 h for 80 h
+    assert features_at(failing, 100)["pcie_replay_episode_days"] == pytest.approx((100 - 20 + 1) / 24)
+    spike = replay_counter({h: 30.0 for h in range(80, 86)}, 100)  # six hours, then quiet
+    assert features_at(spike, 90)["pcie_replay_episode_days"] == pytest.approx((90 - 80 + 1) / 24)
+    assert features_at(spike, 98)["pcie_replay_episode_days"] == 0.0  # quiet for 13 h: over
+    # A gap longer than EPISODE_GAP_HOURS starts a new episode.
+    two = replay_counter({10: 1.0, 11: 1.0, 40: 1.0, 41: 1.0}, 45)
+    assert features_at(two, 45)["pcie_replay_episode_days"] == pytest.approx(6 / 24)
+    # A replaced GPU's episode starts with it, not with its predecessor's.
+    erring = replay_counter({h: 1.0 for h in range(1, 49)}, 48)
+    assert features_at(erring, 48, [Failure(at(30), "n1", 0, "pcie")])["pcie_replay_episode_days"] == pytest.approx(
+        (48 - 31 + 1) / 24
+    )
+
+
+def test_errors_growing_half_day_after_half_day_are_rising_and_a_spike_or_a_steady_link_is_not() -> None:
+    # Half-days ending at hour 95: [48, 59], [60, 71], [72, 83], [84, 95].
+    growing = replay_counter({h: 2.0 ** ((h - 48) // 12) for h in range(48, 96)}, 95)
+    assert features_at(growing, 95)["pcie_replay_rising"] == pytest.approx(min(
+        math.log((12 * 8 + 1) / (12 * 4 + 1)), math.log((12 * 4 + 1) / (12 * 2 + 1)), math.log((12 * 2 + 1) / (12 + 1))
+    ))
+    spike = replay_counter({h: 50.0 for h in range(84, 96)}, 95)
+    assert features_at(spike, 95)["pcie_replay_rising"] == 0.0
+    steady = replay_counter({h: 3.0 for h in range(0, 96)}, 95)
+    assert features_at(steady, 95)["pcie_replay_rising"] == 0.0
+    # Active from hour 1: the first reading is no increase.
+    assert features_at(steady, 95)["pcie_replay_episode_days"] == pytest.approx(95 / 24)
+
+
 def test_replaced_gpu_starts_a_new_segment() -> None:
     rows = [Sample(at(h), "n1", 0, "ecc_sbe_volatile", v) for h, v in [(0, 0), (10, 50), (20, 400)]]
     rows += [Sample(at(40), "n1", 0, "ecc_sbe_volatile", 0.0)]

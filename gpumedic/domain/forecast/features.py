@@ -88,6 +88,8 @@ NVLINK_FEATURES: tuple[str, ...] = (
     "nvlink_crc_hours_72h",
     "nvlink_crc_sustained",
     "xid_nvlink_7d",
+    "nvlink_crc_episode_days",
+    "nvlink_crc_rising",
 )
 
 PCIE_FEATURES: tuple[str, ...] = (
@@ -96,6 +98,8 @@ PCIE_FEATURES: tuple[str, ...] = (
     "pcie_replay_hours_24h",
     "pcie_replay_hours_72h",
     "pcie_replay_sustained",
+    "pcie_replay_episode_days",
+    "pcie_replay_rising",
 )
 
 FATAL_XID_FEATURES: tuple[str, ...] = (
@@ -526,6 +530,31 @@ class _Windows:
         return top - c[:, lo + 1]
 
 
+EPISODE_GAP_HOURS = 12  # a link quiet for longer has ended its error episode
+EPISODE_CAP_HOURS = 7 * DAY
+
+
+def _episode_hours(active: npt.NDArray[np.bool_], seg: npt.NDArray[np.int64] | None) -> FloatArray:
+    """Hours since the current error episode began (0 when none is open).
+
+    An episode is a run of active hours no more than EPISODE_GAP_HOURS apart; it is open
+    while its last active hour is that recent. A harmless spike lasts hours, a failing link
+    errs for days.
+    """
+    n, K = active.shape
+    k = np.broadcast_to(np.arange(K), (n, K))
+    last = np.maximum.accumulate(np.where(active, k, -1), axis=1)
+    before = np.full((n, K), -1, dtype=np.int64)
+    before[:, 1:] = last[:, :-1]
+    starts = active & ((before < 0) | (k - before > EPISODE_GAP_HOURS))
+    start = np.maximum.accumulate(np.where(starts, k, -1), axis=1)
+    if seg is not None:
+        start = np.maximum(start, seg + 1)
+        last = np.where(last > seg, last, -1)
+    open_ = (last >= 0) & (k - last <= EPISODE_GAP_HOURS)
+    return np.where(open_, np.minimum(k - start + 1, EPISODE_CAP_HOURS), 0).astype(np.float64)
+
+
 def _segments(src: FeatureSource, e0: int, e1: int) -> npt.NDArray[np.int64] | None:
     """Per entity and hour: the hour it was last replaced (−1: never)."""
     fl = src.replacements
@@ -650,6 +679,12 @@ def chunk_features(src: FeatureSource, e0: int, e1: int) -> ChunkFeatures:
         put(f"{feat}_hours_72h", h72)
         # Beyond what a harmless spike (a few hours) or a noisy-but-stable link produces.
         put(f"{feat}_sustained", np.maximum(h24 - 12.0, 0.0) + np.maximum(h72 - 24.0, 0.0))
+        put(f"{feat}_episode_days", _episode_hours(dense > 0, seg) / DAY)
+        # A failing link's errors grow half-day after half-day; a spike rises once and stops,
+        # a noisy link wanders: the smallest of three successive growths.
+        halves = [W.sum(c, DAY // 2, lag=j * DAY // 2) for j in range(4)]
+        rising = np.minimum.reduce([np.log((halves[j] + 1.0) / (halves[j + 1] + 1.0)) for j in range(3)])
+        put(f"{feat}_rising", np.maximum(rising, 0.0))
     put("xid_nvlink_7d", xid_window("nvlink", WEEK))
     put("xid_gsp_30d", xid_window("gsp", 30 * DAY))
     put("xid_fatal_30d", xid_window("fatal", 30 * DAY))
