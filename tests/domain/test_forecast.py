@@ -27,6 +27,7 @@ from gpumedic.domain.forecast import (
     to_epoch,
 )
 from gpumedic.domain.forecast.cusum import CUSUM_DECISION
+from gpumedic.domain.forecast.explain import describe
 from gpumedic.domain.forecast.features import CHUNK_GPU_HOURS, MIN_CHUNK_ENTITIES
 from gpumedic.domain.history import Sample
 from gpumedic.sim.degradation import simulate_fleet_frame
@@ -376,3 +377,9 @@ def test_features_of_a_gpu_do_not_depend_on_which_chunk_computes_them() -> None:
         part = chunk_features(src, e0, e1)
         np.testing.assert_array_equal(part.x, whole.x[:, e0:e1])
         np.testing.assert_array_equal(part.resets, whole.resets[e0:e1])
+
+
+def test_every_feature_the_model_reads_is_explained_in_words() -> None:
+    for name in FEATURES:
+        words = describe(name, 1.0)
+        assert name not in words, f"{name} has no words: an SRE would read {words!r}"
