@@ -30,12 +30,14 @@ again inside the lock, so two runs never both spend the last slot of the disrupt
 the deadline is refused (`FlowPauseTimeout`). None of our code runs then, so the timeout's
 outcome is applied by the next run for the node: when suspending, the run schedules one run of
 the same deployment just after the deadline (idempotency key `<incident>-<kind>-timeout`), and
-any other run for the node (the sweep raises `gpumedic.node.unhealthy` again while the node is
-still broken) does the same. A run that finds the request older than the approval timeout, and
-no live run still waiting for it, applies `ApprovalTimedOut`: a replace/inspect ticket is filed
-marked "awaiting decision"; a breaker override that timed out halts the node while the breaker
-stays open. A run that finds another run already waiting for the same decision does not ask a
-second time: it stops with `waiting = "approval: ..."`.
+any other run for the node does the same (`resume-remediations` starts one for a request past
+its timeout, and from then on the sweep raises `gpumedic.node.unhealthy` again for the node if it is
+still broken: before the deadline a sweep that can read the records holds those events back). A
+run that finds the request older than the approval timeout, and no live run still waiting for it,
+applies `ApprovalTimedOut`: a replace/inspect ticket is filed marked "awaiting decision"; a
+breaker override that timed out halts the node while the breaker stays open. A run that finds
+another run already waiting for the same decision does not ask a second time: it stops with
+`waiting = "approval: ..."`.
 """
 
 from __future__ import annotations

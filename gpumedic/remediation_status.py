@@ -256,6 +256,25 @@ def due_for_resumption(fleet: FleetView, policy: RemediationPolicy, now: datetim
     return due
 
 
+def awaiting_a_human(records: Sequence[NodeRecord], policy: RemediationPolicy, now: datetime) -> dict[str, str]:
+    """The nodes whose open incident waits for a human's decision, with what it asks, in words.
+
+    A remediate-node run started for such a node finds the request pending and stops: the sweep
+    raises no `gpumedic.node.unhealthy` for it, or each quick sweep would start a run that reads
+    fresh evidence over SSH and exits while the decision takes hours. A request past its timeout
+    by more than a re-check is not held: its suspended run failed to apply the timeout, and a run
+    started now does (`due_for_resumption` says the same).
+    """
+    held = {}
+    for record in sorted(records, key=lambda r: r.node):
+        asked = _pending_approvals(record)
+        open_ = not (record.closed or record.state.terminal)
+        if asked and open_ and not _why_resume(record, policy, now, breaker_open=False):
+            kinds = ", ".join(k.removeprefix("approval:") for k in asked)
+            held[record.node] = f"incident {record.incident_id} awaits a human's decision ({kinds})"
+    return held
+
+
 def _why_resume(record: NodeRecord, policy: RemediationPolicy, now: datetime, breaker_open: bool) -> str:
     if record.closed or record.state.terminal:
         return ""

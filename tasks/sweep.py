@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any, NamedTuple
 
@@ -11,16 +11,21 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.events import emit_event
 
+from gpumedic.adapters.errors import AdapterError
+from gpumedic.adapters.kube_nodes import KubeNodes
 from gpumedic.adapters.store import TelemetryStore, shared_window
 from gpumedic.adapters.targets import NodeTarget
 from gpumedic.collection import Depth, collect_nodes
-from gpumedic.config import FleetSettings
+from gpumedic.config import FleetSettings, KubernetesSettings
 from gpumedic.domain.assess import assess_node
+from gpumedic.domain.budget import RemediationPolicy
 from gpumedic.domain.observation import Observation
 from gpumedic.domain.policy import HealthPolicy
 from gpumedic.domain.telemetry import NodeTelemetry
 from gpumedic.domain.verdict import NodeAssessment
+from gpumedic.remediation_status import awaiting_a_human
 from gpumedic.reporting import age_text, markdown_report, table_rows, unseen_text
+from tasks.remediation import read_records
 
 UNHEALTHY_EVENT = "gpumedic.node.unhealthy"
 UNSEEN_EVENT = "gpumedic.node.unseen"
@@ -114,20 +119,47 @@ def publish_reports(
 
 
 @task(name="emit-unhealthy-events", cache_policy=NO_CACHE)
-def emit_unhealthy_events(document: dict[str, Any], assessments: Sequence[NodeAssessment]) -> list[str]:
-    """One `gpumedic.node.unhealthy` event per node whose action needs a remediation workflow.
+def emit_unhealthy_events(
+    document: dict[str, Any], assessments: Sequence[NodeAssessment], held: Mapping[str, str] | None = None
+) -> list[str]:
+    """One `gpumedic.node.unhealthy` event per node whose action needs a remediation workflow, except
+    the nodes `held` names (their incident waits for a human: a run would only find that and stop).
 
     The payload is the node's entry in the sweep `document`, with the sweep id.
     """
+    logger = get_run_logger()
     sweep_id = document["sweep_id"]
     by_node = {n["node"]: n for n in document["nodes"]}
     emitted = []
     for a in assessments:
         if not a.needs_remediation:
             continue
+        if held and a.node in held:
+            logger.info("%s: no remediation event raised: %s", a.node, held[a.node])
+            continue
         _emit_node_event(UNHEALTHY_EVENT, a.node, {"sweep_id": sweep_id, **by_node[a.node]})
         emitted.append(a.node)
     return emitted
+
+
+@task(name="read-incidents-awaiting-a-human", cache_policy=NO_CACHE)
+def incidents_awaiting_a_human(
+    kubernetes: KubernetesSettings, policy: RemediationPolicy, now: datetime
+) -> dict[str, str]:
+    """The fleet's nodes whose open remediation incident waits for a human's decision (their records on the
+    Nodes, one list), with what it asks.
+
+    Best effort, on the side of raising: a cluster that cannot be read holds no event back, as if the fleet
+    file named no cluster; a node whose record cannot be read is not held either.
+    """
+    try:
+        with KubeNodes.from_kubeconfig(kubernetes.kubeconfig, context=kubernetes.context) as kube:
+            views = kube.list_nodes(kubernetes.label_selector)
+    except AdapterError as err:
+        get_run_logger().warning("remediation records not read, so every unhealthy node's event is raised: %s", err)
+        return {}
+    records, _unreadable = read_records(views)
+    return awaiting_a_human(records, policy, now)
 
 
 @task(name="announce-blind-spots", cache_policy=NO_CACHE)

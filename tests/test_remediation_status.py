@@ -8,7 +8,14 @@ from datetime import UTC, datetime, timedelta
 from gpumedic.domain.budget import FleetView, RemediationPolicy, UnhealthyObservation
 from gpumedic.domain.remediation import NodeRecord, RemediationState
 from gpumedic.domain.verdict import Action
-from gpumedic.remediation_status import due_for_resumption, fleet_status, render, stalled_after, to_json
+from gpumedic.remediation_status import (
+    awaiting_a_human,
+    due_for_resumption,
+    fleet_status,
+    render,
+    stalled_after,
+    to_json,
+)
 from tests.remediation_walk import refuse_breaker_override, storm_at, walk
 
 S = RemediationState
@@ -184,6 +191,18 @@ def test_an_approval_the_server_never_timed_out_and_a_long_wait_are_resumed() ->
     assert waiting.state is S.IN_SERVICE and not waiting.closed
     assert {r.node for r in due_for_resumption(fleet, POLICY, T0 + timedelta(minutes=10))} == set()
     assert late["gpu-w"].startswith("waiting for")
+
+
+def test_only_an_incident_waiting_on_a_human_in_time_holds_back_the_sweeps_events() -> None:
+    _, records = _fleet_in_every_situation()
+    held = awaiting_a_human(list(records.values()), POLICY, NOW)
+    # gpu-b asked for approval and nobody answered yet; the others are at work, closed, on probation
+    # (a node failing on probation must raise its event), or stalled.
+    assert held == {"gpu-b": f"incident {records['gpu-b'].incident_id} awaits a human's decision (replace)"}
+    deadline = T0 + POLICY.approval_timeout
+    assert "gpu-b" in awaiting_a_human([records["gpu-b"]], POLICY, deadline + timedelta(minutes=10))
+    # Past its timeout by more than a re-check: the suspended run did not apply the timeout, a new one must.
+    assert awaiting_a_human([records["gpu-b"]], POLICY, deadline + timedelta(minutes=20)) == {}
 
 
 def test_an_incident_held_by_the_open_breaker_waits_for_it_and_is_looked_at_again() -> None:

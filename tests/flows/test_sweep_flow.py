@@ -115,6 +115,45 @@ def test_each_verdict_lands_on_its_node_as_a_condition_with_the_shipped_rbac(
 
 
 @pytest.mark.usefixtures("prefect_harness")
+def test_a_node_whose_incident_waits_for_a_human_raises_no_new_remediation_event(
+    example_fleet: SimulatedFleet, tmp_path: Path
+) -> None:
+    from flows.sweep import fleet_sweep
+    from gpumedic.domain.remediation import RemediationState
+    from gpumedic.domain.verdict import Action
+    from gpumedic.sim.kube_api import KubeApiEmulator
+    from tests.remediation_walk import walk
+
+    asked = walk("gpu-node-05", Action.REPLACE, until=RemediationState.AWAITING_APPROVAL,
+                 at=datetime.now(UTC) - timedelta(hours=2))
+    probation = walk("gpu-node-07", Action.RESET_GPU, until=RemediationState.READMITTED,
+                     at=datetime.now(UTC) - timedelta(hours=1), settled=True)
+    role = next(d for d in yaml.safe_load_all(RBAC.read_text()) if d["kind"] == "ClusterRole")
+    with KubeApiEmulator(seed=7) as kube:
+        for node in example_fleet.nodes:
+            record = {"gpu-node-05": asked, "gpu-node-07": probation}.get(node)
+            kube.add_node(node, gpus=8, labels={"nvidia.com/gpu.present": "true"},
+                          annotations=record.to_annotations() if record is not None else None)
+        kubeconfig = kube.write_kubeconfig(tmp_path / "kubeconfig",
+                                           token=kube.service_account("gpumedic", "gpumedic", role["rules"]))
+        inventory = Path(_inventory_with_store(example_fleet, tmp_path))
+        data = yaml.safe_load(inventory.read_text())
+        data["fleet"]["kubernetes"] = {"kubeconfig": str(kubeconfig), "node_conditions": False}
+        inventory.write_text(yaml.safe_dump(data))
+        document = fleet_sweep(fleet_file=str(inventory), emit_events=True)
+
+    def raised() -> set[str]:
+        return {str(p["node"]) for p in event_payloads("gpumedic.node.unhealthy")
+                if p["sweep_id"] == document["sweep_id"]}
+
+    needing = {n["node"] for n in document["nodes"] if n["action"] in ("reset_gpu", "reboot", "replace", "inspect")}
+    assert "gpu-node-05" in needing and "gpu-node-07" in needing  # both still look broken to the sweep
+    # gpu-node-05's replacement awaits a human: a run would find that and stop. gpu-node-07 failing on
+    # probation must reach its incident, and every node without one opens its own.
+    assert eventually(lambda: raised() == needing - {"gpu-node-05"}, timeout_s=120), raised()
+
+
+@pytest.mark.usefixtures("prefect_harness")
 def test_a_cluster_that_cannot_take_the_conditions_does_not_fail_the_sweep(
     small_fleet: SimulatedFleet, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
