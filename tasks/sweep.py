@@ -50,6 +50,7 @@ class Previous(NamedTuple):
 
     snapshots: dict[str, NodeTelemetry]  # each node's last clean telemetry: rates, kernel log since
     full_snapshots: dict[str, NodeTelemetry]  # its last clean full one: what a quick sweep cannot read
+    before_full_snapshots: dict[str, NodeTelemetry]  # the full one before: the link rates the last one measured
     prior_xids: dict[str, dict[str, set[int]]]  # repeat-offender rules
     observations: dict[str, Observation]  # when each node was last seen: blind spots
 
@@ -58,6 +59,7 @@ class Previous(NamedTuple):
 def load_previous(store_url: str | None, nodes: Sequence[str], before: datetime, xid_window_h: float) -> Previous:
     store = TelemetryStore(store_url)
     return Previous(store.last_snapshots(nodes), store.last_snapshots(nodes, full=True),
+                    store.last_snapshots(nodes, before_last_full=True),
                     store.prior_xids(nodes, before, timedelta(hours=xid_window_h)), store.last_observations(nodes))
 
 
@@ -69,7 +71,8 @@ def assess_fleet(
 ) -> list[NodeAssessment]:
     return [
         assess_node(t, policy, previous=previous.snapshots.get(t.node), prior_xids=previous.prior_xids.get(t.node),
-                    last_full=previous.full_snapshots.get(t.node))
+                    last_full=previous.full_snapshots.get(t.node),
+                    before_last_full=previous.before_full_snapshots.get(t.node))
         for t in telemetry
     ]
 

@@ -7,6 +7,8 @@ Tables:
   (counter deltas per hour) and read the kernel log only since then;
 - `full_snapshots`: each node's last good *full* telemetry, whose state readings a quick sweep
   takes up and whose PCIe/NVLink counters the next full sweep takes rates against;
+- `earlier_full_snapshots`: the full telemetry each one replaced, so a quick sweep can state the
+  PCIe replay and NVLink CRC rates the last full sweep measured (it reads neither counter);
 - `series_last`: the last kept reading of every series, so a sweep keeps only what changed
   (`HistoryThinning`) without reading the samples back;
 - `incidents`: the GPUs (or nodes) remediation took out of service, for the forecaster's
@@ -98,6 +100,7 @@ def _snapshot_table(name: str) -> Table:
 
 snapshots = _snapshot_table("snapshots")
 full_snapshots = _snapshot_table("full_snapshots")
+earlier_full_snapshots = _snapshot_table("earlier_full_snapshots")
 
 # Xid events with the GPU's PCI bus id: a GPU that fell off the bus has no index to key on.
 xid_events = Table(
@@ -318,6 +321,12 @@ class TelemetryStore:
                 ])
             if events:
                 conn.execute(xid_events.insert(), events)
+            for names in _batches([s["node"] for s in full_snaps]):
+                replaced = [dict(row) for row in conn.execute(
+                    select(full_snapshots).where(full_snapshots.c.node.in_(names))).mappings()]
+                conn.execute(earlier_full_snapshots.delete().where(earlier_full_snapshots.c.node.in_(names)))
+                if replaced:
+                    conn.execute(earlier_full_snapshots.insert(), replaced)
             for table, replacing in ((snapshots, snaps), (full_snapshots, full_snaps)):
                 if replacing:
                     conn.execute(table.delete().where(table.c.node.in_([s["node"] for s in replacing])))
@@ -358,9 +367,12 @@ class TelemetryStore:
                 conn.execute(samples.insert(), batch)
         return len(rows)
 
-    def last_snapshots(self, nodes: Iterable[str], *, full: bool = False) -> dict[str, NodeTelemetry]:
-        """Each node's last clean reading; `full`: its last clean full reading."""
-        table = full_snapshots if full else snapshots
+    def last_snapshots(
+        self, nodes: Iterable[str], *, full: bool = False, before_last_full: bool = False
+    ) -> dict[str, NodeTelemetry]:
+        """Each node's last clean reading; `full`: its last clean full reading; `before_last_full`: the clean full
+        reading before that one."""
+        table = earlier_full_snapshots if before_last_full else full_snapshots if full else snapshots
         out: dict[str, NodeTelemetry] = {}
         with self.engine.connect() as conn:
             for names in _batches(nodes):

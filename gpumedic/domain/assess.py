@@ -19,7 +19,10 @@ Contract of `assess_node`:
   sweep takes from it the state readings it cannot make (SRAM flag, spare-row banks, remap
   state, slowdown temperature) while it is younger than `full_reading_max_age_hours`; a finding
   that exists only thanks to them ends with when they were read. A full sweep takes its PCIe
-  replay and NVLink CRC rates against it when `previous` was a quick sweep.
+  replay and NVLink CRC rates against it when `previous` was a quick sweep. `before_last_full` is
+  the clean full sweep before `last_full`: a quick sweep (reading neither counter) states the
+  rates `last_full` measured against it, while `last_full` is carried, saying between which
+  sweeps they were measured.
 * `prior_xids` maps a GPU key to the Xid codes that GPU logged in *earlier* sweeps (not this
   one's `xid_events`). A key is a GPU UUID (matched case-insensitively), a PCI bus id in any
   common spelling ("00000000:3B:00.0", "0000:3b:00.0", "PCI:0000:3b:00"), or a GPU index (int).
@@ -521,6 +524,7 @@ class _Earlier(NamedTuple):
     baseline: GpuTelemetry | None  # the last full sweep's: PCIe replay and NVLink CRC rates
     baseline_hours: float | None
     full: NodeTelemetry | None  # a full sweep whose state readings a quick sweep takes up
+    before_full: NodeTelemetry | None  # the full sweep before `full`: the link rates `full` measured
 
 
 def _state_findings(gpu: GpuTelemetry, label: str, policy: HealthPolicy) -> list[Finding]:
@@ -537,6 +541,22 @@ def _with_carried_state(gpu: GpuTelemetry, label: str, policy: HealthPolicy, ful
     own = _state_findings(gpu, label, policy)
     note = carried_note(full)
     return [f if f in own else dataclasses.replace(f, reason=f"{f.reason} ({note})") for f in found]
+
+
+def _carried_link_rates(
+    gpu: GpuTelemetry, label: str, policy: HealthPolicy, full: NodeTelemetry, before: NodeTelemetry
+) -> list[Finding]:
+    """The PCIe replay and NVLink CRC rates the last full sweep measured on this board, for a quick sweep,
+    which reads neither counter: a link the nightly sweep found erring stays watched until the next full
+    sweep measures it again, instead of reading healthy from the next quarter hour on."""
+    last, first = full.same_gpu(gpu), before.same_gpu(gpu)
+    hours = _interval_hours(before, full.collected_at, policy)
+    if last is None or first is None or hours is None:
+        return []
+    note = (f"as measured between the full sweeps at {before.collected_at:%Y-%m-%d %H:%M} and "
+            f"{full.collected_at:%Y-%m-%d %H:%M} UTC")
+    return [dataclasses.replace(f, reason=f"{f.reason} ({note})")
+            for f in _link_rate_findings(last, first, hours, label, policy)]
 
 
 def _assess_gpu(
@@ -562,6 +582,8 @@ def _assess_gpu(
         findings += _ecc_rate_findings(gpu, earlier.old, earlier.hours, label, policy)
     if earlier.baseline is not None and earlier.baseline_hours is not None:
         findings += _link_rate_findings(gpu, earlier.baseline, earlier.baseline_hours, label, policy)
+    elif earlier.full is not None and earlier.before_full is not None:
+        findings += _carried_link_rates(gpu, label, policy, earlier.full, earlier.before_full)
     findings += catalog.assess_events(xids, subject=label, prior_codes=history)
     verdict, action, reasons, diagnostics = summarise(findings)
     return GpuAssessment(
@@ -583,6 +605,7 @@ def assess_node(
     previous: NodeTelemetry | None = None,
     prior_xids: PriorXids | None = None,
     last_full: NodeTelemetry | None = None,
+    before_last_full: NodeTelemetry | None = None,
     catalog: XidCatalog = XID_CATALOG,
 ) -> NodeAssessment:
     """Assess one node's sweep; see the module docstring for the exact contract."""
@@ -620,7 +643,8 @@ def assess_node(
             gpu,
             policy,
             earlier=_Earlier(previous.same_gpu(gpu) if previous is not None else None, hours,
-                             baseline.same_gpu(gpu) if baseline is not None else None, baseline_hours, full),
+                             baseline.same_gpu(gpu) if baseline is not None else None, baseline_hours, full,
+                             before_last_full),
             xids=events,
             history=_gpu_history(gpu, history),
             catalog=catalog,

@@ -12,7 +12,8 @@ State readings only: a flag or a histogram stays true until something changes th
 the next full sweep reads it again. Gauges and counters are never carried. A temperature read
 hours ago is not the temperature now, and a counter carried to a later time stamp would turn
 into a false rate; rates of the counters only a full sweep reads (PCIe replays, NVLink CRC) are
-taken between two full sweeps (`full_baseline`).
+taken between two full sweeps (`full_baseline`), and a quick sweep states the rates the last full
+sweep measured (between it and the full sweep before it), under the same age limit.
 
 A reading is carried only onto the same board (`NodeTelemetry.same_gpu`: by UUID first), and
 only where the quick sweep has none of its own.

@@ -59,9 +59,17 @@ def test_the_last_full_reading_outlives_quick_ones_and_failed_ones(db_url: str) 
     store.record([_telemetry(T0 + timedelta(hours=1), sbe=9, errors=("nvidia-smi -q: exited with status 15",))])
     assert store.last_snapshots(["n1"]) == {"n1": quick}  # the depth survives the round trip
     assert store.last_snapshots(["n1"], full=True) == {"n1": full}
+    assert store.last_snapshots(["n1"], before_last_full=True) == {}
     newer = _telemetry(T0 + timedelta(days=1), sbe=7)
     store.record([newer])
     assert store.last_snapshots(["n1"], full=True) == {"n1": newer} == store.last_snapshots(["n1"])
+    # The full reading it replaced: the baseline of the link rates the newer one measured.
+    assert store.last_snapshots(["n1"], before_last_full=True) == {"n1": full}
+    store.record([dataclasses.replace(_telemetry(T0 + timedelta(days=1, minutes=15), sbe=8), depth="quick")])
+    assert store.last_snapshots(["n1"], before_last_full=True) == {"n1": full}
+    newest = _telemetry(T0 + timedelta(days=2), sbe=8)
+    store.record([newest])
+    assert store.last_snapshots(["n1"], before_last_full=True) == {"n1": newer}
 
 
 def test_prior_xids_are_keyed_by_pci_bus_id_within_the_window(db_url: str) -> None:

@@ -150,6 +150,37 @@ def test_a_full_sweep_after_a_quick_one_takes_link_rates_against_the_last_full_s
     ))
 
 
+def test_the_link_rates_the_last_full_sweep_measured_stand_through_quick_sweeps() -> None:
+    """The nightly sweep finds a link erring; the quick sweep 15 minutes later reads neither counter and,
+    on its own, would call the GPU healthy until the next night."""
+    day_before = FULL_AT - timedelta(hours=24)
+    links_then = tuple(NvLinkState(link=i, active=True, crc_errors=0) for i in range(18))
+    links_full = tuple(NvLinkState(link=i, active=True, crc_errors=(24 * 400_000 if i == 7 else 3)) for i in range(18))
+    before_full = full_node(gpu(6, pcie_replay=100, nvlinks=links_then), at=day_before)
+    last_full = full_node(gpu(6, pcie_replay=100 + 24 * 600, nvlinks=links_full))
+    between = (f"(as measured between the full sweeps at {day_before:%Y-%m-%d %H:%M} and "
+               f"{FULL_AT:%Y-%m-%d %H:%M} UTC)")
+
+    alone = assess_node(quick_node(), POLICY, last_full=last_full)
+    assert verdict_of(alone, 6) == (Verdict.HEALTHY, Action.NONE, ())
+    result = assess_node(quick_node(), POLICY, last_full=last_full, before_last_full=before_full)
+    assert verdict_of(result, 6) == (Verdict.WATCH, Action.MONITOR, (
+        f"GPU 6: 600 PCIe replays per hour (over 24 h), above 480/h {between}",
+        f"GPU 6: NVLink CRC errors link 7 400000/h (over 24 h), above 360000/h {between}",
+    ))
+    assert [verdict_of(result, i)[0] for i in range(8) if i != 6] == [Verdict.HEALTHY] * 7
+    # Not past the policy's age for carried readings, not onto another board, not into a full sweep.
+    stale = POLICY.model_copy(update={"full_reading_max_age_hours": 6})
+    assert verdict_of(assess_node(quick_node(), stale, last_full=last_full, before_last_full=before_full),
+                      6)[0] is Verdict.HEALTHY
+    replaced = quick_node(quick_gpu(6, uuid="GPU-new-board"))
+    assert verdict_of(assess_node(replaced, POLICY, last_full=last_full, before_last_full=before_full),
+                      6)[0] is Verdict.HEALTHY
+    fresh_full = full_node(gpu(6, pcie_replay=100 + 24 * 600, nvlinks=links_full), at=NOW)
+    assert verdict_of(assess_node(fresh_full, POLICY, previous=last_full, last_full=last_full,
+                                  before_last_full=before_full), 6) == (Verdict.HEALTHY, Action.NONE, ())
+
+
 def test_correctable_ecc_rates_still_use_the_previous_sweep_whatever_its_depth() -> None:
     previous_quick = quick_node(quick_gpu(0, ecc_sbe_volatile=0), at=NOW - timedelta(minutes=15))
     now = full_node(gpu(0, ecc_sbe_volatile=50), at=NOW)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import socket
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -241,11 +242,22 @@ def test_quick_sweeps_keep_the_full_sweeps_word_and_full_sweeps_rate_links_betwe
     with node_state.locked(small_fleet.state_file("gpu-node-01")) as state:
         state["gpus"][3]["pcie_replay"] += 1_000_000
     fleet_sweep(fleet_file=inventory, depth="quick", emit_events=False)
-    again = {n["node"]: n for n in fleet_sweep(fleet_file=inventory, depth="full", emit_events=False)["nodes"]}
+    second_full = fleet_sweep(fleet_file=inventory, depth="full", emit_events=False)
+    again, again_started = {n["node"]: n for n in second_full["nodes"]}, second_full["started"]
     assert again["gpu-node-01"]["verdict"] == "watch"
     assert any("PCIe replays per hour" in r for r in again["gpu-node-01"]["gpus"][3]["reasons"])
     assert not any("as read by" in r for n in again.values() for g in n["gpus"] for r in g["reasons"])
     assert "Quick sweep" not in report()
+    # The quick sweeps after it cannot read the counter, and keep the full sweep's word on its rate.
+    after = {n["node"]: n for n in fleet_sweep(fleet_file=inventory, depth="quick", emit_events=False)["nodes"]}
+    assert after["gpu-node-01"]["verdict"] == "watch"
+    (carried,) = [r for r in after["gpu-node-01"]["gpus"][3]["reasons"] if "PCIe replays per hour" in r]
+    between = re.search(r"\(as measured between the full sweeps at (\S+ \S+) and (\S+ \S+) UTC\)$", carried)
+    assert between is not None, carried
+    # Each is when that full sweep read the node: within a minute of its start (to the minute, rounded down).
+    for read, sweep in zip(between.groups(), (full["started"], again_started), strict=True):
+        read_at = datetime.strptime(read, "%Y-%m-%d %H:%M").replace(tzinfo=UTC)
+        assert timedelta(minutes=-1) <= read_at - datetime.fromisoformat(sweep) <= timedelta(minutes=1), (read, sweep)
 
 
 @pytest.mark.usefixtures("prefect_harness")
