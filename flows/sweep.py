@@ -28,8 +28,8 @@ from tasks.sweep import (
     assess_fleet,
     collect_shard,
     emit_unhealthy_events,
-    incidents_awaiting_a_human,
     load_previous,
+    nodes_a_run_would_leave,
     prune_history,
     publish_reports,
     record_telemetry,
@@ -57,11 +57,11 @@ def fleet_sweep(fleet_file: str, depth: Depth = "full", emit_events: bool = True
             frequent sweeps, and takes the state readings among them from each node's last full sweep (at most
             the policy's `full_reading_max_age_hours` old; reasons from them say when they were read).
         emit_events: Raise `gpumedic.node.unhealthy` for every node whose recommended action is reset_gpu or
-            worse, which starts its remediate-node run (not for a node whose incident waits for a human's decision,
-            when the fleet file names the cluster: that run would only stop), and `gpumedic.node.unseen` for every
-            node no sweep could assess for the policy's `unseen_alert_after_hours` (once per dark spell;
-            `gpumedic.node.seen-again` when it returns). Off: report only; a dark spell that reaches the alert
-            delay (or ends) during such a sweep is announced by the next sweep with events on.
+            worse, which starts its remediate-node run (not where that run would only stop, when the fleet file
+            names the cluster: an approval pending, a replacement on order, opted out), and
+            `gpumedic.node.unseen` for every node no sweep could assess for the policy's `unseen_alert_after_hours`
+            (once per dark spell; `gpumedic.node.seen-again` when it returns). Off: report only; a dark spell that
+            reaches the alert delay (or ends) during such a sweep is announced by the next sweep with events on.
 
     With a `kubernetes:` block in the fleet file, each node's verdict is also written to its Node as the
     `GpuUnhealthy` condition (True: a GPU needs repair; False: healthy or watched; Unknown: not assessed),
@@ -118,7 +118,7 @@ def fleet_sweep(fleet_file: str, depth: Depth = "full", emit_events: bool = True
     if emit_events:
         held: dict[str, str] = {}
         if fleet.kubernetes is not None and any(a.needs_remediation for a in assessments):
-            held = incidents_awaiting_a_human(fleet.kubernetes, fleet.remediation_policy(), started)
+            held = nodes_a_run_would_leave(fleet.kubernetes, fleet.remediation_policy(), started)
         emitted = emit_unhealthy_events(document, assessments, held)
         logger.info("remediation requested for %d nodes: %s", len(emitted), ", ".join(emitted) or "none")
         announce_blind_spots(newly_unseen(previous.observations, observations, unseen_alert_after),

@@ -22,7 +22,15 @@ from gpumedic.domain.budget import (
     circuit_breaker,
     out_of_service_by_us,
 )
-from gpumedic.domain.remediation import Decision, NodeRecord, RemediationState, Repair, breaker_override_refused
+from gpumedic.domain.remediation import (
+    Decision,
+    NodeRecord,
+    RemediationState,
+    Repair,
+    breaker_override_refused,
+    failure_ticket,
+    refused_by_record,
+)
 from gpumedic.reporting import age_text
 
 S = RemediationState
@@ -256,22 +264,34 @@ def due_for_resumption(fleet: FleetView, policy: RemediationPolicy, now: datetim
     return due
 
 
-def awaiting_a_human(records: Sequence[NodeRecord], policy: RemediationPolicy, now: datetime) -> dict[str, str]:
-    """The nodes whose open incident waits for a human's decision, with what it asks, in words.
+def why_a_run_would_stop(fleet: FleetView, policy: RemediationPolicy, now: datetime) -> dict[str, str]:
+    """The nodes for which a remediate-node run started now would stop without doing anything, whatever
+    a sweep found on them, each with why, in words.
 
-    A remediate-node run started for such a node finds the request pending and stops: the sweep
-    raises no `gpumedic.node.unhealthy` for it, or each quick sweep would start a run that reads
-    fresh evidence over SSH and exits while the decision takes hours. A request past its timeout
-    by more than a re-check is not held: its suspended run failed to apply the timeout, and a run
-    started now does (`due_for_resumption` says the same).
+    The sweep raises no `gpumedic.node.unhealthy` for them: each quick sweep would otherwise start a run
+    that reads fresh evidence over SSH and stops, every 15 minutes for as long as the wait lasts (a
+    human's decision: hours; a replacement on order: weeks). They are: nodes opted out of automation;
+    open incidents waiting for a human's decision, within its timeout (past it by more than a re-check,
+    the suspended run failed to apply the timeout and a run started now does: `due_for_resumption`);
+    closed incidents whose record alone refuses a new one (`refused_by_record`: a failed or ticketed
+    incident still holding the node out of service, a recent cancellation), unless a run still owes the
+    failure ticket. An open incident that is not waiting for a human is never held: the event is what
+    resumes it (a node failing on probation must reach its incident at once).
     """
-    held = {}
-    for record in sorted(records, key=lambda r: r.node):
-        asked = _pending_approvals(record)
-        open_ = not (record.closed or record.state.terminal)
-        if asked and open_ and not _why_resume(record, policy, now, breaker_open=False):
+    held = {node: f"{node} is opted out of automated remediation" for node in sorted(fleet.opted_out)}
+    for record in sorted(fleet.records, key=lambda r: r.node):
+        if record.node in held:
+            continue
+        if record.closed:  # as a run tells them apart
+            why = "" if failure_ticket(record) is not None else refused_by_record(
+                record, now=now, policy=policy, fleet=fleet)
+        else:
+            asked = _pending_approvals(record)
+            waiting = asked and not _why_resume(record, policy, now, breaker_open=False)
             kinds = ", ".join(k.removeprefix("approval:") for k in asked)
-            held[record.node] = f"incident {record.incident_id} awaits a human's decision ({kinds})"
+            why = f"incident {record.incident_id} awaits a human's decision ({kinds})" if waiting else ""
+        if why:
+            held[record.node] = why
     return held
 
 

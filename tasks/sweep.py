@@ -23,9 +23,9 @@ from gpumedic.domain.observation import Observation
 from gpumedic.domain.policy import HealthPolicy
 from gpumedic.domain.telemetry import NodeTelemetry
 from gpumedic.domain.verdict import NodeAssessment
-from gpumedic.remediation_status import awaiting_a_human
+from gpumedic.remediation_status import why_a_run_would_stop
 from gpumedic.reporting import age_text, markdown_report, table_rows, unseen_text
-from tasks.remediation import read_records
+from tasks.remediation import fleet_view_from
 
 UNHEALTHY_EVENT = "gpumedic.node.unhealthy"
 UNSEEN_EVENT = "gpumedic.node.unseen"
@@ -126,7 +126,7 @@ def emit_unhealthy_events(
     document: dict[str, Any], assessments: Sequence[NodeAssessment], held: Mapping[str, str] | None = None
 ) -> list[str]:
     """One `gpumedic.node.unhealthy` event per node whose action needs a remediation workflow, except
-    the nodes `held` names (their incident waits for a human: a run would only find that and stop).
+    the nodes `held` names, with why (a run would only stop: `why_a_run_would_stop`).
 
     The payload is the node's entry in the sweep `document`, with the sweep id.
     """
@@ -145,12 +145,10 @@ def emit_unhealthy_events(
     return emitted
 
 
-@task(name="read-incidents-awaiting-a-human", cache_policy=NO_CACHE)
-def incidents_awaiting_a_human(
-    kubernetes: KubernetesSettings, policy: RemediationPolicy, now: datetime
-) -> dict[str, str]:
-    """The fleet's nodes whose open remediation incident waits for a human's decision (their records on the
-    Nodes, one list), with what it asks.
+@task(name="read-remediation-records", cache_policy=NO_CACHE)
+def nodes_a_run_would_leave(kubernetes: KubernetesSettings, policy: RemediationPolicy, now: datetime) -> dict[str, str]:
+    """The fleet's nodes for which a remediate-node run would stop without doing anything (their records on the
+    Nodes, one list; `why_a_run_would_stop`), with why.
 
     Best effort, on the side of raising: a cluster that cannot be read holds no event back, as if the fleet
     file named no cluster; a node whose record cannot be read is not held either.
@@ -161,8 +159,7 @@ def incidents_awaiting_a_human(
     except AdapterError as err:
         get_run_logger().warning("remediation records not read, so every unhealthy node's event is raised: %s", err)
         return {}
-    records, _unreadable = read_records(views)
-    return awaiting_a_human(records, policy, now)
+    return why_a_run_would_stop(fleet_view_from(views), policy, now)
 
 
 @task(name="announce-blind-spots", cache_policy=NO_CACHE)

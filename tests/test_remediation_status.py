@@ -6,15 +6,15 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 from gpumedic.domain.budget import FleetView, RemediationPolicy, UnhealthyObservation
-from gpumedic.domain.remediation import NodeRecord, RemediationState
+from gpumedic.domain.remediation import NodeRecord, RemediationState, failure_ticket
 from gpumedic.domain.verdict import Action
 from gpumedic.remediation_status import (
-    awaiting_a_human,
     due_for_resumption,
     fleet_status,
     render,
     stalled_after,
     to_json,
+    why_a_run_would_stop,
 )
 from tests.remediation_walk import refuse_breaker_override, storm_at, walk
 
@@ -193,16 +193,31 @@ def test_an_approval_the_server_never_timed_out_and_a_long_wait_are_resumed() ->
     assert late["gpu-w"].startswith("waiting for")
 
 
-def test_only_an_incident_waiting_on_a_human_in_time_holds_back_the_sweeps_events() -> None:
-    _, records = _fleet_in_every_situation()
-    held = awaiting_a_human(list(records.values()), POLICY, NOW)
-    # gpu-b asked for approval and nobody answered yet; the others are at work, closed, on probation
-    # (a node failing on probation must raise its event), or stalled.
-    assert held == {"gpu-b": f"incident {records['gpu-b'].incident_id} awaits a human's decision (replace)"}
+def test_the_sweep_holds_back_events_only_where_a_run_would_stop_at_once() -> None:
+    fleet, records = _fleet_in_every_situation()
+    held = why_a_run_would_stop(fleet, POLICY, NOW)
+    # gpu-b asked for approval and nobody answered yet; gpu-c waits, cordoned, for the replacement it
+    # ticketed; gpu-x is opted out. The others are at work, on probation (a node failing on probation
+    # must raise its event), stalled (the event resumes them) or closed and done (gpu-f: a new incident).
+    assert held == {
+        "gpu-b": f"incident {records['gpu-b'].incident_id} awaits a human's decision (replace)",
+        "gpu-c": f"gpu-c is still out of service after incident {records['gpu-c'].incident_id} "
+                 f"({records['gpu-c'].outcome})",
+        "gpu-x": "gpu-x is opted out of automated remediation",
+    }
+    # Uncordoned by hand (the new board is in): the next sweep's event opens a new incident if it needs one.
+    assert "gpu-c" not in why_a_run_would_stop(replace(fleet, unschedulable=frozenset({"gpu-a", "gpu-b"})),
+                                               POLICY, NOW)
+    # A failed incident still holding the node owes a ticket that says a human must take over: a run files it.
+    owed = replace(records["gpu-c"], state=S.FAILED,
+                   steps_done=frozenset(k for k in records["gpu-c"].steps_done if not k.startswith("ticket")))
+    assert failure_ticket(owed) is not None
+    assert "gpu-c" not in why_a_run_would_stop(replace(fleet, records=(owed,)), POLICY, NOW)
     deadline = T0 + POLICY.approval_timeout
-    assert "gpu-b" in awaiting_a_human([records["gpu-b"]], POLICY, deadline + timedelta(minutes=10))
+    asked = _fleet([records["gpu-b"]], cordoned={"gpu-b"})
+    assert "gpu-b" in why_a_run_would_stop(asked, POLICY, deadline + timedelta(minutes=10))
     # Past its timeout by more than a re-check: the suspended run did not apply the timeout, a new one must.
-    assert awaiting_a_human([records["gpu-b"]], POLICY, deadline + timedelta(minutes=20)) == {}
+    assert why_a_run_would_stop(asked, POLICY, deadline + timedelta(minutes=20)) == {}
 
 
 def test_an_incident_held_by_the_open_breaker_waits_for_it_and_is_looked_at_again() -> None:

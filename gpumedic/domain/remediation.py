@@ -733,24 +733,29 @@ def should_open_incident(
         return OpenDecision(False, ev.reason)
     if not ev.needs:
         return OpenDecision(False, f"{node} does not need remediation ({latest.action})")
+    refusal = refused_by_record(prior, now=now, policy=policy, fleet=fleet)
+    if refusal:
+        return OpenDecision(False, refusal)
+    return OpenDecision(True, f"{node} needs {latest.action}")
+
+
+def refused_by_record(prior: NodeRecord | None, *, now: datetime, policy: RemediationPolicy, fleet: FleetView) -> str:
+    """Why the node's record alone keeps a new incident from opening, whatever a sweep finds ("" when it does
+    not): an incident still open, a failed or ticketed one still holding the node out of service, one an
+    operator cancelled lately."""
     if prior is None:
-        return OpenDecision(True, f"{node} needs {latest.action}")
+        return ""
     if not prior.closed:
-        return OpenDecision(False, f"{node} already has incident {prior.incident_id} ({prior.state})")
-    if prior.state in (S.TICKETED, S.FAILED) and (node in fleet.unschedulable or prior.dry_run):
-        return OpenDecision(
-            False, f"{node} is still out of service after incident {prior.incident_id} ({prior.outcome})"
-        )
+        return f"{prior.node} already has incident {prior.incident_id} ({prior.state})"
+    if prior.state in (S.TICKETED, S.FAILED) and (prior.node in fleet.unschedulable or prior.dry_run):
+        return f"{prior.node} is still out of service after incident {prior.incident_id} ({prior.outcome})"
     if (
         prior.state is S.CANCELLED
         and prior.closed_at is not None
         and now - prior.closed_at < policy.cancel_quiet_period
     ):
-        return OpenDecision(
-            False,
-            f"incident {prior.incident_id} was cancelled by an operator at {prior.closed_at.isoformat()}",
-        )
-    return OpenDecision(True, f"{node} needs {latest.action}")
+        return f"incident {prior.incident_id} was cancelled by an operator at {prior.closed_at.isoformat()}"
+    return ""
 
 
 def open_incident(

@@ -116,8 +116,8 @@ def test_each_verdict_lands_on_its_node_as_a_condition_with_the_shipped_rbac(
 
 
 @pytest.mark.usefixtures("prefect_harness")
-def test_a_node_whose_incident_waits_for_a_human_raises_no_new_remediation_event(
-    example_fleet: SimulatedFleet, tmp_path: Path
+def test_no_remediation_event_is_raised_where_a_run_would_only_stop(
+    example_fleet: SimulatedFleet, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     from flows.sweep import fleet_sweep
     from gpumedic.domain.remediation import RemediationState
@@ -125,15 +125,22 @@ def test_a_node_whose_incident_waits_for_a_human_raises_no_new_remediation_event
     from gpumedic.sim.kube_api import KubeApiEmulator
     from tests.remediation_walk import walk
 
-    asked = walk("gpu-node-05", Action.REPLACE, until=RemediationState.AWAITING_APPROVAL,
-                 at=datetime.now(UTC) - timedelta(hours=2))
-    probation = walk("gpu-node-07", Action.RESET_GPU, until=RemediationState.READMITTED,
-                     at=datetime.now(UTC) - timedelta(hours=1), settled=True)
+    now = datetime.now(UTC)
+    records = {
+        "gpu-node-05": walk("gpu-node-05", Action.REPLACE, until=RemediationState.AWAITING_APPROVAL,
+                            at=now - timedelta(hours=2)),
+        "gpu-node-03": walk("gpu-node-03", Action.REPLACE, until=None, at=now - timedelta(days=3)),  # ticketed
+        "gpu-node-07": walk("gpu-node-07", Action.RESET_GPU, until=RemediationState.READMITTED,
+                            at=now - timedelta(hours=1), settled=True),
+    }
+    assert records["gpu-node-03"].state is RemediationState.TICKETED
     role = next(d for d in yaml.safe_load_all(RBAC.read_text()) if d["kind"] == "ClusterRole")
     with KubeApiEmulator(seed=7) as kube:
         for node in example_fleet.nodes:
-            record = {"gpu-node-05": asked, "gpu-node-07": probation}.get(node)
-            kube.add_node(node, gpus=8, labels={"nvidia.com/gpu.present": "true"},
+            record = records.get(node)
+            labels = {"nvidia.com/gpu.present": "true"} | ({"gpumedic.io/managed": "false"}
+                                                            if node == "gpu-node-11" else {})
+            kube.add_node(node, gpus=8, labels=labels, unschedulable=node in ("gpu-node-05", "gpu-node-03"),
                           annotations=record.to_annotations() if record is not None else None)
         kubeconfig = kube.write_kubeconfig(tmp_path / "kubeconfig",
                                            token=kube.service_account("gpumedic", "gpumedic", role["rules"]))
@@ -141,17 +148,28 @@ def test_a_node_whose_incident_waits_for_a_human_raises_no_new_remediation_event
         data = yaml.safe_load(inventory.read_text())
         data["fleet"]["kubernetes"] = {"kubeconfig": str(kubeconfig), "node_conditions": False}
         inventory.write_text(yaml.safe_dump(data))
-        document = fleet_sweep(fleet_file=str(inventory), emit_events=True)
+        task_logs = logging.getLogger("prefect.task_runs")  # Prefect's run loggers do not propagate to the root
+        task_logs.addHandler(caplog.handler)
+        try:
+            document = fleet_sweep(fleet_file=str(inventory), emit_events=True)
+        finally:
+            task_logs.removeHandler(caplog.handler)
 
     def raised() -> set[str]:
         return {str(p["node"]) for p in event_payloads("gpumedic.node.unhealthy")
                 if p["sweep_id"] == document["sweep_id"]}
 
     needing = {n["node"] for n in document["nodes"] if n["action"] in ("reset_gpu", "reboot", "replace", "inspect")}
-    assert "gpu-node-05" in needing and "gpu-node-07" in needing  # both still look broken to the sweep
-    # gpu-node-05's replacement awaits a human: a run would find that and stop. gpu-node-07 failing on
-    # probation must reach its incident, and every node without one opens its own.
-    assert eventually(lambda: raised() == needing - {"gpu-node-05"}, timeout_s=120), raised()
+    left = {"gpu-node-05", "gpu-node-03", "gpu-node-11"}
+    assert left | {"gpu-node-07"} <= needing  # all still look broken to the sweep
+    # gpu-node-05's replacement awaits a human, gpu-node-03 its new board (cordoned, ticketed), gpu-node-11
+    # is opted out: a run would find that and stop. gpu-node-07 failing on probation must reach its
+    # incident, and every node without a record opens its own.
+    assert eventually(lambda: raised() == needing - left, timeout_s=120), raised()
+    said = [r.getMessage() for r in caplog.records if "no remediation event raised" in r.getMessage()]
+    assert {m.split(":")[0] for m in said} == left, said  # (a record can reach caplog twice: a set)
+    assert any(m.startswith("gpu-node-05: no remediation event raised: incident ") and
+               m.endswith("awaits a human's decision (replace)") for m in said), said
 
 
 @pytest.mark.usefixtures("prefect_harness")
