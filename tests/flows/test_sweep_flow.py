@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 import re
 import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -29,6 +31,24 @@ def _inventory_with_store(fleet: SimulatedFleet, tmp_path: Path, **policy: float
     path = tmp_path / "inventory.yaml"
     path.write_text(yaml.safe_dump(data))
     return str(path)
+
+
+def _naming_the_cluster(inventory: str, kubeconfig: Path, **settings: object) -> str:
+    """The fleet file with a `kubernetes:` block for the cluster behind `kubeconfig` (its nodes stay listed)."""
+    data = yaml.safe_load(Path(inventory).read_text())
+    data["fleet"]["kubernetes"] = {"kubeconfig": str(kubeconfig), **settings}
+    Path(inventory).write_text(yaml.safe_dump(data))
+    return inventory
+
+
+@contextmanager
+def _task_logs_in(caplog: pytest.LogCaptureFixture) -> Iterator[None]:
+    task_logs = logging.getLogger("prefect.task_runs")  # Prefect's run loggers do not propagate to the root
+    task_logs.addHandler(caplog.handler)
+    try:
+        yield
+    finally:
+        task_logs.removeHandler(caplog.handler)
 
 
 def _gpu_node_01_down_and_dark_for_5_hours(inventory: str, tmp_path: Path) -> tuple[str, Observation]:
@@ -81,16 +101,13 @@ def test_each_verdict_lands_on_its_node_as_a_condition_with_the_shipped_rbac(
             kube.add_node(node, gpus=8, labels={"nvidia.com/gpu.present": "true"})
         kubeconfig = kube.write_kubeconfig(tmp_path / "kubeconfig",
                                            token=kube.service_account("gpumedic", "gpumedic", role["rules"]))
-        inventory = Path(_inventory_with_store(example_fleet, tmp_path))
-        data = yaml.safe_load(inventory.read_text())
-        data["fleet"]["kubernetes"] = {"kubeconfig": str(kubeconfig)}  # nodes stay listed: conditions only
-        inventory.write_text(yaml.safe_dump(data))
+        inventory = _naming_the_cluster(_inventory_with_store(example_fleet, tmp_path), kubeconfig)
 
-        document = fleet_sweep(fleet_file=str(inventory), emit_events=False)
+        document = fleet_sweep(fleet_file=inventory, emit_events=False)
         on_nodes = {n: next(c for c in kube.get_node(n)["status"]["conditions"] if c["type"] == CONDITION_TYPE)
                     for n in example_fleet.nodes}
         kube.clear_logs()
-        fleet_sweep(fleet_file=str(inventory), emit_events=False)
+        fleet_sweep(fleet_file=inventory, emit_events=False)
         written = {r.path.split("/")[-2] for r in kube.request_log
                    if r.method == "PATCH" and r.path.endswith("/status")}
         after = {n: next(c for c in kube.get_node(n)["status"]["conditions"] if c["type"] == CONDITION_TYPE)
@@ -144,16 +161,10 @@ def test_no_remediation_event_is_raised_where_a_run_would_only_stop(
                           annotations=record.to_annotations() if record is not None else None)
         kubeconfig = kube.write_kubeconfig(tmp_path / "kubeconfig",
                                            token=kube.service_account("gpumedic", "gpumedic", role["rules"]))
-        inventory = Path(_inventory_with_store(example_fleet, tmp_path))
-        data = yaml.safe_load(inventory.read_text())
-        data["fleet"]["kubernetes"] = {"kubeconfig": str(kubeconfig), "node_conditions": False}
-        inventory.write_text(yaml.safe_dump(data))
-        task_logs = logging.getLogger("prefect.task_runs")  # Prefect's run loggers do not propagate to the root
-        task_logs.addHandler(caplog.handler)
-        try:
-            document = fleet_sweep(fleet_file=str(inventory), emit_events=True)
-        finally:
-            task_logs.removeHandler(caplog.handler)
+        inventory = _naming_the_cluster(_inventory_with_store(example_fleet, tmp_path), kubeconfig,
+                                        node_conditions=False)
+        with _task_logs_in(caplog):
+            document = fleet_sweep(fleet_file=inventory, emit_events=True)
 
     def raised() -> set[str]:
         return {str(p["node"]) for p in event_payloads("gpumedic.node.unhealthy")
@@ -181,16 +192,9 @@ def test_a_cluster_that_cannot_take_the_conditions_does_not_fail_the_sweep(
 
     with KubeApiEmulator() as kube:
         kubeconfig = kube.write_kubeconfig(tmp_path / "kubeconfig")
-    inventory = Path(_inventory_with_store(small_fleet, tmp_path))  # the API server above is gone now
-    data = yaml.safe_load(inventory.read_text())
-    data["fleet"]["kubernetes"] = {"kubeconfig": str(kubeconfig)}
-    inventory.write_text(yaml.safe_dump(data))
-    task_logs = logging.getLogger("prefect.task_runs")  # Prefect's run loggers do not propagate to the root
-    task_logs.addHandler(caplog.handler)
-    try:
-        document = fleet_sweep(fleet_file=str(inventory), emit_events=False)
-    finally:
-        task_logs.removeHandler(caplog.handler)
+    inventory = _naming_the_cluster(_inventory_with_store(small_fleet, tmp_path), kubeconfig)  # a server gone now
+    with _task_logs_in(caplog):
+        document = fleet_sweep(fleet_file=inventory, emit_events=False)
     assert {n["node"] for n in document["nodes"]} == {"gpu-node-00", "gpu-node-01"}
     assert any("node conditions not published" in r.getMessage() and "cannot reach the API server" in r.getMessage()
                and r.levelname == "ERROR" for r in caplog.records)
