@@ -75,7 +75,8 @@ def fleet_sweep(fleet_file: str, depth: Depth = "full", emit_events: bool = True
     logger.info("sweep %s: %d nodes (%s, %s sweep)", sweep_id, len(targets), fleet.source, depth)
 
     policy = fleet.health_policy()
-    previous = load_previous(fleet.store_url, [t.name for t in targets], started, policy.xid_repeat_window_hours)
+    previous = load_previous(fleet.store_url, [t.name for t in targets], started, policy.xid_repeat_window_hours,
+                             depth)
     since = {node: snap.collected_at for node, snap in previous.snapshots.items()}
 
     shards = _shards(targets, fleet.shard_size)

@@ -56,10 +56,13 @@ class Previous(NamedTuple):
 
 
 @task(name="load-previous-telemetry", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2)
-def load_previous(store_url: str | None, nodes: Sequence[str], before: datetime, xid_window_h: float) -> Previous:
+def load_previous(
+    store_url: str | None, nodes: Sequence[str], before: datetime, xid_window_h: float, depth: Depth
+) -> Previous:
     store = TelemetryStore(store_url)
+    # Only a quick sweep states the link rates the last full sweep measured; a full one measures its own.
     return Previous(store.last_snapshots(nodes), store.last_snapshots(nodes, full=True),
-                    store.last_snapshots(nodes, before_last_full=True),
+                    store.last_snapshots(nodes, before_last_full=True) if depth == "quick" else {},
                     store.prior_xids(nodes, before, timedelta(hours=xid_window_h)), store.last_observations(nodes))
 
 
