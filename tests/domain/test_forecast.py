@@ -116,6 +116,10 @@ def test_a_link_erring_for_days_has_a_long_open_episode_and_a_spike_a_short_one_
     assert features_at(erring, 48, [Failure(at(30), "n1", 0, "pcie")])["pcie_replay_episode_days"] == pytest.approx(
         (48 - 31 + 1) / 24
     )
+    # ... even when the predecessor erred a few hours before it was replaced and the new GPU errs soon after.
+    handed_over = replay_counter({h: 1.0 for h in [*range(1, 28), *range(34, 49)]}, 48)
+    assert features_at(handed_over, 48, [Failure(at(30), "n1", 0, "pcie")])[
+        "pcie_replay_episode_days"] == pytest.approx((48 - 34 + 1) / 24)
 
 
 def test_errors_growing_half_day_after_half_day_are_rising_and_a_spike_or_a_steady_link_is_not() -> None:

@@ -544,13 +544,13 @@ def _episode_hours(active: npt.NDArray[np.bool_], seg: npt.NDArray[np.int64] | N
     n, K = active.shape
     k = np.broadcast_to(np.arange(K), (n, K))
     last = np.maximum.accumulate(np.where(active, k, -1), axis=1)
-    before = np.full((n, K), -1, dtype=np.int64)
+    before = np.full((n, K), -1, dtype=np.int64)  # the active hour before this one
     before[:, 1:] = last[:, :-1]
+    if seg is not None:  # a replaced GPU's episodes are its own: its predecessor's errors neither open nor extend one
+        last = np.where(last > seg, last, -1)
+        before = np.where(before > seg, before, -1)
     starts = active & ((before < 0) | (k - before > EPISODE_GAP_HOURS))
     start = np.maximum.accumulate(np.where(starts, k, -1), axis=1)
-    if seg is not None:
-        start = np.maximum(start, seg + 1)
-        last = np.where(last > seg, last, -1)
     open_ = (last >= 0) & (k - last <= EPISODE_GAP_HOURS)
     return np.where(open_, np.minimum(k - start + 1, EPISODE_CAP_HOURS), 0).astype(np.float64)
 
