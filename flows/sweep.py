@@ -21,6 +21,7 @@ from gpumedic.domain.deep_readings import quick_sweep_note, without_full_reading
 from gpumedic.domain.observation import newly_unseen, observe_fleet, seen_again, without_unannounced
 from gpumedic.domain.telemetry import NodeTelemetry
 from gpumedic.inventory import resolve_fleet
+from gpumedic.remediation_status import sweep_requests
 from gpumedic.reporting import summary_line, sweep_document
 from tasks.node_conditions import publish_node_conditions
 from tasks.sweep import (
@@ -29,9 +30,9 @@ from tasks.sweep import (
     collect_shard,
     emit_unhealthy_events,
     load_previous,
-    nodes_a_run_would_leave,
     prune_history,
     publish_reports,
+    read_remediation_records,
     record_telemetry,
 )
 
@@ -58,7 +59,8 @@ def fleet_sweep(fleet_file: str, depth: Depth = "full", emit_events: bool = True
             the policy's `full_reading_max_age_hours` old; reasons from them say when they were read).
         emit_events: Raise `gpumedic.node.unhealthy` for every node whose recommended action is reset_gpu or
             worse, which starts its remediate-node run (not where that run would only stop, when the fleet file
-            names the cluster: an approval pending, a replacement on order, opted out), and
+            names the cluster: an approval pending, a replacement on order, opted out; the report's
+            "remediation" column says which), and
             `gpumedic.node.unseen` for every node no sweep could assess for the policy's `unseen_alert_after_hours`
             (once per dark spell; `gpumedic.node.seen-again` when it returns). Off: report only; a dark spell that
             reaches the alert delay (or ends) during such a sweep is announced by the next sweep with events on.
@@ -114,13 +116,14 @@ def fleet_sweep(fleet_file: str, depth: Depth = "full", emit_events: bool = True
             logger.warning("no clean full sweep of %d nodes in %g h, so their SRAM flag and spare rows are not "
                            "judged: %s", len(lacking), policy.full_reading_max_age_hours, ", ".join(lacking[:10]))
         depth_note = quick_sweep_note(policy.full_reading_max_age_hours, lacking)
+    needing = [a.node for a in assessments if a.needs_remediation]
+    records = (read_remediation_records(fleet.kubernetes)
+               if emit_events and needing and fleet.kubernetes is not None else None)
+    requests = sweep_requests(needing, records, fleet.remediation_policy(), started, events=emit_events)
     publish_reports(fleet.store_url, sweep_id, started, assessments, observations, unseen_alert_after,
-                    time.monotonic() - clock, depth_note)
+                    time.monotonic() - clock, depth_note, {node: r.note for node, r in requests.items()})
     if emit_events:
-        held: dict[str, str] = {}
-        if fleet.kubernetes is not None and any(a.needs_remediation for a in assessments):
-            held = nodes_a_run_would_leave(fleet.kubernetes, fleet.remediation_policy(), started)
-        emitted = emit_unhealthy_events(document, assessments, held)
+        emitted = emit_unhealthy_events(document, requests)
         logger.info("remediation requested for %d nodes: %s", len(emitted), ", ".join(emitted) or "none")
         announce_blind_spots(newly_unseen(previous.observations, observations, unseen_alert_after),
                              seen_again(previous.observations, observations, unseen_alert_after), sweep_id,

@@ -295,6 +295,47 @@ def why_a_run_would_stop(fleet: FleetView, policy: RemediationPolicy, now: datet
     return held
 
 
+@dataclass(frozen=True, slots=True)
+class SweepRequest:
+    """What a sweep does about a node that needs remediation: raise its `gpumedic.node.unhealthy` or not."""
+
+    raised: bool
+    why: str  # why not; when raised, the open incident the run resumes ("" when none)
+
+    @property
+    def note(self) -> str:
+        """As the sweep report says it."""
+        if self.raised:
+            return "run requested" + (f": {self.why}" if self.why else "")
+        return f"no run requested: {self.why}"
+
+
+def sweep_requests(
+    needing: Sequence[str], fleet: FleetView | None, policy: RemediationPolicy, now: datetime, *, events: bool
+) -> dict[str, SweepRequest]:
+    """Per node that needs remediation, whether the sweep raises its event, and why not
+    (`why_a_run_would_stop`) or which open incident the run resumes.
+
+    `fleet`: the records on the Nodes, or None where the fleet file names no cluster or it could not
+    be read (then every event is raised: a run reads the records itself and decides). `events`: off,
+    the sweep only reports.
+    """
+    if not events:
+        return {node: SweepRequest(False, "this sweep only reports (events off)") for node in needing}
+    held = why_a_run_would_stop(fleet, policy, now) if fleet is not None else {}
+    records = {r.node: r for r in fleet.records} if fleet is not None else {}
+    requests = {}
+    for node in needing:
+        record = records.get(node)
+        if node in held:
+            requests[node] = SweepRequest(False, held[node])
+        elif record is not None and not record.closed:
+            requests[node] = SweepRequest(True, f"resumes incident {record.incident_id} ({record.state})")
+        else:
+            requests[node] = SweepRequest(True, "")
+    return requests
+
+
 def _why_resume(record: NodeRecord, policy: RemediationPolicy, now: datetime, breaker_open: bool) -> str:
     if record.closed or record.state.terminal:
         return ""

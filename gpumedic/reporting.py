@@ -93,12 +93,14 @@ def _risk_text(risk: tuple[int | None, float] | None) -> str:
 
 def table_rows(
     assessments: Sequence[NodeAssessment], risks: Mapping[tuple[str, int | None], float] | None = None,
-    observations: Mapping[str, Observation] | None = None,
+    observations: Mapping[str, Observation] | None = None, remediation: Mapping[str, str] | None = None,
 ) -> list[dict[str, str]]:
-    """One row per unhealthy or unknown node, most severe first, with its latest forecast risk and,
-    for a node this sweep could not assess, how long no sweep has."""
+    """One row per unhealthy or unknown node, most severe first, with its latest forecast risk,
+    for a node this sweep could not assess how long no sweep has, and for one that needs
+    remediation what the sweep did about it (`remediation`)."""
     risks = risks or {}
     observations = observations or {}
+    remediation = remediation or {}
     rows = []
     for a in sorted(assessments, key=lambda a: (-a.action.rank, -a.verdict.rank, a.node)):
         if not needs_attention(a):
@@ -112,6 +114,7 @@ def table_rows(
             "gpus": gpus or "-",
             "forecast risk": _risk_text(node_risk(risks, a.node)),
             "not seen for": age_text(o.unseen_for) if (o := observations.get(a.node)) and o.unseen else "-",
+            "remediation": remediation.get(a.node, "-"),
             "reasons": "; ".join(reasons)[:500],
         })
     return rows
@@ -121,13 +124,15 @@ def markdown_report(
     sweep_id: str, started: datetime, assessments: Sequence[NodeAssessment], elapsed_s: float,
     risks: Mapping[tuple[str, int | None], float] | None = None, risk_window: RiskWindow = UNRECORDED,
     observations: Mapping[str, Observation] | None = None, unseen_alert_after: timedelta | None = None,
-    depth_note: str = "",
+    depth_note: str = "", remediation: Mapping[str, str] | None = None,
 ) -> str:
     """`risks`: the latest forecast's risk per GPU, a probability of failure in `risk_window`.
     `observations`: per node, when a sweep last saw it; those this sweep could not assess are
     listed as blind spots, marked where they have been dark for `unseen_alert_after` or more.
-    `depth_note`: what a quick sweep did not read, under the opening line."""
+    `depth_note`: what a quick sweep did not read, under the opening line. `remediation`: per node
+    that needs it, what the sweep did about it."""
     risks = risks or {}
+    remediation = remediation or {}
     verdicts = Counter(a.verdict for a in assessments)
     actions = Counter(a.action for a in assessments)
     lines = [
@@ -163,10 +168,14 @@ def markdown_report(
         lines += ["", f"### {a.node}: **{a.verdict}**, recommended action **{a.action}**"]
         if (risk := node_risk(risks, a.node)) is not None:
             lines.append(f"- forecast risk of failure {risk_window}: {_risk_text(risk)}")
+        if a.node in remediation:
+            lines.append(f"- remediation: {remediation[a.node]}")
         lines += [f"- {reason}" for reason in a.reasons]
         for g in a.gpus:
             lines += [f"- GPU {g.index} ({g.verdict}, {g.action}): {reason}" for reason in g.reasons]
-    lines += ["", "Actions `reset_gpu` and above start a remediation workflow (event `gpumedic.node.unhealthy`)."]
+    lines += ["", "Actions `reset_gpu` and above start a remediation workflow (event `gpumedic.node.unhealthy`), "
+              "except where a run would only stop (an approval pending, a replacement on order, a node opted out): "
+              "each node's remediation line says which."]
     return "\n".join(lines) + "\n"
 
 

@@ -18,12 +18,12 @@ from gpumedic.adapters.targets import NodeTarget
 from gpumedic.collection import Depth, collect_nodes
 from gpumedic.config import FleetSettings, KubernetesSettings
 from gpumedic.domain.assess import assess_node
-from gpumedic.domain.budget import RemediationPolicy
+from gpumedic.domain.budget import FleetView
 from gpumedic.domain.observation import Observation
 from gpumedic.domain.policy import HealthPolicy
 from gpumedic.domain.telemetry import NodeTelemetry
 from gpumedic.domain.verdict import NodeAssessment
-from gpumedic.remediation_status import why_a_run_would_stop
+from gpumedic.remediation_status import SweepRequest
 from gpumedic.reporting import age_text, markdown_report, table_rows, unseen_text
 from tasks.remediation import fleet_view_from
 
@@ -102,16 +102,18 @@ def prune_history(store_url: str | None, before: datetime) -> int:
 def publish_reports(
     store_url: str | None, sweep_id: str, started: datetime, assessments: Sequence[NodeAssessment],
     observations: Sequence[Observation], unseen_alert_after: timedelta, elapsed_s: float, depth_note: str = "",
+    remediation: Mapping[str, str] | None = None,
 ) -> None:
+    """`remediation`: per node that needs it, what the sweep does about it (`SweepRequest.note`)."""
     latest = TelemetryStore(store_url).latest_forecasts(a.node for a in assessments)
     risks = {key: f.risk for key, f in latest.items()}
     window = shared_window(latest.values())
     seen = {o.node: o for o in observations}
-    rows = table_rows(assessments, risks, seen)
+    rows = table_rows(assessments, risks, seen, remediation)
     create_table_artifact(
         key="fleet-unhealthy-nodes",
         table=rows or [{"node": "-", "verdict": "healthy", "action": "none", "gpus": "-",
-                       "forecast risk": "-", "not seen for": "-", "reasons": "all healthy"}],
+                       "forecast risk": "-", "not seen for": "-", "remediation": "-", "reasons": "all healthy"}],
         description=f"Unhealthy or unknown nodes in sweep {sweep_id}, most severe first"
         + (f"; forecast risk: probability of failure {window} (latest failure-forecast run)"
            if risks else ""),
@@ -119,50 +121,47 @@ def publish_reports(
     create_markdown_artifact(
         key="fleet-health-report",
         markdown=markdown_report(sweep_id, started, assessments, elapsed_s, risks, window, seen, unseen_alert_after,
-                                 depth_note),
+                                 depth_note, remediation),
         description=f"Fleet health report for sweep {sweep_id}",
     )
 
 
 @task(name="emit-unhealthy-events", cache_policy=NO_CACHE)
-def emit_unhealthy_events(
-    document: dict[str, Any], assessments: Sequence[NodeAssessment], held: Mapping[str, str] | None = None
-) -> list[str]:
-    """One `gpumedic.node.unhealthy` event per node whose action needs a remediation workflow, except
-    the nodes `held` names, with why (a run would only stop: `why_a_run_would_stop`).
+def emit_unhealthy_events(document: dict[str, Any], requests: Mapping[str, SweepRequest]) -> list[str]:
+    """One `gpumedic.node.unhealthy` event per node whose request says so (`sweep_requests`); the
+    others are logged with why not (a run would only stop). Returns the nodes whose event was raised.
 
     The payload is the node's entry in the sweep `document`, with the sweep id.
     """
     logger = get_run_logger()
     sweep_id = document["sweep_id"]
-    by_node = {n["node"]: n for n in document["nodes"]}
     emitted = []
-    for a in assessments:
-        if not a.needs_remediation:
+    for entry in document["nodes"]:
+        request = requests.get(entry["node"])
+        if request is None:
             continue
-        if held and a.node in held:
-            logger.info("%s: no remediation event raised: %s", a.node, held[a.node])
+        if not request.raised:
+            logger.info("%s: no remediation event raised: %s", entry["node"], request.why)
             continue
-        _emit_node_event(UNHEALTHY_EVENT, a.node, {"sweep_id": sweep_id, **by_node[a.node]})
-        emitted.append(a.node)
+        _emit_node_event(UNHEALTHY_EVENT, entry["node"], {"sweep_id": sweep_id, **entry})
+        emitted.append(entry["node"])
     return emitted
 
 
 @task(name="read-remediation-records", cache_policy=NO_CACHE)
-def nodes_a_run_would_leave(kubernetes: KubernetesSettings, policy: RemediationPolicy, now: datetime) -> dict[str, str]:
-    """The fleet's nodes for which a remediate-node run would stop without doing anything (their records on the
-    Nodes, one list; `why_a_run_would_stop`), with why.
+def read_remediation_records(kubernetes: KubernetesSettings) -> FleetView | None:
+    """The remediation records on the fleet's Nodes (one list), for `sweep_requests`.
 
-    Best effort, on the side of raising: a cluster that cannot be read holds no event back, as if the fleet
-    file named no cluster; a node whose record cannot be read is not held either.
+    Best effort, on the side of raising: a cluster that cannot be read gives None, and every unhealthy
+    node's event is raised, as if the fleet file named no cluster; a record that cannot be read is left out.
     """
     try:
         with KubeNodes.from_kubeconfig(kubernetes.kubeconfig, context=kubernetes.context) as kube:
             views = kube.list_nodes(kubernetes.label_selector)
     except AdapterError as err:
         get_run_logger().warning("remediation records not read, so every unhealthy node's event is raised: %s", err)
-        return {}
-    return why_a_run_would_stop(fleet_view_from(views), policy, now)
+        return None
+    return fleet_view_from(views)
 
 
 @task(name="announce-blind-spots", cache_policy=NO_CACHE)

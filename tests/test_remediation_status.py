@@ -13,6 +13,7 @@ from gpumedic.remediation_status import (
     fleet_status,
     render,
     stalled_after,
+    sweep_requests,
     to_json,
     why_a_run_would_stop,
 )
@@ -218,6 +219,26 @@ def test_the_sweep_holds_back_events_only_where_a_run_would_stop_at_once() -> No
     assert "gpu-b" in why_a_run_would_stop(asked, POLICY, deadline + timedelta(minutes=10))
     # Past its timeout by more than a re-check: the suspended run did not apply the timeout, a new one must.
     assert why_a_run_would_stop(asked, POLICY, deadline + timedelta(minutes=20)) == {}
+
+
+def test_the_sweep_says_for_each_node_needing_remediation_whether_a_run_was_requested_and_why_not() -> None:
+    fleet, records = _fleet_in_every_situation()
+    needing = ["gpu-a", "gpu-b", "gpu-c", "gpu-f", "gpu-x", "gpu-new"]
+    requests = sweep_requests(needing, fleet, POLICY, NOW, events=True)
+    assert set(requests) == set(needing)
+    assert {n for n, r in requests.items() if r.raised} == {"gpu-a", "gpu-f", "gpu-new"}
+    assert requests["gpu-a"].note == f"run requested: resumes incident {records['gpu-a'].incident_id} (draining)"
+    # Closed (gpu-f: a new incident) or never remediated: the run opens one.
+    assert requests["gpu-f"].note == requests["gpu-new"].note == "run requested"
+    held = why_a_run_would_stop(fleet, POLICY, NOW)
+    assert {n: r.why for n, r in requests.items() if not r.raised} == {n: held[n] for n in ("gpu-b", "gpu-c", "gpu-x")}
+    assert requests["gpu-b"].note.startswith("no run requested: incident ")
+    # No cluster named, or it could not be read: every event is raised, and each run reads the records itself.
+    assert all(r.raised and r.note == "run requested" for r in sweep_requests(needing, None, POLICY, NOW,
+                                                                             events=True).values())
+    quiet = sweep_requests(needing, fleet, POLICY, NOW, events=False)
+    assert not any(r.raised for r in quiet.values())
+    assert quiet["gpu-a"].note == "no run requested: this sweep only reports (events off)"
 
 
 def test_an_incident_held_by_the_open_breaker_waits_for_it_and_is_looked_at_again() -> None:

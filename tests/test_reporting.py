@@ -35,6 +35,15 @@ def test_table_shows_only_nodes_needing_attention_with_their_forecast_risk() -> 
     assert rows[0]["forecast risk"] == "42% (GPU 3)"
 
 
+def test_the_report_says_what_the_sweep_did_about_each_node_needing_remediation() -> None:
+    said = {"n2": "no run requested: incident inc-1 awaits a human's decision (replace)"}
+    rows = table_rows([WELL, SICK, DARK], remediation=said)
+    assert {r["node"]: r["remediation"] for r in rows} == {"n2": said["n2"], "n3": "-"}
+    text = markdown_report("s1", NOW, [WELL, SICK], 1.5, remediation=said)
+    assert f"- remediation: {said['n2']}" in text.split("### n2")[1]
+    assert "remediation:" not in markdown_report("s1", NOW, [WELL, SICK], 1.5)
+
+
 def test_markdown_report_names_the_riskiest_gpus_and_the_actions() -> None:
     text = markdown_report("s1", NOW, [WELL, SICK], 1.5, {("n2", 3): 0.42}, RiskWindow(3.0, 24.0))
     assert "Highest forecast risk of failure within 4 days of the forecast" in text

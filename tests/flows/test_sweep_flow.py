@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import socket
@@ -136,6 +137,8 @@ def test_each_verdict_lands_on_its_node_as_a_condition_with_the_shipped_rbac(
 def test_no_remediation_event_is_raised_where_a_run_would_only_stop(
     example_fleet: SimulatedFleet, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
+    from prefect.artifacts import Artifact
+
     from flows.sweep import fleet_sweep
     from gpumedic.domain.remediation import RemediationState
     from gpumedic.domain.verdict import Action
@@ -181,6 +184,15 @@ def test_no_remediation_event_is_raised_where_a_run_would_only_stop(
     assert {m.split(":")[0] for m in said} == left, said  # (a record can reach caplog twice: a set)
     assert any(m.startswith("gpu-node-05: no remediation event raised: incident ") and
                m.endswith("awaits a human's decision (replace)") for m in said), said
+    # The sweep's table says the same, node by node, and which open incident an event resumes.
+    table = Artifact.get("fleet-unhealthy-nodes")
+    assert table is not None
+    shown = {row["node"]: row["remediation"] for row in json.loads(str(table.data))}
+    assert shown["gpu-node-05"] == (f"no run requested: incident {records['gpu-node-05'].incident_id} "
+                                    "awaits a human's decision (replace)")
+    assert shown["gpu-node-11"] == "no run requested: gpu-node-11 is opted out of automated remediation"
+    assert shown["gpu-node-07"] == f"run requested: resumes incident {records['gpu-node-07'].incident_id} (readmitted)"
+    assert {n for n, said in shown.items() if said.startswith("run requested")} == needing - left
 
 
 @pytest.mark.usefixtures("prefect_harness")
