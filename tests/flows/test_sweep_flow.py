@@ -196,6 +196,33 @@ def test_no_remediation_event_is_raised_where_a_run_would_only_stop(
 
 
 @pytest.mark.usefixtures("prefect_harness")
+def test_a_cluster_whose_records_cannot_be_read_holds_no_remediation_event_back(
+    small_fleet: SimulatedFleet, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from prefect.artifacts import Artifact
+
+    from flows.sweep import fleet_sweep
+    from gpumedic.sim.kube_api import KubeApiEmulator
+
+    with KubeApiEmulator() as kube:
+        kubeconfig = kube.write_kubeconfig(tmp_path / "kubeconfig")
+    inventory = _naming_the_cluster(_inventory_with_store(small_fleet, tmp_path), kubeconfig,  # a server gone now
+                                    node_conditions=False)
+    with node_state.locked(small_fleet.state_file("gpu-node-01")) as state:
+        state["gpus"][3]["dbe_vol"] = 2
+    with _task_logs_in(caplog):
+        document = fleet_sweep(fleet_file=inventory, emit_events=True)
+    assert {n["node"]: n["action"] for n in document["nodes"]} == {"gpu-node-00": "none", "gpu-node-01": "reset_gpu"}
+    # On the side of raising: the run reads the records itself, and decides.
+    assert eventually(lambda: [p["node"] for p in event_payloads("gpumedic.node.unhealthy")
+                               if p["sweep_id"] == document["sweep_id"]] == ["gpu-node-01"], timeout_s=120)
+    assert any("remediation records not read" in r.getMessage() and r.levelname == "WARNING" for r in caplog.records)
+    table = Artifact.get("fleet-unhealthy-nodes")
+    assert table is not None
+    assert {row["node"]: row["remediation"] for row in json.loads(str(table.data))} == {"gpu-node-01": "run requested"}
+
+
+@pytest.mark.usefixtures("prefect_harness")
 def test_a_cluster_that_cannot_take_the_conditions_does_not_fail_the_sweep(
     small_fleet: SimulatedFleet, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
