@@ -325,6 +325,14 @@ def evaluate(seeds: tuple[int, ...], gpus: int, days: int, trainings: list[str])
                 f"{_fmt(float(np.nanmean([m.lead_hours_median for m in ms])), 0):>7} "
                 f"{_fmt(float(np.nanmean([m.lead_hours_p10 for m in ms])), 0):>7}"
             )
+        for who in ("forecaster", "baseline"):
+            late, early, never = (sum(getattr(getattr(r, who).false_alarms, k) for r in results)
+                                  for k in ("too_late", "too_early", "no_failure"))
+            print(
+                f"  false alarms ({training}, {who}): {late + early + never}: {late} on GPUs that failed within the "
+                f"lead (true warnings, too late to count), {early} on GPUs that failed after the window, {never} on "
+                "GPUs that did not fail"
+            )
         by_kind: dict[str, list[int]] = {}
         for r in results:
             for c in r.by_class:

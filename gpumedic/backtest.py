@@ -104,6 +104,18 @@ class BacktestProtocol:
 
 
 @dataclass(frozen=True, slots=True)
+class FalseAlarms:
+    """Alarms whose window held no failure, by what came next on that GPU (or node)."""
+
+    too_late: int  # it failed within the lead: a true warning, too late to count
+    too_early: int  # it failed, after the window
+    no_failure: int  # it did not fail in the rest of the history
+
+    def to_json(self) -> dict[str, int]:
+        return {"too_late": self.too_late, "too_early": self.too_early, "no_failure": self.no_failure}
+
+
+@dataclass(frozen=True, slots=True)
 class Metrics:
     precision: float
     recall: float
@@ -113,6 +125,7 @@ class Metrics:
     failures: int
     lead_hours_median: float
     lead_hours_p10: float
+    false_alarms: FalseAlarms = FalseAlarms(0, 0, 0)
 
     def to_json(self) -> dict[str, float | int | None]:
         def clean(v: float) -> float | None:
@@ -149,13 +162,16 @@ class BacktestResult:
     entities: int
 
     def to_json(self, *, by_class: bool = False) -> dict[str, object]:
-        """The issue's exact shape; `by_class` adds one optional key with per-class recall."""
+        """The issue's exact shape; `by_class` adds two optional keys: per-class recall, and the false
+        alarms by what followed them."""
         out: dict[str, object] = {
             "forecaster": self.forecaster.to_json(),
             "baseline": self.baseline.to_json(),
             "prevalence": round(self.prevalence, 9),
         }
         if by_class:
+            out["false_alarms"] = {"forecaster": self.forecaster.false_alarms.to_json(),
+                                   "baseline": self.baseline.false_alarms.to_json()}
             out["by_class"] = {
                 c.kind: {
                     "failures": c.failures,
@@ -380,6 +396,7 @@ def _metrics(
     n_fail = int(counted.sum())
     n_caught = int(caught.sum())
     lead_arr = np.array(leads)
+    false_alarms = _false_alarms(fired, labels, targets, grid, protocol)
     metrics = Metrics(
         precision=true_alarms / alarms if alarms else math.nan,
         recall=n_caught / n_fail if n_fail else math.nan,
@@ -389,8 +406,33 @@ def _metrics(
         failures=n_fail,
         lead_hours_median=float(np.median(lead_arr)) if len(leads) else math.nan,
         lead_hours_p10=float(np.percentile(lead_arr, 10)) if len(leads) else math.nan,
+        false_alarms=false_alarms,
     )
     return _Outcome(metrics, np.where(counted, caught, False))
+
+
+def _false_alarms(
+    fired: Sequence[npt.NDArray[np.int64]], labels: BoolArray, targets: _Targets, grid: Grid,
+    protocol: BacktestProtocol,
+) -> FalseAlarms:
+    """Sorts the false alarms by the entity's next failure: inside the lead, after the window, or none."""
+    late = early = never = 0
+    for e, f in enumerate(fired):
+        false = f[~labels[e, f]] if len(f) else f
+        if not len(false):
+            continue
+        upcoming = targets.per_entity[e]
+        if not len(upcoming):
+            never += len(false)
+            continue
+        at = grid.origin + false * HOUR
+        j = np.searchsorted(upcoming, at, side="right")
+        failing = j < len(upcoming)
+        soon = upcoming[np.minimum(j, len(upcoming) - 1)] - at < protocol.lead_h * HOUR
+        never += int((~failing).sum())
+        late += int((failing & soon).sum())
+        early += int((failing & ~soon).sum())
+    return FalseAlarms(late, early, never)
 
 
 # --------------------------------------------------------------------------------------

@@ -266,7 +266,9 @@ def add_forecast_commands(subparsers: argparse._SubParsersAction) -> None:
     bt.add_argument("--lead-hours", type=float, default=24.0)
     bt.add_argument("--horizon-days", type=float, default=7.0)
     bt.add_argument("--json", required=True, help="output file ('-': stdout)")
-    bt.add_argument("--by-class", action="store_true", help="add per-failure-class recall under 'by_class'")
+    bt.add_argument("--by-class", action="store_true",
+                    help="add per-failure-class recall under 'by_class', and the false alarms by what followed them "
+                    "under 'false_alarms' (too_late, too_early, no_failure)")
     bt.add_argument(
         "--training",
         choices=["walk-forward", "fixed"],

@@ -97,6 +97,20 @@ def test_caught_only_if_the_alarm_is_inside_the_lead_window() -> None:
     assert out.caught.tolist() == [True, False]
 
 
+def test_false_alarms_are_told_apart_by_what_followed_them() -> None:
+    grid, targets = _targets([(0, 400), (1, 900), (1, 1200)], 3)  # GPU 2 never fails
+    k_scored = 1500
+    labels = bt._labels(targets, 3, grid, k_scored, 24, 168)
+    fired = [
+        np.array([380, 395]),  # 20 h and 5 h before its failure: inside the lead
+        np.array([500, 1050]),  # 400 h before a failure: after the window; 150 h before the next: in it
+        np.array([10, 700]),
+    ]
+    m = bt._metrics(fired, labels, labels.astype(float), targets, grid, k_scored, BacktestProtocol()).metrics
+    assert (m.alarms, round(m.precision * m.alarms)) == (6, 1)
+    assert m.false_alarms == bt.FalseAlarms(too_late=2, too_early=1, no_failure=2)
+
+
 def test_node_level_failure_is_positive_for_every_gpu_of_the_node() -> None:
     grid = Grid(origin=to_epoch(T0), hours=1000)
     ents = Entities.from_keys([("a", 0), ("a", 1), ("b", 0)])
@@ -359,7 +373,11 @@ def test_cli_simulate_then_backtest_writes_the_exact_json(tmp_path: Path, capsys
     assert set(doc["forecaster"]) == METRIC_KEYS and set(doc["baseline"]) == METRIC_KEYS
     assert forecast_cli([*args, "--lead-hours", "12", "--horizon-days", "3", "--json", "-", "--by-class"]) == 0
     printed = json.loads(capsys.readouterr().out)
-    assert set(printed) == {"forecaster", "baseline", "prevalence", "by_class"}
+    assert set(printed) == {"forecaster", "baseline", "prevalence", "by_class", "false_alarms"}
+    for who in ("forecaster", "baseline"):
+        m, false = printed[who], printed["false_alarms"][who]
+        assert set(false) == {"too_late", "too_early", "no_failure"}
+        assert sum(false.values()) == m["alarms"] - (round(m["precision"] * m["alarms"]) if m["alarms"] else 0)
 
 
 def test_cli_reports_bad_input_without_a_traceback(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
