@@ -42,6 +42,24 @@ def _naming_the_cluster(inventory: str, kubeconfig: Path, **settings: object) ->
     return inventory
 
 
+def _naming_a_cluster_gone(inventory: str, tmp_path: Path, **settings: object) -> str:
+    """The fleet file naming a cluster whose API server has stopped: every call to it fails to connect."""
+    from gpumedic.sim.kube_api import KubeApiEmulator
+
+    with KubeApiEmulator() as kube:
+        kubeconfig = kube.write_kubeconfig(tmp_path / "kubeconfig")
+    return _naming_the_cluster(inventory, kubeconfig, **settings)
+
+
+def _remediation_column() -> dict[str, str]:
+    """What the latest sweep's unhealthy-nodes table says it did about each node's remediation."""
+    from prefect.artifacts import Artifact
+
+    table = Artifact.get("fleet-unhealthy-nodes")
+    assert table is not None
+    return {row["node"]: row["remediation"] for row in json.loads(str(table.data))}
+
+
 @contextmanager
 def _task_logs_in(caplog: pytest.LogCaptureFixture) -> Iterator[None]:
     task_logs = logging.getLogger("prefect.task_runs")  # Prefect's run loggers do not propagate to the root
@@ -137,8 +155,6 @@ def test_each_verdict_lands_on_its_node_as_a_condition_with_the_shipped_rbac(
 def test_no_remediation_event_is_raised_where_a_run_would_only_stop(
     example_fleet: SimulatedFleet, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from prefect.artifacts import Artifact
-
     from flows.sweep import fleet_sweep
     from gpumedic.domain.remediation import RemediationState
     from gpumedic.domain.verdict import Action
@@ -185,9 +201,7 @@ def test_no_remediation_event_is_raised_where_a_run_would_only_stop(
     assert any(m.startswith("gpu-node-05: no remediation event raised: incident ") and
                m.endswith("awaits a human's decision (replace)") for m in said), said
     # The sweep's table says the same, node by node, and which open incident an event resumes.
-    table = Artifact.get("fleet-unhealthy-nodes")
-    assert table is not None
-    shown = {row["node"]: row["remediation"] for row in json.loads(str(table.data))}
+    shown = _remediation_column()
     assert shown["gpu-node-05"] == (f"no run requested: incident {records['gpu-node-05'].incident_id} "
                                     "awaits a human's decision (replace)")
     assert shown["gpu-node-11"] == "no run requested: gpu-node-11 is opted out of automated remediation"
@@ -199,15 +213,9 @@ def test_no_remediation_event_is_raised_where_a_run_would_only_stop(
 def test_a_cluster_whose_records_cannot_be_read_holds_no_remediation_event_back(
     small_fleet: SimulatedFleet, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from prefect.artifacts import Artifact
-
     from flows.sweep import fleet_sweep
-    from gpumedic.sim.kube_api import KubeApiEmulator
 
-    with KubeApiEmulator() as kube:
-        kubeconfig = kube.write_kubeconfig(tmp_path / "kubeconfig")
-    inventory = _naming_the_cluster(_inventory_with_store(small_fleet, tmp_path), kubeconfig,  # a server gone now
-                                    node_conditions=False)
+    inventory = _naming_a_cluster_gone(_inventory_with_store(small_fleet, tmp_path), tmp_path, node_conditions=False)
     with node_state.locked(small_fleet.state_file("gpu-node-01")) as state:
         state["gpus"][3]["dbe_vol"] = 2
     with _task_logs_in(caplog):
@@ -217,9 +225,7 @@ def test_a_cluster_whose_records_cannot_be_read_holds_no_remediation_event_back(
     assert eventually(lambda: [p["node"] for p in event_payloads("gpumedic.node.unhealthy")
                                if p["sweep_id"] == document["sweep_id"]] == ["gpu-node-01"], timeout_s=120)
     assert any("remediation records not read" in r.getMessage() and r.levelname == "WARNING" for r in caplog.records)
-    table = Artifact.get("fleet-unhealthy-nodes")
-    assert table is not None
-    assert {row["node"]: row["remediation"] for row in json.loads(str(table.data))} == {"gpu-node-01": "run requested"}
+    assert _remediation_column() == {"gpu-node-01": "run requested"}
 
 
 @pytest.mark.usefixtures("prefect_harness")
@@ -227,11 +233,8 @@ def test_a_cluster_that_cannot_take_the_conditions_does_not_fail_the_sweep(
     small_fleet: SimulatedFleet, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     from flows.sweep import fleet_sweep
-    from gpumedic.sim.kube_api import KubeApiEmulator
 
-    with KubeApiEmulator() as kube:
-        kubeconfig = kube.write_kubeconfig(tmp_path / "kubeconfig")
-    inventory = _naming_the_cluster(_inventory_with_store(small_fleet, tmp_path), kubeconfig)  # a server gone now
+    inventory = _naming_a_cluster_gone(_inventory_with_store(small_fleet, tmp_path), tmp_path)
     with _task_logs_in(caplog):
         document = fleet_sweep(fleet_file=inventory, emit_events=False)
     assert {n["node"] for n in document["nodes"]} == {"gpu-node-00", "gpu-node-01"}
