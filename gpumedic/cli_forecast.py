@@ -124,6 +124,9 @@ def _backtest(args: argparse.Namespace) -> int:
         f"forecaster precision {f.precision:.3f} recall {f.recall:.3f} ({f.caught}/{f.failures}); "
         f"baseline precision {b.precision:.3f} recall {b.recall:.3f} ({b.caught}/{b.failures})"
     )
+    wrong = f.false_alarms
+    say(f"forecaster's false alarms: {wrong.too_late} on GPUs that failed within the lead (too late to count), "
+        f"{wrong.too_early} on GPUs that failed after the window, {wrong.no_failure} on GPUs that did not fail")
     return 0
 
 

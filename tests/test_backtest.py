@@ -368,6 +368,7 @@ def test_cli_simulate_then_backtest_writes_the_exact_json(tmp_path: Path, capsys
     report = tmp_path / "bt.json"
     args = ["forecast", "backtest", "--history", str(out / "HISTORY.csv"), "--failures", str(out / "FAILURES.csv")]
     assert forecast_cli([*args, "--json", str(report)]) == 0
+    assert "forecaster's false alarms: " in capsys.readouterr().err
     doc = json.loads(report.read_text())
     assert set(doc) == {"forecaster", "baseline", "prevalence"}
     assert set(doc["forecaster"]) == METRIC_KEYS and set(doc["baseline"]) == METRIC_KEYS
