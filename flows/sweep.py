@@ -48,7 +48,8 @@ def _shards(targets: list[NodeTarget], size: int) -> list[list[NodeTarget]]:
     log_prints=True,
 )
 def fleet_sweep(fleet_file: str, depth: Depth = "full", emit_events: bool = True) -> dict[str, Any]:
-    """Returns the sweep document: `{sweep_id, started, nodes: [{node, verdict, action, reasons, gpus}]}`.
+    """Returns the sweep document: `{sweep_id, started, nodes: [{node, verdict, action, last_seen, remediation,
+    reasons, gpus}]}`.
 
     Args:
         fleet_file: Path of the fleet YAML file on the worker: how to reach the nodes, the telemetry store,
@@ -100,7 +101,6 @@ def fleet_sweep(fleet_file: str, depth: Depth = "full", emit_events: bool = True
     evidence = [new_gauge_xids(t, previous.snapshots.get(t.node)) for t in telemetry]
     assessments = assess_fleet(policy, evidence, previous)
     observations = observe_fleet(previous.observations, assessments, started)
-    document = sweep_document(sweep_id, started, assessments, {o.node: o for o in observations})
     unseen_alert_after = timedelta(hours=policy.unseen_alert_after_hours)
     recorded = observations if emit_events else without_unannounced(previous.observations, observations,
                                                                      unseen_alert_after)
@@ -120,8 +120,10 @@ def fleet_sweep(fleet_file: str, depth: Depth = "full", emit_events: bool = True
     records = (read_remediation_records(fleet.kubernetes)
                if emit_events and needing and fleet.kubernetes is not None else None)
     requests = sweep_requests(needing, records, fleet.remediation_policy(), started, events=emit_events)
+    notes = {node: r.note for node, r in requests.items()}
+    document = sweep_document(sweep_id, started, assessments, {o.node: o for o in observations}, notes)
     publish_reports(fleet.store_url, sweep_id, started, assessments, observations, unseen_alert_after,
-                    time.monotonic() - clock, depth_note, {node: r.note for node, r in requests.items()})
+                    time.monotonic() - clock, depth_note, notes)
     if emit_events:
         emitted = emit_unhealthy_events(document, requests)
         logger.info("remediation requested for %d nodes: %s", len(emitted), ", ".join(emitted) or "none")

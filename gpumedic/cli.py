@@ -36,6 +36,8 @@ def _print_sweep(document: dict[str, Any]) -> None:
                 "never seen"
             reasons = f"{when}; {reasons}"
         print(f"{node['node']:<16} {node['verdict']:<9} {node['action']:<12} {reasons[:150]}")
+        if node.get("remediation"):
+            print(f"{'':<16} remediation: {node['remediation']}")
 
 
 @contextlib.contextmanager

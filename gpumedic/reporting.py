@@ -24,14 +24,16 @@ if TYPE_CHECKING:
 
 def sweep_document(
     sweep_id: str, started: datetime, assessments: Sequence[NodeAssessment],
-    observations: Mapping[str, Observation] | None = None,
+    observations: Mapping[str, Observation] | None = None, remediation: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """The `gpumedic sweep --json` document: one entry per node in the fleet.
 
     `last_seen`: the latest sweep that could assess the node (this one, unless it is unknown;
-    None when no sweep the store remembers has).
+    None when no sweep the store remembers has). `remediation`: for a node that needs it, what the
+    sweep did about it (None for the others).
     """
     observations = observations or {}
+    remediation = remediation or {}
 
     def last_seen(node: str) -> str | None:
         seen = observations[node].seen_at if node in observations else None
@@ -46,6 +48,7 @@ def sweep_document(
                 "verdict": str(a.verdict),
                 "action": str(a.action),
                 "last_seen": last_seen(a.node),
+                "remediation": remediation.get(a.node),
                 "reasons": list(a.reasons) + [r for g in a.gpus for r in g.reasons if r not in a.reasons],
                 "gpus": [
                     {"index": g.index, "verdict": str(g.verdict), "action": str(g.action), "reasons": list(g.reasons)}

@@ -27,6 +27,9 @@ def test_sweep_document_lists_every_node_with_gpu_reasons_lifted_to_the_node() -
     assert [n["node"] for n in document["nodes"]] == ["n1", "n2"]
     assert document["nodes"][1]["reasons"] == ["GPU 3: 2 volatile DBE"]
     assert document["nodes"][0]["reasons"] == []
+    assert [n["remediation"] for n in document["nodes"]] == [None, None]
+    said = sweep_document("s1", NOW, [WELL, SICK], remediation={"n2": "run requested"})
+    assert [n["remediation"] for n in said["nodes"]] == [None, "run requested"]
 
 
 def test_table_shows_only_nodes_needing_attention_with_their_forecast_risk() -> None:

@@ -26,11 +26,15 @@ def test_sweep_command_on_the_reference_fleet(tmp_path: Path) -> None:
     assert set(document) == {"sweep_id", "started", "nodes"}
     assert {n["node"]: (n["verdict"], n["action"]) for n in document["nodes"]} == EXPECTED_EXAMPLE
     for node in document["nodes"]:
-        assert set(node) == {"node", "verdict", "action", "last_seen", "reasons", "gpus"}
+        assert set(node) == {"node", "verdict", "action", "last_seen", "remediation", "reasons", "gpus"}
+        # No cluster named in the fleet file: every node that needs a repair has its run requested.
+        needs_repair = node["action"] in ("reset_gpu", "reboot", "inspect", "replace")
+        assert node["remediation"] == ("run requested" if needs_repair else None)
         for gpu in node["gpus"]:
             assert set(gpu) == {"index", "verdict", "action", "reasons"}
         # A fresh store: a node this sweep assessed was last seen now; one it could not, never.
         assert node["last_seen"] == (None if node["verdict"] == "unknown" else document["started"])
     assert "gpu-node-05" in proc.stdout  # the summary table is printed too
+    assert "remediation: run requested" in proc.stdout
     unknown = [line for line in proc.stdout.splitlines() if line.startswith("gpu-node-09")]
     assert unknown and "unknown" in unknown[0] and "never seen; " in unknown[0]

@@ -200,8 +200,10 @@ def test_no_remediation_event_is_raised_where_a_run_would_only_stop(
     assert {m.split(":")[0] for m in said} == left, said  # (a record can reach caplog twice: a set)
     assert any(m.startswith("gpu-node-05: no remediation event raised: incident ") and
                m.endswith("awaits a human's decision (replace)") for m in said), said
-    # The sweep's table says the same, node by node, and which open incident an event resumes.
+    # The sweep's table says the same, node by node, and which open incident an event resumes; so does its document.
     shown = _remediation_column()
+    assert {n["node"]: n["remediation"] for n in document["nodes"] if n["remediation"]} == {
+        node: said for node, said in shown.items() if said != "-"}
     assert shown["gpu-node-05"] == (f"no run requested: incident {records['gpu-node-05'].incident_id} "
                                     "awaits a human's decision (replace)")
     assert shown["gpu-node-11"] == "no run requested: gpu-node-11 is opted out of automated remediation"
