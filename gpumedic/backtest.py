@@ -125,7 +125,7 @@ class Metrics:
     failures: int
     lead_hours_median: float
     lead_hours_p10: float
-    false_alarms: FalseAlarms = FalseAlarms(0, 0, 0)
+    false_alarms: FalseAlarms
 
     def to_json(self) -> dict[str, float | int | None]:
         def clean(v: float) -> float | None:
@@ -418,7 +418,7 @@ def _false_alarms(
     """Sorts the false alarms by the entity's next failure: inside the lead, after the window, or none."""
     late = early = never = 0
     for e, f in enumerate(fired):
-        false = f[~labels[e, f]] if len(f) else f
+        false = f[~labels[e, f]]
         if not len(false):
             continue
         upcoming = targets.per_entity[e]
