@@ -63,7 +63,8 @@ def fleet_sweep(fleet_file: str, depth: Depth = "full", emit_events: bool = True
             names the cluster: an approval pending, a replacement on order, opted out; the report's
             "remediation" column says which), and
             `gpumedic.node.unseen` for every node no sweep could assess for the policy's `unseen_alert_after_hours`
-            (once per dark spell; `gpumedic.node.seen-again` when it returns). Off: report only; a dark spell that
+            (once per dark spell; `gpumedic.node.seen-again` when it returns). Off: report only (a dry run: the
+            report says what a sweep with events would request and hold back); a dark spell that
             reaches the alert delay (or ends) during such a sweep is announced by the next sweep with events on.
 
     With a `kubernetes:` block in the fleet file, each node's verdict is also written to its Node as the
@@ -117,8 +118,7 @@ def fleet_sweep(fleet_file: str, depth: Depth = "full", emit_events: bool = True
                            "judged: %s", len(lacking), policy.full_reading_max_age_hours, ", ".join(lacking[:10]))
         depth_note = quick_sweep_note(policy.full_reading_max_age_hours, lacking)
     needing = [a.node for a in assessments if a.needs_remediation]
-    records = (read_remediation_records(fleet.kubernetes)
-               if emit_events and needing and fleet.kubernetes is not None else None)
+    records = read_remediation_records(fleet.kubernetes) if needing and fleet.kubernetes is not None else None
     requests = sweep_requests(needing, records, fleet.remediation_policy(), started, events=emit_events)
     notes = {node: r.note for node, r in requests.items()}
     document = sweep_document(sweep_id, started, assessments, {o.node: o for o in observations}, notes)

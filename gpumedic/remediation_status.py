@@ -318,22 +318,28 @@ def sweep_requests(
 
     `fleet`: the records on the Nodes, or None where the fleet file names no cluster or it could not
     be read (then every event is raised: a run reads the records itself and decides). `events`: off,
-    the sweep only reports.
+    the sweep only reports, and says what a sweep with events would have done: its dry run.
     """
-    if not events:
-        return {node: SweepRequest(False, "this sweep only reports (events off)") for node in needing}
     held = why_a_run_would_stop(fleet, policy, now) if fleet is not None else {}
     records = {r.node: r for r in fleet.records} if fleet is not None else {}
     requests = {}
     for node in needing:
         record = records.get(node)
         if node in held:
-            requests[node] = SweepRequest(False, held[node])
+            request = SweepRequest(False, held[node])
         elif record is not None and not record.closed:
-            requests[node] = SweepRequest(True, f"resumes incident {record.incident_id} ({record.state})")
+            request = SweepRequest(True, f"resumes incident {record.incident_id} ({record.state})")
         else:
-            requests[node] = SweepRequest(True, "")
+            request = SweepRequest(True, "")
+        requests[node] = request if events else _reporting_only(request)
     return requests
+
+
+def _reporting_only(would: SweepRequest) -> SweepRequest:
+    if would.raised:
+        return SweepRequest(False, "this sweep only reports (events off); with events, a run would be requested"
+                            + (f": it {would.why}" if would.why else ""))
+    return SweepRequest(False, f"this sweep only reports (events off), and a run would only stop: {would.why}")
 
 
 def _why_resume(record: NodeRecord, policy: RemediationPolicy, now: datetime, breaker_open: bool) -> str:

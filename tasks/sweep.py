@@ -152,14 +152,14 @@ def emit_unhealthy_events(document: dict[str, Any], requests: Mapping[str, Sweep
 def read_remediation_records(kubernetes: KubernetesSettings) -> FleetView | None:
     """The remediation records on the fleet's Nodes (one list), for `sweep_requests`.
 
-    Best effort, on the side of raising: a cluster that cannot be read gives None, and every unhealthy
-    node's event is raised, as if the fleet file named no cluster; a record that cannot be read is left out.
+    Best effort, on the side of raising: a cluster that cannot be read gives None, and no event is held
+    back, as if the fleet file named no cluster; a record that cannot be read is left out.
     """
     try:
         with KubeNodes.from_kubeconfig(kubernetes.kubeconfig, context=kubernetes.context) as kube:
             views = kube.list_nodes(kubernetes.label_selector)
     except AdapterError as err:
-        get_run_logger().warning("remediation records not read, so every unhealthy node's event is raised: %s", err)
+        get_run_logger().warning("remediation records not read, so no remediation event is held back: %s", err)
         return None
     return fleet_view_from(views)
 

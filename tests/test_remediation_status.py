@@ -236,9 +236,15 @@ def test_the_sweep_says_for_each_node_needing_remediation_whether_a_run_was_requ
     # No cluster named, or it could not be read: every event is raised, and each run reads the records itself.
     assert all(r.raised and r.note == "run requested" for r in sweep_requests(needing, None, POLICY, NOW,
                                                                              events=True).values())
+    # A report-only sweep raises nothing and says what a sweep with events would have done: its dry run.
     quiet = sweep_requests(needing, fleet, POLICY, NOW, events=False)
     assert not any(r.raised for r in quiet.values())
-    assert quiet["gpu-a"].note == "no run requested: this sweep only reports (events off)"
+    assert quiet["gpu-a"].note == ("no run requested: this sweep only reports (events off); with events, a run "
+                                   f"would be requested: it resumes incident {records['gpu-a'].incident_id} (draining)")
+    assert quiet["gpu-new"].note == ("no run requested: this sweep only reports (events off); with events, a run "
+                                     "would be requested")
+    assert quiet["gpu-b"].note == ("no run requested: this sweep only reports (events off), and a run would only "
+                                   f"stop: {held['gpu-b']}")
 
 
 def test_an_incident_held_by_the_open_breaker_waits_for_it_and_is_looked_at_again() -> None:

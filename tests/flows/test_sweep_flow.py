@@ -182,6 +182,7 @@ def test_no_remediation_event_is_raised_where_a_run_would_only_stop(
                                            token=kube.service_account("gpumedic", "gpumedic", role["rules"]))
         inventory = _naming_the_cluster(_inventory_with_store(example_fleet, tmp_path), kubeconfig,
                                         node_conditions=False)
+        preview = fleet_sweep(fleet_file=inventory, emit_events=False)  # a report-only sweep: the dry run
         with _task_logs_in(caplog):
             document = fleet_sweep(fleet_file=inventory, emit_events=True)
 
@@ -204,6 +205,12 @@ def test_no_remediation_event_is_raised_where_a_run_would_only_stop(
     shown = _remediation_column()
     assert {n["node"]: n["remediation"] for n in document["nodes"] if n["remediation"]} == {
         node: said for node, said in shown.items() if said != "-"}
+    # The report-only sweep before it raised nothing and said the same, as what a sweep with events would do.
+    assert not any(p["sweep_id"] == preview["sweep_id"] for p in event_payloads("gpumedic.node.unhealthy"))
+    previewed = {n["node"]: n["remediation"] for n in preview["nodes"] if n["remediation"]}
+    assert set(previewed) == needing
+    assert previewed["gpu-node-05"].endswith(f"a run would only stop: {shown['gpu-node-05'].split(': ', 1)[1]}")
+    assert previewed["gpu-node-07"].endswith(f"a run would be requested: it {shown['gpu-node-07'].split(': ', 1)[1]}")
     assert shown["gpu-node-05"] == (f"no run requested: incident {records['gpu-node-05'].incident_id} "
                                     "awaits a human's decision (replace)")
     assert shown["gpu-node-11"] == "no run requested: gpu-node-11 is opted out of automated remediation"
