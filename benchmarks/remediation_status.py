@@ -31,6 +31,7 @@ os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 from gpumedic.adapters.jira_tickets import TicketRequest
 from gpumedic.adapters.kube_nodes import KubeNodes
 from gpumedic.adapters.ticket_outbox import OutboxEntry, OutboxStatus
+from gpumedic.config import ClusterAccess
 from gpumedic.domain.budget import RemediationPolicy
 from gpumedic.domain.remediation import open_incident
 from gpumedic.domain.verdict import Action, GpuAssessment, NodeAssessment, Verdict
@@ -69,7 +70,8 @@ def fleet_figures(nodes: int, open_share: float, repeat: int) -> dict[str, float
                 record = open_incident(_broken(name), incident_id=f"inc-{name}", now=opened, policy=POLICY)
                 client.cordon(name, taint_value=str(record.requested))
                 client.write_annotations(name, record.to_annotations())
-        status_s, status = best(repeat, lambda: remediation_status_now(str(kubeconfig), POLICY))
+        cluster = ClusterAccess(str(kubeconfig), None, "the emulator")
+        status_s, status = best(repeat, lambda: remediation_status_now(cluster, POLICY))
         render_s, lines = best(repeat, lambda: render(status))
         with KubeNodes.from_kubeconfig(kubeconfig) as client:
             views = client.list_nodes()

@@ -7,9 +7,10 @@ The sweep emits the event with `prefect.resource.id = gpumedic.node.<node>` and 
 its payload; the trigger starts one run per event, with the node and the sweep id as the
 incident hint. The same deployment can be run by hand from the UI with any parameters.
 
-Default parameters from the environment: `GPUMEDIC_KUBECONFIG` (default `~/.kube/config`)
-names the cluster; `GPUMEDIC_AUTO_APPROVE=1` approves every replacement by itself (for the
-demo only: it skips the human). Jira and the remediation policy come from the fleet file
+The cluster is the fleet file's (`fleet.kubernetes`, else `GPUMEDIC_KUBECONFIG` in the worker's
+environment, else the Kubernetes client's default), resolved by each run, the same one the sweeps
+read and write. Default parameters from the environment: `GPUMEDIC_AUTO_APPROVE=1` approves every
+replacement by itself (for the demo only: it skips the human). Jira and the remediation policy come from the fleet file
 (`fleet.jira`, `fleet.remediation`), the Jira token from the variable `fleet.jira.token_env`
 names. `GPUMEDIC_REMEDIATION_TRIGGER=0` serves the deployment without its trigger (by hand
 only).
@@ -27,7 +28,7 @@ from typing import Any
 from prefect.events import DeploymentEventTrigger
 from prefect.schedules import Interval
 
-from flows.remediation import DEFAULT_KUBECONFIG, remediate_node
+from flows.remediation import remediate_node
 from flows.resume import resume_remediations
 from flows.tickets import file_pending_tickets
 
@@ -55,7 +56,6 @@ def default_parameters(fleet_file: str, environ: Mapping[str, str] | None = None
     env = os.environ if environ is None else environ
     return {
         "fleet_file": fleet_file,
-        "kubeconfig": env.get("GPUMEDIC_KUBECONFIG") or DEFAULT_KUBECONFIG,
         "auto_approve": env.get("GPUMEDIC_AUTO_APPROVE", "0") == "1",
     }
 
@@ -67,7 +67,7 @@ def remediation_deployments(fleet_file: str) -> list[Any]:
         resume_remediations.to_deployment(
             name="resume-remediations",
             schedules=[Interval(RESUME_EVERY_SECONDS)],
-            parameters={"fleet_file": fleet_file, "kubeconfig": parameters["kubeconfig"]},
+            parameters={"fleet_file": fleet_file},
             description=(
                 "Every 15 minutes: start a remediate-node run for each open incident no run will come back to "
                 "by itself (probation over, a wait for the budget or evidence, a run that died mid-step)."

@@ -43,7 +43,6 @@ another run already waiting for the same decision does not ask a second time: it
 from __future__ import annotations
 
 import math
-import os
 import re
 import time
 import uuid
@@ -61,7 +60,7 @@ from prefect.input import RunInput
 from prefect.states import State
 
 from gpumedic.adapters.store import StoredForecast, shared_window
-from gpumedic.config import ConfigError, load_fleet_settings
+from gpumedic.config import ClusterAccess, ConfigError, load_fleet_settings
 from gpumedic.domain.budget import FleetView, RemediationPolicy
 from gpumedic.domain.remediation import (
     ApprovalKind,
@@ -113,6 +112,7 @@ from tasks.remediation import (
     drain_node,
     file_ticket,
     find_waiting_approval,
+    fleet_cluster,
     read_node_record,
     readmit_node,
     reboot_node,
@@ -126,7 +126,6 @@ from tasks.remediation import (
 )
 
 AUTO_APPROVER = "auto-approve (demo)"
-DEFAULT_KUBECONFIG = os.environ.get("GPUMEDIC_KUBECONFIG", os.path.expanduser("~/.kube/config"))
 MAX_STEPS = 60
 # The check run for an approval timeout starts this long after the deadline, once the
 # server has failed the expired suspension.
@@ -320,15 +319,15 @@ def _ask(record: NodeRecord, step: RequestApproval, *, auto_approve: bool, timeo
 # --------------------------------------------------------------------------- one step
 
 
-def _execute(step: Any, record: NodeRecord, evidence: FreshEvidence, *, fleet_file: str, kubeconfig: str,
+def _execute(step: Any, record: NodeRecord, evidence: FreshEvidence, *, fleet_file: str, cluster: ClusterAccess,
              tickets: str, auto_approve: bool, approval_timeout_s: int | None, poll_interval_s: int
              ) -> StepOutcome | StillWaiting:
     node = record.node
     match step:
         case Cordon():
-            return cordon_node(kubeconfig, node, step)
+            return cordon_node(cluster, node, step)
         case Drain():
-            return drain_node(kubeconfig, node, step)
+            return drain_node(cluster, node, step)
         case CaptureBootId():
             return capture_boot_id(fleet_file, node, step)
         case ResetGpus():
@@ -340,12 +339,12 @@ def _execute(step: Any, record: NodeRecord, evidence: FreshEvidence, *, fleet_fi
         case RunDiagnostics():
             return run_diagnostics(fleet_file, node, step)
         case Readmit():
-            readmitted = readmit_node(kubeconfig, node, step)
+            readmitted = readmit_node(cluster, node, step)
             if isinstance(readmitted, Succeeded):
-                _tell_the_node(fleet_file, evidence)
+                _tell_the_node(fleet_file, cluster, evidence)
             return readmitted
         case Cancel():
-            return cancel_incident(kubeconfig, node, step)
+            return cancel_incident(cluster, node, step)
         case RequestApproval():
             return _ask(record, step, auto_approve=auto_approve, timeout_s=approval_timeout_s,
                         poll_interval_s=poll_interval_s, forecast=read_node_forecast(fleet_file, node))
@@ -370,7 +369,7 @@ def remediate_node(
     node: str,
     incident: str | None = None,
     fleet_file: str = "fleet.yaml",
-    kubeconfig: str = DEFAULT_KUBECONFIG,
+    kubeconfig: str = "",
     dry_run: bool = False,
     auto_approve: bool = False,
     policy: dict[str, Any] | None = None,
@@ -393,7 +392,9 @@ def remediate_node(
             is always resumed, whatever is asked).
         fleet_file: Path of the fleet YAML file on the worker: how to reach the node for fresh evidence, the
             remediation policy, the Jira project.
-        kubeconfig: Path of the kubeconfig on the worker (cordon, drain, the incident record on the Node).
+        kubeconfig: Path of a kubeconfig on the worker (cordon, drain, the incident record on the Node). Empty:
+            the fleet file's `kubernetes:` block, else $GPUMEDIC_KUBECONFIG, else the client's default. A file
+            other than the one the fleet file names is refused: sweeps and remediation act on one cluster.
         dry_run: Decide and log every step, and change nothing: no cordon, eviction, reset, reboot or ticket.
         auto_approve: Approve replacements without asking a human. For demos and tests only.
         policy: Overrides of the fleet file's `fleet.remediation` keys (disruption budget, loop caps, timeouts).
@@ -406,7 +407,9 @@ def remediate_node(
     """
     logger = get_run_logger()
     rules = remediation_policy(fleet_file, policy)
-    snapshot = read_node_record(kubeconfig, node)
+    cluster = fleet_cluster(fleet_file, kubeconfig)
+    logger.info("node=%s cluster: %s", node, cluster)
+    snapshot = read_node_record(cluster, node)
     record, stored = snapshot.record, snapshot.record
     if dry_run and record is not None and not record.closed:
         logger.info("node=%s dry run: incident %s is already open (%s); nothing to simulate", node,
@@ -420,7 +423,7 @@ def remediate_node(
     remembered = False  # the incident is in the store's prior incidents (for the forecast)
 
     for _ in range(MAX_STEPS):
-        fleet = build_fleet_view(kubeconfig)
+        fleet = build_fleet_view(cluster)
         if evidence is None or stale_evidence or (datetime.now(UTC) - evidence.observed_at).total_seconds() > 60:
             evidence = assess_node_now(fleet_file, node)
             stale_evidence = False
@@ -437,7 +440,7 @@ def remediate_node(
                 return _result(record, decision.reason, executed, opened=False)
             record = open_incident(evidence.assessment, incident_id=incident or _new_incident(node), now=now,
                                    policy=rules, prior=record, dry_run=dry_run)
-            stored = _persist(kubeconfig, record, stored, dry_run)
+            stored = _persist(cluster, record, stored, dry_run)
             logger.info("node=%s incident=%s opened: %s -> %s", node, record.incident_id, evidence.assessment.action,
                         record.repair)
             if not dry_run:
@@ -478,24 +481,24 @@ def remediate_node(
             # time fleet-wide, on a fleet view read inside the lock.
             with budget_lock():
                 now = datetime.now(UTC)
-                step = _decide(record, evidence, now, rules, build_fleet_view(kubeconfig))
+                step = _decide(record, evidence, now, rules, build_fleet_view(cluster))
                 if isinstance(step, Cordon):
                     record = begin_step(record, step, now=now)
-                    stored = _persist(kubeconfig, record, stored, dry_run)
+                    stored = _persist(cluster, record, stored, dry_run)
             if not isinstance(step, Cordon):
                 logger.info("node=%s incident=%s the fleet changed while deciding: %s", node, record.incident_id,
                             type(step).__name__)
                 continue  # the budget was spent meanwhile (or another wait): handled from the top
         else:
             record = begin_step(record, step, now=now)
-            stored = _persist(kubeconfig, record, stored, dry_run)
+            stored = _persist(cluster, record, stored, dry_run)
         _hook("begun", step.key)
         if dry_run:
             logger.info("node=%s incident=%s would do %s: %s", node, record.incident_id, step.key, step)
             outcome: StepOutcome | StillWaiting = simulated_outcome(step)
         else:
             logger.info("node=%s incident=%s step=%s %s", node, record.incident_id, step.key, type(step).__name__)
-            outcome = _execute(step, record, evidence, fleet_file=fleet_file, kubeconfig=kubeconfig, tickets=tickets,
+            outcome = _execute(step, record, evidence, fleet_file=fleet_file, cluster=cluster, tickets=tickets,
                                auto_approve=auto_approve, approval_timeout_s=approval_timeout_s,
                                poll_interval_s=approval_poll_s)
         if isinstance(outcome, StillWaiting):
@@ -505,20 +508,20 @@ def remediate_node(
         # The node's health may have changed: look again before the next decision.
         stale_evidence = stale_evidence or isinstance(step, ResetGpus | Reboot | VerifyRebooted | RunDiagnostics)
         record = apply_outcome(record, step, outcome, now=datetime.now(UTC))
-        stored = _persist(kubeconfig, record, stored, dry_run)
+        stored = _persist(cluster, record, stored, dry_run)
         executed.append(f"{step.key}: {record.history[-1].note}")
         _hook("applied", step.key)
     else:
         waiting = f"stopped after {MAX_STEPS} steps"
 
     assert record is not None
-    _publish(record, kubeconfig, dry_run, rules)
+    _publish(record, cluster, dry_run, rules)
     logger.info("node=%s incident=%s state=%s outcome=%s waiting=%s", node, record.incident_id, record.state,
                 record.outcome, waiting)
     return _result(record, waiting, executed)
 
 
-def _tell_the_node(fleet_file: str, evidence: FreshEvidence) -> None:
+def _tell_the_node(fleet_file: str, cluster: ClusterAccess, evidence: FreshEvidence) -> None:
     """The readmitted Node's `GpuUnhealthy` condition from the evidence it was readmitted on, where the
     fleet's sweeps write conditions: else it would say the GPUs need repair until the next sweep (a
     day, on a fleet swept nightly). A failure to write is logged; the node stays readmitted."""
@@ -529,7 +532,8 @@ def _tell_the_node(fleet_file: str, evidence: FreshEvidence) -> None:
         return
     if kubernetes is None or not kubernetes.node_conditions:
         return
-    state = publish_node_conditions(kubernetes, [evidence.assessment], [], evidence.observed_at, return_state=True)
+    state = publish_node_conditions(kubernetes, cluster, [evidence.assessment], [], evidence.observed_at,
+                                    return_state=True)
     if not state.is_completed():
         get_run_logger().warning("node=%s condition not written after readmission: %s", evidence.assessment.node,
                                  state.message)
@@ -556,11 +560,11 @@ def _with(fleet: FleetView, record: NodeRecord) -> FleetView:
                      fleet.breaker_override)
 
 
-def _persist(kubeconfig: str, record: NodeRecord, stored: NodeRecord | None, dry_run: bool) -> NodeRecord | None:
+def _persist(cluster: ClusterAccess, record: NodeRecord, stored: NodeRecord | None, dry_run: bool) -> NodeRecord | None:
     """Write the record to the Node (never in a dry run, which changes nothing)."""
     if dry_run:
         return stored
-    write_node_record(kubeconfig, record.node, record, stored)
+    write_node_record(cluster, record.node, record, stored)
     return record
 
 
@@ -611,11 +615,11 @@ def timeline_markdown(record: NodeRecord) -> str:
     return "\n".join(lines)
 
 
-def _publish(record: NodeRecord, kubeconfig: str, dry_run: bool, rules: RemediationPolicy) -> None:
+def _publish(record: NodeRecord, cluster: ClusterAccess, dry_run: bool, rules: RemediationPolicy) -> None:
     create_markdown_artifact(key=f"incident-{_slug(record.node)}", markdown=timeline_markdown(record),
                              description=f"Remediation timeline of {record.node}, incident {record.incident_id}")
     try:
-        fleet = build_fleet_view(kubeconfig)
+        fleet = build_fleet_view(cluster)
     except Exception as err:  # the table is a report; the incident is already persisted
         get_run_logger().warning("fleet remediation table not updated: %s", err)
         return

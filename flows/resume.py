@@ -19,9 +19,14 @@ from typing import Any
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
-from flows.remediation import DEFAULT_KUBECONFIG
 from gpumedic.remediation_status import due_for_resumption
-from tasks.remediation import build_fleet_view, nodes_with_live_runs, remediation_policy, start_remediation_run
+from tasks.remediation import (
+    build_fleet_view,
+    fleet_cluster,
+    nodes_with_live_runs,
+    remediation_policy,
+    start_remediation_run,
+)
 
 REMEDIATION_FLOW = "remediate-node"
 REMEDIATION_DEPLOYMENT = f"{REMEDIATION_FLOW}/remediate-node"
@@ -35,7 +40,7 @@ REMEDIATION_DEPLOYMENT = f"{REMEDIATION_FLOW}/remediate-node"
 )
 def resume_remediations(
     fleet_file: str,
-    kubeconfig: str = DEFAULT_KUBECONFIG,
+    kubeconfig: str = "",
     deployment: str = REMEDIATION_DEPLOYMENT,
     dry_run: bool = False,
 ) -> dict[str, Any]:
@@ -43,12 +48,16 @@ def resume_remediations(
 
     Args:
         fleet_file: Fleet file; its `remediation:` policy says how long a step may take before its run counts as dead.
-        kubeconfig: Path of the kubeconfig on the worker (the incident records live on the Nodes).
+        kubeconfig: Path of a kubeconfig on the worker (the incident records live on the Nodes). Empty: the fleet
+            file's `kubernetes:` block, else $GPUMEDIC_KUBECONFIG, else the client's default; another file than the
+            fleet file's is refused.
         deployment: The remediation deployment to start runs of, as `flow-name/deployment-name`.
         dry_run: Say which incidents would be resumed, and why; start nothing.
     """
     logger = get_run_logger()
-    due = due_for_resumption(build_fleet_view(kubeconfig), remediation_policy(fleet_file), datetime.now(UTC))
+    cluster = fleet_cluster(fleet_file, kubeconfig)
+    logger.info("cluster: %s", cluster)
+    due = due_for_resumption(build_fleet_view(cluster), remediation_policy(fleet_file), datetime.now(UTC))
     live = nodes_with_live_runs(deployment) if due else set()
     started: list[dict[str, str]] = []
     left: list[dict[str, str]] = []

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -17,6 +18,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from gpumedic.adapters.collect_exporter import new_gauge_xids
 from gpumedic.adapters.targets import NodeTarget
 from gpumedic.collection import Depth
+from gpumedic.config import cluster_access
 from gpumedic.domain.deep_readings import quick_sweep_note, without_full_readings
 from gpumedic.domain.observation import newly_unseen, observe_fleet, seen_again, without_unannounced
 from gpumedic.domain.telemetry import NodeTelemetry
@@ -118,7 +120,9 @@ def fleet_sweep(fleet_file: str, depth: Depth = "full", emit_events: bool = True
                            "judged: %s", len(lacking), policy.full_reading_max_age_hours, ", ".join(lacking[:10]))
         depth_note = quick_sweep_note(policy.full_reading_max_age_hours, lacking)
     needing = [a.node for a in assessments if a.needs_remediation]
-    records = read_remediation_records(fleet.kubernetes) if needing and fleet.kubernetes is not None else None
+    # One cluster for everything that touches the Nodes, the same one remediation acts on.
+    cluster = cluster_access(fleet.kubernetes, os.environ) if fleet.kubernetes is not None else None
+    records = read_remediation_records(fleet.kubernetes, cluster) if needing and fleet.kubernetes and cluster else None
     requests = sweep_requests(needing, records, fleet.remediation_policy(), started, events=emit_events)
     notes = {node: r.note for node, r in requests.items()}
     document = sweep_document(sweep_id, started, assessments, {o.node: o for o in observations}, notes)
@@ -130,8 +134,8 @@ def fleet_sweep(fleet_file: str, depth: Depth = "full", emit_events: bool = True
         announce_blind_spots(newly_unseen(previous.observations, observations, unseen_alert_after),
                              seen_again(previous.observations, observations, unseen_alert_after), sweep_id,
                              unseen_alert_after)
-    if fleet.kubernetes is not None and fleet.kubernetes.node_conditions:
-        publish_node_conditions(fleet.kubernetes, assessments, observations, started)
+    if fleet.kubernetes is not None and cluster is not None and fleet.kubernetes.node_conditions:
+        publish_node_conditions(fleet.kubernetes, cluster, assessments, observations, started)
     logger.info("sweep %s done: %s", sweep_id, summary_line(assessments))
     return document
 

@@ -12,6 +12,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -140,23 +141,21 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_remediation_status(args: argparse.Namespace) -> int:
-    from flows.remediation import DEFAULT_KUBECONFIG
     from gpumedic.adapters.errors import AdapterError
-    from gpumedic.config import load_fleet_settings
+    from gpumedic.config import cluster_access, load_fleet_settings
     from gpumedic.remediation_status import render, to_json
     from tasks.remediation import remediation_status_now
 
     settings = load_fleet_settings(args.fleet)
     override, override_note = _breaker_override_if_reachable()
-    kubernetes = settings.kubernetes
-    kubeconfig = args.kubeconfig or (kubernetes.kubeconfig if kubernetes and kubernetes.kubeconfig else None)
-    kubeconfig = str(kubeconfig or DEFAULT_KUBECONFIG)
+    cluster = cluster_access(settings.kubernetes, os.environ)
+    if args.kubeconfig:  # read-only: looking at another cluster than the fleet's is allowed here
+        cluster = replace(cluster, kubeconfig=args.kubeconfig, chosen_by="--kubeconfig")
     try:
-        status = remediation_status_now(kubeconfig, settings.remediation_policy(),
-                                        context=kubernetes.context if kubernetes else None, include_closed=args.all,
+        status = remediation_status_now(cluster, settings.remediation_policy(), include_closed=args.all,
                                         breaker_override=override)
     except AdapterError as err:
-        print(f"gpumedic: cannot read the nodes' remediation records ({kubeconfig}): {err}", file=sys.stderr)
+        print(f"gpumedic: cannot read the nodes' remediation records ({cluster}): {err}", file=sys.stderr)
         return 1
     lines = render(status)
     if override_note:  # beside the breaker's own line
@@ -308,7 +307,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     status.add_argument("--fleet", required=True, help="fleet file (its remediation policy sets the budget)")
     status.add_argument("--kubeconfig", help="default: the fleet's kubernetes.kubeconfig, $GPUMEDIC_KUBECONFIG, "
-                        "~/.kube/config")
+                        "the client's default ($KUBECONFIG, ~/.kube/config)")
     status.add_argument("--all", action="store_true", help="also list closed incidents still recorded on nodes")
     status.add_argument("--json", metavar="OUT", help="write the status as JSON")
     status.set_defaults(func=cmd_remediation_status)

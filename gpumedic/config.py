@@ -8,6 +8,8 @@ simulated fleet that gpumedic starts itself. Errors name the file and the field.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -55,6 +57,63 @@ class KubernetesSettings(_Strict):
         default=True,
         description="write each sweep's verdict to its Node as the GpuUnhealthy condition (RBAC: patch nodes/status)",
     )
+
+
+KUBECONFIG_ENV = "GPUMEDIC_KUBECONFIG"
+
+
+class ConflictingClusters(ConfigError):
+    """A run was pointed at a kubeconfig other than the one its fleet file names."""
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterAccess:
+    """The one cluster a fleet's sweeps and remediation talk to.
+
+    `kubeconfig` None is the Kubernetes client's own default ($KUBECONFIG, else ~/.kube/config);
+    `context` None is that file's current context. `chosen_by` says, in words, where the kubeconfig
+    came from, for the run's log and its errors.
+    """
+
+    kubeconfig: str | None
+    context: str | None
+    chosen_by: str
+
+    def __str__(self) -> str:
+        where = self.kubeconfig or "the Kubernetes client's default kubeconfig"
+        context = f", context {self.context}" if self.context else ""
+        return f"{where}{context} ({self.chosen_by})"
+
+
+def cluster_access(
+    kubernetes: KubernetesSettings | None, environ: Mapping[str, str], *, given: str | None = None
+) -> ClusterAccess:
+    """Where the fleet's Nodes are: the fleet file's `kubernetes:` block, else `$GPUMEDIC_KUBECONFIG`,
+    else the client's default; `given` (a run's explicit kubeconfig) must agree with the fleet file.
+
+    One answer for every part of the product: a sweep that read its records on one cluster and a
+    remediation that cordoned nodes on another would act on a node nobody assessed. A `given` file
+    that differs from the fleet file's raises `ConflictingClusters` rather than pick one.
+    """
+    named = str(kubernetes.kubeconfig) if kubernetes is not None and kubernetes.kubeconfig else None
+    context = kubernetes.context if kubernetes is not None else None
+    if given:
+        if named is not None and not _same_file(given, named):
+            raise ConflictingClusters(
+                f"this run was given the kubeconfig {given}, but its fleet file names {named} "
+                "(fleet.kubernetes.kubeconfig): the sweeps and remediation must act on one cluster; "
+                "leave the run's kubeconfig empty, or make the two the same file"
+            )
+        return ClusterAccess(named or given, context, "this run's kubeconfig parameter")
+    if named is not None:
+        return ClusterAccess(named, context, "the fleet file's kubernetes.kubeconfig")
+    if environ.get(KUBECONFIG_ENV):
+        return ClusterAccess(environ[KUBECONFIG_ENV], context, f"${KUBECONFIG_ENV}")
+    return ClusterAccess(None, context, "the Kubernetes client's default: $KUBECONFIG, else ~/.kube/config")
+
+
+def _same_file(a: str, b: str) -> bool:
+    return os.path.realpath(os.path.expanduser(a)) == os.path.realpath(os.path.expanduser(b))
 
 
 class JiraConfig(_Strict):
@@ -163,6 +222,11 @@ def _resolve_paths(data: Any, base: Path) -> Any:
 
 
 def load_fleet_file(path: str | Path) -> FleetFile:
+    if "{{" in str(path):  # `prefect deploy` keeps a placeholder whose variable was not set
+        raise ConfigError(
+            f"{path}: the fleet file's path is an unfilled template; set GPUMEDIC_FLEET_FILE to the fleet file's "
+            "path on the workers when running `prefect deploy`, or give the run a `fleet_file`"
+        )
     path = Path(path)
     try:
         raw = yaml.safe_load(path.read_text())

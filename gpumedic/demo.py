@@ -436,14 +436,14 @@ def _print_cluster(cluster: DemoCluster) -> None:
 def _print_remediation_status(fleet: SimulatedFleet, cluster: DemoCluster) -> dict[str, Any]:
     """What `gpumedic remediation status` says once the demo's remediation has settled."""
     from gpumedic.adapters.breaker_override import read_breaker_override
-    from gpumedic.config import load_fleet_settings
+    from gpumedic.config import cluster_access, load_fleet_settings
     from gpumedic.remediation_status import render, to_json
     from tasks.remediation import remediation_status_now
 
-    _step(f"gpumedic remediation status --fleet {fleet.inventory_file} --kubeconfig {cluster.kubeconfig}")
-    status = remediation_status_now(str(cluster.kubeconfig), load_fleet_settings(fleet.inventory_file)
-                                    .remediation_policy(), include_closed=True,
-                                    breaker_override=read_breaker_override())
+    _step(f"gpumedic remediation status --fleet {fleet.inventory_file}")
+    settings = load_fleet_settings(fleet.inventory_file)
+    status = remediation_status_now(cluster_access(settings.kubernetes, os.environ), settings.remediation_policy(),
+                                    include_closed=True, breaker_override=read_breaker_override())
     for line in render(status):
         print(f"    {line}" if line else "")
     return to_json(status)

@@ -12,7 +12,7 @@ from prefect.cache_policies import NO_CACHE
 from gpumedic.adapters.errors import AdapterError
 from gpumedic.adapters.kube_conditions import publish_conditions
 from gpumedic.adapters.kube_nodes import KubeNodes
-from gpumedic.config import KubernetesSettings
+from gpumedic.config import ClusterAccess, KubernetesSettings
 from gpumedic.domain.node_condition import HEARTBEAT_REFRESH, condition_for
 from gpumedic.domain.observation import Observation
 from gpumedic.domain.verdict import NodeAssessment
@@ -20,8 +20,8 @@ from gpumedic.domain.verdict import NodeAssessment
 
 @task(name="publish-node-conditions", cache_policy=NO_CACHE)
 def publish_node_conditions(
-    kubernetes: KubernetesSettings, assessments: Sequence[NodeAssessment], observations: Sequence[Observation],
-    at: datetime,
+    kubernetes: KubernetesSettings, cluster: ClusterAccess, assessments: Sequence[NodeAssessment],
+    observations: Sequence[Observation], at: datetime,
 ) -> str:
     """Each node's verdict, read at `at`, as its `GpuUnhealthy` condition; returns what became of
     them, in words.
@@ -34,7 +34,7 @@ def publish_node_conditions(
     seen = {o.node: o for o in observations}
     found = {a.node: condition_for(a, seen.get(a.node), at) for a in assessments}
     try:
-        with KubeNodes.from_kubeconfig(kubernetes.kubeconfig, context=kubernetes.context) as kube:
+        with KubeNodes.for_cluster(cluster) as kube:
             outcome = publish_conditions(kube, found, HEARTBEAT_REFRESH, kubernetes.label_selector)
     except AdapterError as err:
         logger.error("node conditions not published: %s", err)

@@ -18,6 +18,7 @@ The budget lock and the approval look-ups at the end speak to the Prefect API it
 from __future__ import annotations
 
 import logging
+import os
 import re
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager, suppress
@@ -39,7 +40,7 @@ from gpumedic.adapters.store import TelemetryStore
 from gpumedic.adapters.targets import ssh_settings
 from gpumedic.adapters.ticket_outbox import file_through_outbox
 from gpumedic.collection import collect_nodes
-from gpumedic.config import ConfigError, JiraConfig, load_fleet_settings
+from gpumedic.config import ClusterAccess, ConfigError, JiraConfig, cluster_access, load_fleet_settings
 from gpumedic.domain.assess import assess_node
 from gpumedic.domain.budget import BreakerOverride, FleetView, RemediationPolicy, UnhealthyObservation
 from gpumedic.domain.remediation import (
@@ -93,8 +94,8 @@ def _log() -> logging.Logger | logging.LoggerAdapter[logging.Logger]:
         return logging.getLogger(__name__)
 
 
-def _nodes(kubeconfig: str) -> KubeNodes:
-    return KubeNodes.from_kubeconfig(kubeconfig)
+def _nodes(cluster: ClusterAccess) -> KubeNodes:
+    return KubeNodes.for_cluster(cluster)
 
 
 def _actions(fleet_file: str, node: str) -> NodeActions:
@@ -121,9 +122,9 @@ class NodeSnapshot:
 
 @task(name="read-node-record", cache_policy=NO_CACHE, retries=3, retry_delay_seconds=RETRY_DELAYS,
       retry_condition_fn=retry_if_transient, timeout_seconds=60)
-def read_node_record(kubeconfig: str, node: str) -> NodeSnapshot:
+def read_node_record(cluster: ClusterAccess, node: str) -> NodeSnapshot:
     """The record stored in the Node's annotations. Raises `CorruptRecord`: never start afresh."""
-    with _nodes(kubeconfig) as kube:
+    with _nodes(cluster) as kube:
         view = kube.get_node(node)
     return NodeSnapshot(NodeRecord.from_annotations(view.annotations), view.resource_version,
                         view.unschedulable, _opted_in(view))
@@ -139,7 +140,7 @@ class RecordChangedElsewhere(PermanentError):
 
 @task(name="write-node-record", cache_policy=NO_CACHE, retries=5, retry_delay_seconds=RETRY_DELAYS,
       retry_condition_fn=retry_if_transient, timeout_seconds=60)
-def write_node_record(kubeconfig: str, node: str, record: NodeRecord, previous: NodeRecord | None) -> str:
+def write_node_record(cluster: ClusterAccess, node: str, record: NodeRecord, previous: NodeRecord | None) -> str:
     """Persist `record` with optimistic concurrency; the node's new resourceVersion.
 
     The write is conditional on the node's resourceVersion just read, and only made when
@@ -148,7 +149,7 @@ def write_node_record(kubeconfig: str, node: str, record: NodeRecord, previous: 
     """
     annotations = record.to_annotations()
     assert set(annotations) <= set(ANNOTATION_KEYS)
-    with _nodes(kubeconfig) as kube:
+    with _nodes(cluster) as kube:
         view = kube.get_node(node)
         stored = NodeRecord.from_annotations(view.annotations)
         if stored != previous and stored != record:
@@ -163,10 +164,10 @@ def write_node_record(kubeconfig: str, node: str, record: NodeRecord, previous: 
 
 @task(name="fleet-view", cache_policy=NO_CACHE, retries=3, retry_delay_seconds=RETRY_DELAYS,
       retry_condition_fn=retry_if_transient, timeout_seconds=120)
-def build_fleet_view(kubeconfig: str) -> FleetView:
+def build_fleet_view(cluster: ClusterAccess) -> FleetView:
     """The budget's and the breaker's view, from every Node's annotations and cordon state, and the
     operator's fleet-wide breaker override (a Prefect Variable)."""
-    with _nodes(kubeconfig) as kube:
+    with _nodes(cluster) as kube:
         views = kube.list_nodes()
     try:
         override = read_breaker_override()
@@ -215,11 +216,11 @@ def _fleet_view(
 
 
 def remediation_status_now(
-    kubeconfig: str, policy: RemediationPolicy, *, context: str | None = None, include_closed: bool = False,
+    cluster: ClusterAccess, policy: RemediationPolicy, *, include_closed: bool = False,
     breaker_override: BreakerOverride | None = None,
 ) -> FleetStatus:
     """`gpumedic remediation status`: the fleet's remediation, read from the Nodes now."""
-    with KubeNodes.from_kubeconfig(kubeconfig, context=context) as kube:
+    with _nodes(cluster) as kube:
         views = kube.list_nodes()
     records, unreadable = read_records(views)
     return fleet_status(_fleet_view(views, records, breaker_override), policy, datetime.now(UTC),
@@ -267,9 +268,9 @@ def assess_node_now(fleet_file: str, node: str) -> FreshEvidence:
 
 @task(name="cordon-node", timeout_seconds=120, cache_policy=NO_CACHE, retries=3, retry_delay_seconds=RETRY_DELAYS,
       retry_condition_fn=retry_if_transient)
-def cordon_node(kubeconfig: str, node: str, step: Cordon) -> StepOutcome:
+def cordon_node(cluster: ClusterAccess, node: str, step: Cordon) -> StepOutcome:
     try:
-        with _nodes(kubeconfig) as kube:
+        with _nodes(cluster) as kube:
             result = kube.cordon(node, taint_value=str(step.repair), manager=MANAGER)
     except PermanentError as err:
         return Failed(str(err))
@@ -281,9 +282,9 @@ def cordon_node(kubeconfig: str, node: str, step: Cordon) -> StepOutcome:
 
 @task(name="drain-node", cache_policy=NO_CACHE, retries=3, retry_delay_seconds=RETRY_DELAYS,
       retry_condition_fn=retry_if_transient)
-def drain_node(kubeconfig: str, node: str, step: Drain, gpu_pods_only: bool = False) -> StepOutcome:
+def drain_node(cluster: ClusterAccess, node: str, step: Drain, gpu_pods_only: bool = False) -> StepOutcome:
     try:
-        with _nodes(kubeconfig) as kube:
+        with _nodes(cluster) as kube:
             report = kube.drain(node, deadline_s=step.timeout.total_seconds(), gpu_pods_only=gpu_pods_only,
                                 poll_s=0.5, backoff=(0.5, 1, 2, 4))
     except PermanentError as err:
@@ -384,9 +385,9 @@ def run_diagnostics(fleet_file: str, node: str, step: RunDiagnostics) -> StepOut
 
 @task(name="readmit-node", timeout_seconds=120, cache_policy=NO_CACHE, retries=3, retry_delay_seconds=RETRY_DELAYS,
       retry_condition_fn=retry_if_transient)
-def readmit_node(kubeconfig: str, node: str, step: Readmit) -> StepOutcome:
+def readmit_node(cluster: ClusterAccess, node: str, step: Readmit) -> StepOutcome:
     try:
-        with _nodes(kubeconfig) as kube:
+        with _nodes(cluster) as kube:
             kube.uncordon(node, we_cordoned=step.uncordon)
     except PermanentError as err:
         return Failed(str(err))
@@ -395,10 +396,10 @@ def readmit_node(kubeconfig: str, node: str, step: Readmit) -> StepOutcome:
 
 @task(name="cancel-incident", timeout_seconds=120, cache_policy=NO_CACHE, retries=3, retry_delay_seconds=RETRY_DELAYS,
       retry_condition_fn=retry_if_transient)
-def cancel_incident(kubeconfig: str, node: str, step: Cancel) -> StepOutcome:
+def cancel_incident(cluster: ClusterAccess, node: str, step: Cancel) -> StepOutcome:
     """Someone uncordoned the node by hand: remove our taint only, never touch the cordon."""
     try:
-        with _nodes(kubeconfig) as kube:
+        with _nodes(cluster) as kube:
             kube.uncordon(node, we_cordoned=False)
     except PermanentError as err:
         return Failed(str(err))
@@ -411,6 +412,12 @@ def cancel_incident(kubeconfig: str, node: str, step: Cancel) -> StepOutcome:
 def remediation_policy(fleet_file: str, overrides: Mapping[str, Any] | None = None) -> RemediationPolicy:
     """The fleet file's `fleet.remediation` with `overrides` (a run's `policy` parameter) merged on top."""
     return RemediationPolicy.model_validate({**load_fleet_settings(fleet_file).remediation, **(overrides or {})})
+
+
+def fleet_cluster(fleet_file: str, kubeconfig: str = "") -> ClusterAccess:
+    """The cluster the fleet file's sweeps read and write, which remediation must act on too; a run's
+    own `kubeconfig` (empty: none) that names another file raises `ConflictingClusters`."""
+    return cluster_access(load_fleet_settings(fleet_file).kubernetes, os.environ, given=kubeconfig or None)
 
 
 # --------------------------------------------------------------------------- tickets

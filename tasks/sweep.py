@@ -16,7 +16,7 @@ from gpumedic.adapters.kube_nodes import KubeNodes
 from gpumedic.adapters.store import TelemetryStore, shared_window
 from gpumedic.adapters.targets import NodeTarget
 from gpumedic.collection import Depth, collect_nodes
-from gpumedic.config import FleetSettings, KubernetesSettings
+from gpumedic.config import ClusterAccess, FleetSettings, KubernetesSettings
 from gpumedic.domain.assess import assess_node
 from gpumedic.domain.budget import FleetView
 from gpumedic.domain.observation import Observation
@@ -149,14 +149,14 @@ def emit_unhealthy_events(document: dict[str, Any], requests: Mapping[str, Sweep
 
 
 @task(name="read-remediation-records", cache_policy=NO_CACHE)
-def read_remediation_records(kubernetes: KubernetesSettings) -> FleetView | None:
+def read_remediation_records(kubernetes: KubernetesSettings, cluster: ClusterAccess) -> FleetView | None:
     """The remediation records on the fleet's Nodes (one list), for `sweep_requests`.
 
     Best effort, on the side of raising: a cluster that cannot be read gives None, and no event is held
     back, as if the fleet file named no cluster; a record that cannot be read is left out.
     """
     try:
-        with KubeNodes.from_kubeconfig(kubernetes.kubeconfig, context=kubernetes.context) as kube:
+        with KubeNodes.for_cluster(cluster) as kube:
             views = kube.list_nodes(kubernetes.label_selector)
     except AdapterError as err:
         get_run_logger().warning("remediation records not read, so no remediation event is held back: %s", err)

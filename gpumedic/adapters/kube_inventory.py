@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
-from kubernetes import client, config
+import os
+
+from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from gpumedic.adapters.errors import PermanentError, TransientError
-from gpumedic.config import KubernetesSettings, NodeEntry
+from gpumedic.adapters.kube_nodes import api_client_from
+from gpumedic.config import KubernetesSettings, NodeEntry, cluster_access
 
 
 def nodes_from_kubernetes(inventory: KubernetesSettings) -> list[NodeEntry]:
     """Each node is reached at its InternalIP (falling back to its name)."""
-    api_client = config.new_client_from_config(
-        config_file=str(inventory.kubeconfig) if inventory.kubeconfig else None, context=inventory.context
-    )
+    cluster = cluster_access(inventory, os.environ)
+    api_client = api_client_from(cluster.kubeconfig, cluster.context)
     try:
         nodes = client.CoreV1Api(api_client).list_node(label_selector=inventory.label_selector, _request_timeout=30)
     except ApiException as err:

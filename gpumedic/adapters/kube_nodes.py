@@ -40,6 +40,7 @@ from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
 from gpumedic.adapters.errors import AdapterError, PermanentError, TransientError
+from gpumedic.config import ClusterAccess
 from gpumedic.domain.node_condition import ConditionStatus, NodeCondition
 
 log = logging.getLogger(__name__)
@@ -280,6 +281,16 @@ def _selector_matches(selector: client.V1LabelSelector | None, labels: Mapping[s
     return True
 
 
+def api_client_from(path: str | Path | None, context: str | None = None) -> client.ApiClient:
+    """A client for the kubeconfig at `path` (None: the client's default) and `context` (None: its
+    current one); a file that cannot be loaded, or a context it lacks, is a `PermanentError`."""
+    try:
+        return config.new_client_from_config(config_file=str(path) if path is not None else None, context=context)
+    except (config.ConfigException, OSError, ValueError) as err:
+        where = f"{path if path is not None else '(the default)'}{f', context {context}' if context else ''}"
+        raise PermanentError(f"cannot load kubeconfig {where}: {err}") from err
+
+
 class KubeNodes:
     """The node-side operations of a remediation, each with its own timeout.
 
@@ -303,13 +314,12 @@ class KubeNodes:
 
     @classmethod
     def from_kubeconfig(cls, path: str | Path | None = None, *, context: str | None = None, **kwargs: Any) -> Self:
-        try:
-            api_client = config.new_client_from_config(
-                config_file=str(path) if path is not None else None, context=context
-            )
-        except (config.ConfigException, OSError, ValueError) as err:
-            raise PermanentError(f"cannot load kubeconfig {path}: {err}") from err
-        return cls(api_client, **kwargs)
+        return cls(api_client_from(path, context), **kwargs)
+
+    @classmethod
+    def for_cluster(cls, cluster: ClusterAccess, **kwargs: Any) -> Self:
+        """The fleet's cluster, as `cluster_access` chose it (the same one for sweeps and remediation)."""
+        return cls.from_kubeconfig(cluster.kubeconfig, context=cluster.context, **kwargs)
 
     @classmethod
     def in_cluster(cls, **kwargs: Any) -> Self:

@@ -68,10 +68,11 @@ def test_stalled_and_waiting_remediations_are_resumed_every_quarter_hour_in_both
     resume = declared["resume-remediations"]
     assert resume["entrypoint"] == "flows/resume.py:resume_remediations"
     assert resume["schedules"][0]["interval"] == 900
-    assert resume["parameters"]["kubeconfig"] == declared["remediate-node"]["parameters"]["kubeconfig"]
+    # Neither names a kubeconfig: each run takes the fleet file's cluster, the one its sweeps read and write.
+    assert "kubeconfig" not in resume["parameters"] and "kubeconfig" not in declared["remediate-node"]["parameters"]
     built = {d.name: d for d in build_deployments("/tmp/fleet.yaml")}
     assert built["resume-remediations"].schedules[0].schedule.interval.total_seconds() == 900
-    assert built["resume-remediations"].parameters["kubeconfig"] == built["remediate-node"].parameters["kubeconfig"]
+    assert not any("kubeconfig" in built[name].parameters for name in ("resume-remediations", "remediate-node"))
     # It starts runs of the deployment the sweeps' events start.
     assert built["remediate-node"].flow_name == REMEDIATION_FLOW
 

@@ -21,6 +21,7 @@ from gpumedic.adapters.errors import PermanentError, TransientError
 from gpumedic.adapters.jira_tickets import GPU_LABEL_PREFIX
 from gpumedic.adapters.store import TelemetryStore
 from gpumedic.adapters.ticket_outbox import OutboxEntry, TicketOutbox
+from gpumedic.config import ClusterAccess, ConflictingClusters
 from gpumedic.sim import node_state
 from gpumedic.sim.fleet import FleetSimulation, SimulatedFleet
 from gpumedic.sim.jira_api import JiraEmulator
@@ -51,6 +52,10 @@ class Rig:
                                   "evidence_retry_s": 0.5}
         params.update(kwargs)
         return remediate_node(node=node, **params)
+
+    @property
+    def cluster(self) -> ClusterAccess:
+        return ClusterAccess(self.kubeconfig, None, "the test's emulator")
 
     def actions(self, node: str) -> list[str]:
         return [a for _, a in node_state.load(self.fleet.state_file(node))["actions"]]
@@ -153,8 +158,9 @@ def test_the_policy_comes_from_the_fleet_file_with_the_run_parameter_on_top(dbe_
 def test_deployment_parameters_come_from_the_environment() -> None:
     from deployments.remediation import UNHEALTHY_EVENT, default_parameters, remediation_trigger
 
+    # No kubeconfig: each run takes the cluster from the fleet file, as the sweeps do.
     params = default_parameters("/etc/fleet.yaml", {"GPUMEDIC_KUBECONFIG": "/k", "GPUMEDIC_AUTO_APPROVE": "1"})
-    assert params == {"fleet_file": "/etc/fleet.yaml", "kubeconfig": "/k", "auto_approve": True}
+    assert params == {"fleet_file": "/etc/fleet.yaml", "auto_approve": True}
     assert default_parameters("/f", {})["auto_approve"] is False
     assert remediation_trigger().expect == {UNHEALTHY_EVENT}
 
@@ -175,13 +181,31 @@ def _latest_table_artifact(key: str) -> tuple[list[dict[str, Any]], str]:
     return data, artifact.description or ""
 
 
+def _naming_the_cluster(rig: Rig, **kubernetes: Any) -> None:
+    """The rig's fleet file with a `kubernetes:` block (its nodes stay listed)."""
+    document = yaml.safe_load(Path(rig.fleet_file).read_text())
+    document["fleet"]["kubernetes"] = kubernetes
+    Path(rig.fleet_file).write_text(yaml.safe_dump(document, sort_keys=False))
+
+
+def _two_contexts(path: Path, **clusters: KubeApiEmulator) -> Path:
+    """One kubeconfig with a context per emulator, named as given; the last is the current one."""
+    merged: dict[str, Any] = {"apiVersion": "v1", "kind": "Config", "clusters": [], "users": [], "contexts": []}
+    for name, kube in clusters.items():
+        one = kube.kubeconfig()
+        merged["clusters"].append({"name": name, "cluster": one["clusters"][0]["cluster"]})
+        merged["users"].append({"name": name, "user": one["users"][0]["user"]})
+        merged["contexts"].append({"name": name, "context": {"cluster": name, "user": name}})
+        merged["current-context"] = name
+    path.write_text(yaml.safe_dump(merged, sort_keys=False))
+    return path
+
+
 def test_a_readmitted_node_says_so_on_its_condition_without_waiting_for_the_next_sweep(dbe_rig: Rig) -> None:
     from flows.sweep import fleet_sweep
     from gpumedic.domain.node_condition import CONDITION_TYPE
 
-    document = yaml.safe_load(Path(dbe_rig.fleet_file).read_text())
-    document["fleet"]["kubernetes"] = {"kubeconfig": dbe_rig.kubeconfig}  # nodes stay listed: conditions only
-    Path(dbe_rig.fleet_file).write_text(yaml.safe_dump(document, sort_keys=False))
+    _naming_the_cluster(dbe_rig, kubeconfig=dbe_rig.kubeconfig)  # nodes stay listed: conditions only
 
     def condition(node: str) -> dict[str, str]:
         return next(c for c in dbe_rig.node(node)["status"]["conditions"] if c["type"] == CONDITION_TYPE)
@@ -195,6 +219,37 @@ def test_a_readmitted_node_says_so_on_its_condition_without_waiting_for_the_next
     assert readmitted["lastTransitionTime"] > swept["lastTransitionTime"]
     assert readmitted["lastHeartbeatTime"] > swept["lastHeartbeatTime"]
     assert condition("gpu-node-01") == other  # only the readmitted node is written
+
+
+def test_remediation_acts_on_the_cluster_and_context_the_fleet_file_names(dbe_rig: Rig, tmp_path: Path) -> None:
+    # Another cluster with nodes of the same names is the kubeconfig's current context (an SRE's
+    # staging cluster, say). The sweeps read and write the fleet file's context; so must remediation.
+    with KubeApiEmulator() as staging:
+        for name in dbe_rig.fleet.nodes:
+            staging.add_node(name, gpus=4)
+        kubeconfig = _two_contexts(tmp_path / "two-clusters", fleet=dbe_rig.kube, staging=staging)
+        _naming_the_cluster(dbe_rig, kubeconfig=str(kubeconfig), context="fleet")
+        result = dbe_rig.run("gpu-node-00", kubeconfig="", incident="inc-context")
+        assert result["final_state"] == "readmitted", result
+        assert dbe_rig.annotations("gpu-node-00")["gpumedic.io/state"] == "readmitted"
+        assert dbe_rig.evictions("gpu-node-00") == ["ml/train-gpu-node-00"]
+        readmitted = next(c for c in dbe_rig.node("gpu-node-00")["status"]["conditions"] if c["type"] == "GpuUnhealthy")
+        assert readmitted["reason"] == "GpusHealthy"  # the condition went to the same cluster
+        assert staging.request_log == []  # nothing read or written on the current context's cluster
+        assert not staging.get_node("gpu-node-00")["spec"].get("unschedulable")
+
+
+def test_a_run_given_another_kubeconfig_than_the_fleet_files_changes_nothing(dbe_rig: Rig, tmp_path: Path) -> None:
+    _naming_the_cluster(dbe_rig, kubeconfig=dbe_rig.kubeconfig)
+    other = tmp_path / "another-kubeconfig"
+    other.write_text(Path(dbe_rig.kubeconfig).read_text())
+    dbe_rig.kube.clear_logs()
+    with pytest.raises(ConflictingClusters, match="must act on one cluster"):
+        dbe_rig.run("gpu-node-00", kubeconfig=str(other), incident="inc-conflict")
+    assert dbe_rig.kube.request_log == []
+    assert dbe_rig.actions("gpu-node-00") == []
+    # The same file, named by the run and the fleet file alike, is one cluster.
+    assert dbe_rig.run("gpu-node-00", incident="inc-agreed")["final_state"] == "readmitted"
 
 
 def test_reset_then_passing_diagnostics_readmits_the_node(dbe_rig: Rig) -> None:
@@ -715,7 +770,7 @@ def _storm(rig: Rig) -> None:
         broken = NodeAssessment(n, Verdict.FAILED, Action.REPLACE, ("row remap failure",), ())
         record = open_incident(broken, incident_id=f"inc-storm-{n}", now=datetime.now(UTC),
                                policy=RemediationPolicy.model_validate(STORM_POLICY))
-        write_node_record.fn(rig.kubeconfig, n, record, None)
+        write_node_record.fn(rig.cluster, n, record, None)
 
 
 def test_the_breaker_asks_a_human_and_a_timeout_halts_the_node(storm_rig: Rig) -> None:
