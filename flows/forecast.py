@@ -9,6 +9,7 @@ from prefect import flow, get_run_logger
 
 from gpumedic.config import load_fleet_settings
 from gpumedic.domain.risk_window import HOURS_PER_DAY
+from gpumedic.run_names import flow_run_named
 from tasks.forecast import (
     emit_failure_predicted,
     load_forecast_model,
@@ -23,7 +24,8 @@ from tasks.forecast import (
 PRIOR_INCIDENT_DAYS = 180
 
 
-@flow(name="failure-forecast", description="Score every GPU's risk of failure within the model's lead plus the "
+@flow(name="failure-forecast", flow_run_name=flow_run_named("failure-forecast"),
+      description="Score every GPU's risk of failure within the model's lead plus the "
       "horizon from its telemetry history; report the riskiest with their evidence; raise proactive-maintenance "
       "requests.")
 def failure_forecast(

@@ -20,6 +20,7 @@ from gpumedic.adapters.jira_tickets import FORECAST_ORDER_LABEL, Approval, Ticke
 from gpumedic.adapters.store import TelemetryStore
 from gpumedic.config import ConfigError, load_fleet_settings
 from gpumedic.domain.risk_window import RiskWindow
+from gpumedic.run_names import flow_run_named, order_name
 from tasks.forecast import file_order_ticket
 
 AUTO_APPROVER = "auto-approve (demo)"
@@ -43,7 +44,7 @@ def order_description(node: str, gpu: int | None, risk: float, window: RiskWindo
     return "\n".join(lines) + "\n"
 
 
-@flow(name="proactive-maintenance", log_prints=True,
+@flow(name="proactive-maintenance", log_prints=True, flow_run_name=flow_run_named(order_name),
       description="Order a replacement for a GPU the failure forecast expects to fail, if a human approves: "
       "one Order Replacement ticket per GPU. Nothing is taken out of service.")
 def proactive_maintenance(

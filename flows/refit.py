@@ -9,12 +9,14 @@ from prefect import flow, get_run_logger
 
 from gpumedic.backtest import BacktestProtocol
 from gpumedic.config import load_fleet_settings
+from gpumedic.run_names import flow_run_named
 from tasks.forecast import load_history, load_prior_incidents
 from tasks.refit import fit_and_check, install_forecast_model, publish_refit
 
 
 @flow(
     name="forecast-model-refit",
+    flow_run_name=flow_run_named("forecast-model-refit"),
     description="Refit the failure forecaster on the fleet's own history and incidents; adopt it only if it "
     "ranks the last weeks, which it did not see, at least as well as the shipped model.",
 )

@@ -99,6 +99,7 @@ from gpumedic.domain.remediation import (
     simulated_outcome,
 )
 from gpumedic.remediation_status import fleet_status, headline, table_rows
+from gpumedic.run_names import flow_run_named
 from tasks.forecast import read_node_forecast
 from tasks.node_conditions import publish_node_conditions
 from tasks.remediation import (
@@ -214,7 +215,7 @@ def ticket_markdown(record: NodeRecord, step: FileTicket) -> str:
     return evidence_markdown(record, step) + "\n## Decision\n" + decision + "\n"
 
 
-@flow(name="request-replacement-approval", log_prints=True,
+@flow(name="request-replacement-approval", log_prints=True, flow_run_name=flow_run_named("{kind}-decision-{node}"),
       description="Wait for a human's decision on a replacement, with the evidence in the form.")
 def request_replacement_approval(
     node: str, incident: str, kind: str, description: str, timeout_s: int, poll_interval_s: int = 5,
@@ -278,9 +279,10 @@ def _ask(record: NodeRecord, step: RequestApproval, *, auto_approve: bool, timeo
     waiting = find_waiting_approval(key, [remediate_node.name, request_replacement_approval.name],
                                     exclude=str(this_run.id) if this_run else None)
     if waiting is not None and waiting.resumed:
-        return StillWaiting(f"the {step.kind} decision was given to flow run {waiting.name}, which applies it")
+        return StillWaiting(f"the {step.kind} decision was given to flow run {waiting.name} ({waiting.id}), "
+                            "which applies it")
     if waiting is not None:
-        return StillWaiting(f"a {step.kind} decision is awaited in flow run {waiting.name} until "
+        return StillWaiting(f"a {step.kind} decision is awaited in flow run {waiting.name} ({waiting.id}) until "
                             f"{(waiting.timeout or deadline):%Y-%m-%d %H:%M:%S} UTC")
     remaining = (deadline - datetime.now(UTC)).total_seconds()
     if remaining <= 0:
@@ -362,7 +364,7 @@ def _slug(text: str) -> str:
     return "".join(c if c.isalnum() else "-" for c in text.lower()).strip("-")
 
 
-@flow(name="remediate-node", log_prints=True,
+@flow(name="remediate-node", log_prints=True, flow_run_name=flow_run_named("remediate-{node}"),
       description="Remediate one node: cordon, drain, reset its GPUs, diagnose and readmit, or escalate to a human "
       "for replacement approval and a Jira ticket. Every step is recorded on the Node; a re-run resumes.")
 def remediate_node(

@@ -20,6 +20,7 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
 from gpumedic.remediation_status import due_for_resumption
+from gpumedic.run_names import flow_run_named
 from tasks.remediation import (
     build_fleet_view,
     fleet_cluster,
@@ -34,6 +35,7 @@ REMEDIATION_DEPLOYMENT = f"{REMEDIATION_FLOW}/remediate-node"
 
 @flow(
     name="resume-remediations",
+    flow_run_name=flow_run_named("resume-remediations"),
     log_prints=True,
     description="Start a remediate-node run for every open incident no run will come back to by itself: "
     "probation over, a wait for the budget or evidence, a run that died mid-step.",

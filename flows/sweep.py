@@ -25,6 +25,7 @@ from gpumedic.domain.telemetry import NodeTelemetry
 from gpumedic.inventory import resolve_fleet
 from gpumedic.remediation_status import sweep_requests
 from gpumedic.reporting import summary_line, sweep_document
+from gpumedic.run_names import flow_run_named
 from tasks.node_conditions import publish_node_conditions
 from tasks.sweep import (
     announce_blind_spots,
@@ -45,6 +46,7 @@ def _shards(targets: list[NodeTarget], size: int) -> list[list[NodeTarget]]:
 
 @flow(
     name="fleet-sweep",
+    flow_run_name=flow_run_named("{depth}-sweep"),
     description="Sweep the GPU fleet: collect telemetry, assess every GPU, report, and raise remediation events.",
     task_runner=ThreadPoolTaskRunner(max_workers=4),  # type: ignore[arg-type]
     log_prints=True,

@@ -18,12 +18,14 @@ from prefect.artifacts import create_table_artifact
 
 from gpumedic.adapters.errors import TransientError
 from gpumedic.config import load_fleet_settings
+from gpumedic.run_names import flow_run_named
 from gpumedic.ticket_queue import headline, table_rows, ticket_queue
 from tasks.tickets import flush_ticket_outbox, read_ticket_outbox
 
 
 @flow(
     name="file-pending-tickets",
+    flow_run_name=flow_run_named("file-pending-tickets"),
     log_prints=True,
     description="File every ticket still waiting in the outbox (Jira was down when it was raised) and list the "
     "ones Jira refused. Fails while Jira stays unreachable, so the outage is seen.",

@@ -120,7 +120,8 @@ class NodeSnapshot:
     managed: bool
 
 
-@task(name="read-node-record", cache_policy=NO_CACHE, retries=3, retry_delay_seconds=RETRY_DELAYS,
+@task(name="read-node-record", task_run_name="read-record-{node}",
+      cache_policy=NO_CACHE, retries=3, retry_delay_seconds=RETRY_DELAYS,
       retry_condition_fn=retry_if_transient, timeout_seconds=60)
 def read_node_record(cluster: ClusterAccess, node: str) -> NodeSnapshot:
     """The record stored in the Node's annotations. Raises `CorruptRecord`: never start afresh."""
@@ -138,7 +139,8 @@ class RecordChangedElsewhere(PermanentError):
     """Another workflow wrote this node's record since we read it: stop, do not overwrite it."""
 
 
-@task(name="write-node-record", cache_policy=NO_CACHE, retries=5, retry_delay_seconds=RETRY_DELAYS,
+@task(name="write-node-record", task_run_name="write-record-{node}",
+      cache_policy=NO_CACHE, retries=5, retry_delay_seconds=RETRY_DELAYS,
       retry_condition_fn=retry_if_transient, timeout_seconds=60)
 def write_node_record(cluster: ClusterAccess, node: str, record: NodeRecord, previous: NodeRecord | None) -> str:
     """Persist `record` with optimistic concurrency; the node's new resourceVersion.
@@ -248,7 +250,7 @@ def remember_incident(fleet_file: str, record: NodeRecord, assessment: NodeAsses
     )
 
 
-@task(name="assess-node-now", cache_policy=NO_CACHE, timeout_seconds=300)
+@task(name="assess-node-now", task_run_name="assess-{node}", cache_policy=NO_CACHE, timeout_seconds=300)
 def assess_node_now(fleet_file: str, node: str) -> FreshEvidence:
     """Collect the node again and assess it: no destructive step without a fresh, parsed reason."""
     fleet, targets = resolve_fleet(fleet_file)
@@ -266,7 +268,8 @@ def assess_node_now(fleet_file: str, node: str) -> FreshEvidence:
 
 
 
-@task(name="cordon-node", timeout_seconds=120, cache_policy=NO_CACHE, retries=3, retry_delay_seconds=RETRY_DELAYS,
+@task(name="cordon-node", task_run_name="cordon-{node}",
+      timeout_seconds=120, cache_policy=NO_CACHE, retries=3, retry_delay_seconds=RETRY_DELAYS,
       retry_condition_fn=retry_if_transient)
 def cordon_node(cluster: ClusterAccess, node: str, step: Cordon) -> StepOutcome:
     try:
@@ -280,7 +283,8 @@ def cordon_node(cluster: ClusterAccess, node: str, step: Cordon) -> StepOutcome:
                      else "cordoned and tainted")
 
 
-@task(name="drain-node", cache_policy=NO_CACHE, retries=3, retry_delay_seconds=RETRY_DELAYS,
+@task(name="drain-node", task_run_name="drain-{node}",
+      cache_policy=NO_CACHE, retries=3, retry_delay_seconds=RETRY_DELAYS,
       retry_condition_fn=retry_if_transient)
 def drain_node(cluster: ClusterAccess, node: str, step: Drain, gpu_pods_only: bool = False) -> StepOutcome:
     try:
@@ -297,7 +301,8 @@ def drain_node(cluster: ClusterAccess, node: str, step: Drain, gpu_pods_only: bo
     return Failed(f"pods still on the node: {blocked}")
 
 
-@task(name="capture-boot-id", timeout_seconds=120, cache_policy=NO_CACHE, retries=3, retry_delay_seconds=RETRY_DELAYS,
+@task(name="capture-boot-id", task_run_name="capture-boot-id-{node}",
+      timeout_seconds=120, cache_policy=NO_CACHE, retries=3, retry_delay_seconds=RETRY_DELAYS,
       retry_condition_fn=retry_if_transient)
 def capture_boot_id(fleet_file: str, node: str, step: CaptureBootId) -> StepOutcome:
     try:
@@ -306,7 +311,8 @@ def capture_boot_id(fleet_file: str, node: str, step: CaptureBootId) -> StepOutc
         return Failed(str(err))
 
 
-@task(name="reset-gpus", timeout_seconds=600, cache_policy=NO_CACHE, retries=3, retry_delay_seconds=RETRY_DELAYS,
+@task(name="reset-gpus", task_run_name="reset-gpus-{node}",
+      timeout_seconds=600, cache_policy=NO_CACHE, retries=3, retry_delay_seconds=RETRY_DELAYS,
       retry_condition_fn=retry_if_transient)
 def reset_gpus(fleet_file: str, node: str, step: ResetGpus, bus_ids: dict[str, str]) -> StepOutcome:
     """`nvidia-smi --gpu-reset` per GPU, found by UUID in the telemetry just read and addressed by
@@ -338,7 +344,7 @@ def _reboot_outcome(actions: NodeActions, old: str, timeout_s: float) -> StepOut
     return Rebooted(new)
 
 
-@task(name="reboot-node", timeout_seconds=3600, cache_policy=NO_CACHE)
+@task(name="reboot-node", task_run_name="reboot-{node}", timeout_seconds=3600, cache_policy=NO_CACHE)
 def reboot_node(fleet_file: str, node: str, step: Reboot) -> StepOutcome:
     """Issue the reboot and wait for a new boot id. Not retried: a reboot is never issued blind twice."""
     actions = _actions(fleet_file, node)
@@ -354,7 +360,8 @@ def reboot_node(fleet_file: str, node: str, step: Reboot) -> StepOutcome:
     return _reboot_outcome(actions, current, step.timeout.total_seconds())
 
 
-@task(name="verify-rebooted", timeout_seconds=3600, cache_policy=NO_CACHE, retries=3, retry_delay_seconds=RETRY_DELAYS,
+@task(name="verify-rebooted", task_run_name="verify-rebooted-{node}",
+      timeout_seconds=3600, cache_policy=NO_CACHE, retries=3, retry_delay_seconds=RETRY_DELAYS,
       retry_condition_fn=retry_if_transient)
 def verify_rebooted(fleet_file: str, node: str, step: VerifyRebooted) -> StepOutcome:
     """Did an interrupted reboot take effect? Never reboots."""
@@ -367,7 +374,8 @@ def verify_rebooted(fleet_file: str, node: str, step: VerifyRebooted) -> StepOut
     return Rebooted(current)
 
 
-@task(name="run-diagnostics", cache_policy=NO_CACHE, retries=3, retry_delay_seconds=RETRY_DELAYS,
+@task(name="run-diagnostics", task_run_name="diagnose-{node}",
+      cache_policy=NO_CACHE, retries=3, retry_delay_seconds=RETRY_DELAYS,
       retry_condition_fn=retry_if_transient)
 def run_diagnostics(fleet_file: str, node: str, step: RunDiagnostics) -> StepOutcome:
     try:
@@ -383,7 +391,8 @@ def run_diagnostics(fleet_file: str, node: str, step: RunDiagnostics) -> StepOut
     return DiagnosticsResult(report.passed, tuple(sorted(report.failed_gpus)), summary)
 
 
-@task(name="readmit-node", timeout_seconds=120, cache_policy=NO_CACHE, retries=3, retry_delay_seconds=RETRY_DELAYS,
+@task(name="readmit-node", task_run_name="readmit-{node}",
+      timeout_seconds=120, cache_policy=NO_CACHE, retries=3, retry_delay_seconds=RETRY_DELAYS,
       retry_condition_fn=retry_if_transient)
 def readmit_node(cluster: ClusterAccess, node: str, step: Readmit) -> StepOutcome:
     try:
@@ -394,7 +403,8 @@ def readmit_node(cluster: ClusterAccess, node: str, step: Readmit) -> StepOutcom
     return Succeeded("taint removed" + (", uncordoned" if step.uncordon else "; cordon left to its owner"))
 
 
-@task(name="cancel-incident", timeout_seconds=120, cache_policy=NO_CACHE, retries=3, retry_delay_seconds=RETRY_DELAYS,
+@task(name="cancel-incident", task_run_name="cancel-incident-{node}",
+      timeout_seconds=120, cache_policy=NO_CACHE, retries=3, retry_delay_seconds=RETRY_DELAYS,
       retry_condition_fn=retry_if_transient)
 def cancel_incident(cluster: ClusterAccess, node: str, step: Cancel) -> StepOutcome:
     """Someone uncordoned the node by hand: remove our taint only, never touch the cordon."""
@@ -652,10 +662,12 @@ def nodes_with_live_runs(deployment: str) -> set[str]:
     return nodes
 
 
-@task(name="start-remediation-run", cache_policy=NO_CACHE, retries=3, retry_delay_seconds=RETRY_DELAYS,
+@task(name="start-remediation-run", task_run_name="start-remediation-{node}",
+      cache_policy=NO_CACHE, retries=3, retry_delay_seconds=RETRY_DELAYS,
       timeout_seconds=60)
 def start_remediation_run(deployment: str, node: str, incident: str, key: str) -> str:
-    """A run of the remediation `deployment` ("flow/deployment") for the node's open incident; its name.
+    """A run of the remediation `deployment` ("flow/deployment") for the node's open incident: its name
+    and id (names say what a run is about, so runs for the same node share one).
 
     `key` makes the request idempotent: two resumers that saw the same record start one run.
     """
@@ -666,7 +678,7 @@ def start_remediation_run(deployment: str, node: str, incident: str, key: str) -
         deployment, parameters={"node": node, "incident": incident}, timeout=0, as_subflow=False,
         idempotency_key=key, tags=["gpumedic", "resumed"],
     )
-    return run.name
+    return f"{run.name} ({run.id})"
 
 
 @task(name="schedule-approval-check", cache_policy=NO_CACHE, retries=3, retry_delay_seconds=RETRY_DELAYS,
@@ -681,7 +693,7 @@ def schedule_approval_check(deployment_id: str, parameters: dict[str, Any], at: 
     run: FlowRun = run_deployment(  # type: ignore[assignment]  # sync call: a FlowRun, not a coroutine
 UUID(deployment_id), parameters=parameters, scheduled_time=at, timeout=0,
                          as_subflow=False, idempotency_key=key, tags=["gpumedic", "approval-timeout-check"])
-    _log().info("approval check %s scheduled at %s (flow run %s)", key, at.isoformat(), run.name)
+    _log().info("approval check %s scheduled at %s (flow run %s, %s)", key, at.isoformat(), run.name, run.id)
     return str(run.id)
 
 

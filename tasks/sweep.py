@@ -25,6 +25,7 @@ from gpumedic.domain.telemetry import NodeTelemetry
 from gpumedic.domain.verdict import NodeAssessment
 from gpumedic.remediation_status import SweepRequest
 from gpumedic.reporting import age_text, markdown_report, table_rows, unseen_text
+from gpumedic.run_names import shard_run_name
 from tasks.remediation import fleet_view_from
 
 UNHEALTHY_EVENT = "gpumedic.node.unhealthy"
@@ -32,7 +33,7 @@ UNSEEN_EVENT = "gpumedic.node.unseen"
 SEEN_AGAIN_EVENT = "gpumedic.node.seen-again"
 
 
-@task(name="collect-shard", cache_policy=NO_CACHE, retries=0)
+@task(name="collect-shard", task_run_name=shard_run_name, cache_policy=NO_CACHE, retries=0)
 def collect_shard(
     fleet: FleetSettings, targets: Sequence[NodeTarget], since: dict[str, datetime], depth: Depth, concurrency: int
 ) -> list[NodeTelemetry]:

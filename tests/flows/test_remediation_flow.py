@@ -27,6 +27,8 @@ from gpumedic.sim.fleet import FleetSimulation, SimulatedFleet
 from gpumedic.sim.jira_api import JiraEmulator
 from gpumedic.sim.kube_api import KubeApiEmulator
 from tests.conftest import require_sshd
+from tests.flows.prefect_runs import flow_runs_named, task_run_names
+from tests.waiting import eventually
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
@@ -288,6 +290,17 @@ def test_reset_then_passing_diagnostics_readmits_the_node(dbe_rig: Rig) -> None:
         conn.execute(store_tables.incidents.delete())
     dbe_rig.run("gpu-node-00", incident="inc-happy")
     assert [f.node for f in store.prior_incidents(datetime.now(UTC) - timedelta(days=1))] == ["gpu-node-00"]
+
+
+def test_the_run_and_its_steps_are_named_after_the_node_in_the_ui(dbe_rig: Rig) -> None:
+    assert dbe_rig.run("gpu-node-00", incident="inc-named")["final_state"] == "readmitted"
+    assert dbe_rig.run("gpu-node-01", dry_run=True)["incident"] is None  # healthy: nothing to simulate
+    (run,) = [r for r in flow_runs_named("remediate-gpu-node-00") if r.parameters["incident"] == "inc-named"]
+    steps = {"assess-gpu-node-00", "read-record-gpu-node-00", "write-record-gpu-node-00", "cordon-gpu-node-00",
+             "drain-gpu-node-00", "reset-gpus-gpu-node-00", "diagnose-gpu-node-00", "readmit-gpu-node-00"}
+    assert eventually(lambda: steps <= task_run_names(run)), task_run_names(run)
+    dry_runs = flow_runs_named("remediate-gpu-node-01-dry-run")
+    assert any(r.parameters["fleet_file"] == dbe_rig.fleet_file for r in dry_runs)
 
 
 def test_healthy_node_opens_no_incident(dbe_rig: Rig) -> None:

@@ -19,6 +19,7 @@ from gpumedic.sim import node_state
 from gpumedic.sim.fleet import SimulatedFleet
 from tests.conftest import EXPECTED_EXAMPLE
 from tests.flows.events import event_payloads
+from tests.flows.prefect_runs import flow_runs_named, task_run_names
 from tests.waiting import eventually
 
 RBAC = Path(__file__).resolve().parents[2] / "deploy" / "rbac.yaml"
@@ -297,6 +298,9 @@ def test_quick_sweeps_keep_the_full_sweeps_word_and_full_sweeps_rate_links_betwe
     assert blind["gpu-node-00"]["verdict"] == "healthy"
     assert "2 nodes had no clean full sweep in that time, so nothing of this is judged there:** gpu-node-00, " \
            "gpu-node-01." in report()
+    # The UI lists the run by what it was, and its collection by the nodes it reached.
+    (quick_run,) = [r for r in flow_runs_named("quick-sweep-report-only") if r.parameters["fleet_file"] == inventory]
+    assert eventually(lambda: "collect-gpu-node-00..gpu-node-01-2-nodes" in task_run_names(quick_run))
     full = fleet_sweep(fleet_file=inventory, depth="full", emit_events=False)
     by_node = {n["node"]: n for n in full["nodes"]}
     assert (by_node["gpu-node-00"]["verdict"], by_node["gpu-node-00"]["action"]) == ("failed", "replace")
