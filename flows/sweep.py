@@ -124,6 +124,8 @@ def fleet_sweep(fleet_file: str, depth: Depth = "full", emit_events: bool = True
     needing = [a.node for a in assessments if a.needs_remediation]
     # One cluster for everything that touches the Nodes, the same one remediation acts on.
     cluster = cluster_access(fleet.kubernetes, os.environ) if fleet.kubernetes is not None else None
+    if cluster is not None:
+        logger.info("cluster: %s", cluster)
     records = read_remediation_records(fleet.kubernetes, cluster) if needing and fleet.kubernetes and cluster else None
     requests = sweep_requests(needing, records, fleet.remediation_policy(), started, events=emit_events)
     notes = {node: r.note for node, r in requests.items()}
