@@ -99,7 +99,7 @@ from gpumedic.domain.remediation import (
     simulated_outcome,
 )
 from gpumedic.remediation_status import fleet_status, headline, table_rows
-from gpumedic.run_names import flow_run_named
+from gpumedic.run_names import REMEDIATION_RUN, flow_run_named
 from tasks.forecast import read_node_forecast
 from tasks.node_conditions import publish_node_conditions
 from tasks.remediation import (
@@ -295,7 +295,7 @@ def _ask(record: NodeRecord, step: RequestApproval, *, auto_approve: bool, timeo
     if mode == "suspend" and this_run is not None and this_run.deployment_id is not None:
         parameters = {**this_run.parameters, "incident": record.incident_id}
         schedule_approval_check(str(this_run.deployment_id), parameters, deadline + APPROVAL_CHECK_GRACE,
-                                f"{key}-timeout")
+                                f"{key}-timeout", this_run.name)
         logger.info("node=%s incident=%s suspending for a %s decision (key %s) until %s", record.node,
                     record.incident_id, step.kind, key, deadline.isoformat())
         # Raises `Pause` now (the process exits); returns the submitted input once resumed.
@@ -364,7 +364,7 @@ def _slug(text: str) -> str:
     return "".join(c if c.isalnum() else "-" for c in text.lower()).strip("-")
 
 
-@flow(name="remediate-node", log_prints=True, flow_run_name=flow_run_named("remediate-{node}"),
+@flow(name="remediate-node", log_prints=True, flow_run_name=flow_run_named(REMEDIATION_RUN),
       description="Remediate one node: cordon, drain, reset its GPUs, diagnose and readmit, or escalate to a human "
       "for replacement approval and a Jira ticket. Every step is recorded on the Node; a re-run resumes.")
 def remediate_node(

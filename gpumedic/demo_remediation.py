@@ -31,6 +31,7 @@ from uuid import UUID
 from gpumedic.adapters.jira_tickets import FORECAST_ORDER_LABEL
 from gpumedic.domain.remediation import CorruptRecord, Decision, NodeRecord, RemediationState
 from gpumedic.domain.verdict import Action
+from gpumedic.run_names import REMEDIATION_RUN, run_name
 from gpumedic.sim import node_state
 
 if TYPE_CHECKING:
@@ -312,8 +313,8 @@ class _Follower:
             parameters["incident"] = incident
         if self.auto_approve:
             parameters["auto_approve"] = True
-        run = run_deployment(REMEDIATION_DEPLOYMENT, parameters=parameters, timeout=0,
-                             tags=["gpumedic-demo"])
+        run = run_deployment(REMEDIATION_DEPLOYMENT, parameters=parameters, timeout=0, tags=["gpumedic-demo"],
+                             flow_run_name=run_name(REMEDIATION_RUN, parameters))
         self.requested.add(run.id)  # type: ignore[union-attr]
         state.requested_at = _now()
 

@@ -15,6 +15,8 @@ from prefect.runtime import flow_run, task_run
 
 Naming = str | Callable[[Mapping[str, Any]], str]
 
+REMEDIATION_RUN = "remediate-{node}"  # also given to runs created for later, so the UI names them before they start
+
 
 def run_name(naming: Naming, parameters: Mapping[str, Any]) -> str:
     """`naming` (a template formatted with the parameters, or a function of them), then what the run

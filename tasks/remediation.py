@@ -72,6 +72,7 @@ from gpumedic.domain.remediation import (
 from gpumedic.domain.verdict import GpuAssessment, NodeAssessment
 from gpumedic.inventory import resolve_fleet
 from gpumedic.remediation_status import FleetStatus, fleet_status
+from gpumedic.run_names import REMEDIATION_RUN, run_name
 
 OPT_OUT_ANNOTATION = "gpumedic.io/opt-out"
 MANAGER = "gpumedic"
@@ -674,25 +675,27 @@ def start_remediation_run(deployment: str, node: str, incident: str, key: str) -
     from prefect.client.schemas.objects import FlowRun
     from prefect.deployments import run_deployment
 
+    parameters = {"node": node, "incident": incident}
     run: FlowRun = run_deployment(  # type: ignore[assignment]  # sync call: a FlowRun, not a coroutine
-        deployment, parameters={"node": node, "incident": incident}, timeout=0, as_subflow=False,
-        idempotency_key=key, tags=["gpumedic", "resumed"],
+        deployment, parameters=parameters, flow_run_name=run_name(REMEDIATION_RUN, parameters), timeout=0,
+        as_subflow=False, idempotency_key=key, tags=["gpumedic", "resumed"],
     )
     return f"{run.name} ({run.id})"
 
 
 @task(name="schedule-approval-check", cache_policy=NO_CACHE, retries=3, retry_delay_seconds=RETRY_DELAYS,
       timeout_seconds=60)
-def schedule_approval_check(deployment_id: str, parameters: dict[str, Any], at: datetime, key: str) -> str:
-    """A run of the deployment at `at` (once per `key`): it applies the timeout if nobody decided."""
+def schedule_approval_check(deployment_id: str, parameters: dict[str, Any], at: datetime, key: str, name: str) -> str:
+    """A run of the deployment at `at` (once per `key`), named `name` while it waits: it applies the timeout if
+    nobody decided."""
     from uuid import UUID
 
     from prefect.client.schemas.objects import FlowRun
     from prefect.deployments import run_deployment
 
     run: FlowRun = run_deployment(  # type: ignore[assignment]  # sync call: a FlowRun, not a coroutine
-UUID(deployment_id), parameters=parameters, scheduled_time=at, timeout=0,
-                         as_subflow=False, idempotency_key=key, tags=["gpumedic", "approval-timeout-check"])
+        UUID(deployment_id), parameters=parameters, scheduled_time=at, flow_run_name=name, timeout=0,
+        as_subflow=False, idempotency_key=key, tags=["gpumedic", "approval-timeout-check"])
     _log().info("approval check %s scheduled at %s (flow run %s, %s)", key, at.isoformat(), run.name, run.id)
     return str(run.id)
 

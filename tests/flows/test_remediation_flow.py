@@ -542,6 +542,7 @@ def test_a_deployment_run_suspends_with_a_stable_key_and_resumes_from_the_top(br
         check = [r for r in client.read_flow_runs() if r.idempotency_key == "inc-suspend-replace-timeout"]
         assert len(check) == 1 and check[0].state is not None and check[0].state.is_scheduled()
         assert check[0].parameters["incident"] == "inc-suspend"
+        assert check[0].name == "remediate-gpu-node-00"  # named in the UI while it waits, not only once it starts
         expected = datetime.now(UTC).timestamp() + 600
         scheduled = check[0].state.state_details.scheduled_time
         assert scheduled is not None and abs(scheduled.timestamp() - expected) < 60
@@ -689,6 +690,7 @@ def test_a_run_that_died_after_the_reset_is_resumed_once_and_readmits_the_node(
     assert started["why"].startswith("no progress for")
     (run,) = [r for r in runs() if r.parameters["incident"] == "inc-died"]
     assert run.state is not None and run.state.is_scheduled() and "resumed" in run.tags
+    assert run.name == "remediate-gpu-node-00" and started["run"] == f"{run.name} ({run.id})"
     assert (run.parameters["node"], run.parameters["incident"]) == ("gpu-node-00", "inc-died")
     # While that run is live, another pass starts none.
     again = resume_remediations(**resume)
