@@ -161,6 +161,7 @@ def cmd_remediation_status(args: argparse.Namespace) -> int:
     if override_note:  # beside the breaker's own line
         at = next(i for i, line in enumerate(lines) if line.startswith("circuit breaker ")) + 1
         lines.insert(at, override_note)
+    lines.append(f"read from: {cluster}")
     print("\n".join(lines))
     if args.json:
         Path(args.json).write_text(json.dumps(to_json(status), indent=2) + "\n")

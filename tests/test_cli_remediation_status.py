@@ -59,6 +59,7 @@ def test_it_lists_the_nodes_gpumedic_holds_and_names_an_unreadable_record(
     assert "out of service by gpumedic: 2 of at most 3 nodes (max_nodes_out 5, max_fraction_out 100%)" in out
     assert "gpu-c: its remediation record cannot be read (gpumedic.io/history" in out
     assert "waiting for a human: gpu-b" in out
+    assert out.splitlines()[-1] == f"read from: {kubeconfig} (--kubeconfig)"  # which cluster this is
     rows = {line.split()[0]: line for line in out.splitlines() if line.startswith("gpu-") and "  " in line}
     assert "draining" in rows["gpu-a"] and "awaiting_approval" in rows["gpu-b"]
     assert "approve or reject the replacement in the Prefect UI" in rows["gpu-b"]
@@ -78,7 +79,7 @@ def test_a_cluster_with_nothing_under_remediation_says_so(
     assert out[2].startswith("circuit breaker closed: ")
     # The fleet-wide override lives on the Prefect server: without its address the status says it did not look.
     assert out[3].startswith("fleet-wide breaker override: not read (set PREFECT_API_URL")
-    assert out[-1] == "no open incidents"
+    assert out[-2:] == ["no open incidents", f"read from: {kubeconfig} (--kubeconfig)"]
 
 
 def test_an_api_server_that_cannot_be_reached_is_a_clear_error(
@@ -98,3 +99,19 @@ def test_an_api_server_that_cannot_be_reached_is_a_clear_error(
     err = capsys.readouterr().err
     assert code == 1
     assert "cannot read the nodes' remediation records" in err and "cannot reach the API server" in err
+
+
+def test_without_kubeconfig_it_reads_the_cluster_and_context_the_fleet_file_names(
+    cluster: tuple[KubeApiEmulator, Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _, kubeconfig, _ = cluster
+    fleet = tmp_path / "fleet-with-cluster.yaml"
+    fleet.write_text(FLEET + f"  kubernetes: {{kubeconfig: {kubeconfig.name}, context: gpumedic-sim}}\n")
+    assert main(["remediation", "status", "--fleet", str(fleet)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("remediation on 3 GPU nodes")
+    assert out[-1] == f"read from: {kubeconfig}, context gpumedic-sim (the fleet file's kubernetes.kubeconfig)"
+    # A context the kubeconfig lacks is an error that names it, not a read of the current context.
+    fleet.write_text(FLEET + f"  kubernetes: {{kubeconfig: {kubeconfig}, context: prod}}\n")
+    assert main(["remediation", "status", "--fleet", str(fleet)]) == 1
+    assert "context prod" in capsys.readouterr().err
