@@ -80,7 +80,7 @@ class ClusterAccess:
     chosen_by: str
 
     def __str__(self) -> str:
-        where = self.kubeconfig or "the Kubernetes client's default kubeconfig"
+        where = self.kubeconfig or "the default kubeconfig"
         context = f", context {self.context}" if self.context else ""
         return f"{where}{context} ({self.chosen_by})"
 
@@ -97,16 +97,16 @@ def cluster_access(
     """
     named = str(kubernetes.kubeconfig) if kubernetes is not None and kubernetes.kubeconfig else None
     context = kubernetes.context if kubernetes is not None else None
-    if given:
-        if named is not None and not _same_file(given, named):
-            raise ConflictingClusters(
-                f"this run was given the kubeconfig {given}, but its fleet file names {named} "
-                "(fleet.kubernetes.kubeconfig): the sweeps and remediation must act on one cluster; "
-                "leave the run's kubeconfig empty, or make the two the same file"
-            )
-        return ClusterAccess(named or given, context, "this run's kubeconfig parameter")
+    if given and named is not None and not _same_file(given, named):
+        raise ConflictingClusters(
+            f"this run was given the kubeconfig {given}, but its fleet file names {named} "
+            "(fleet.kubernetes.kubeconfig): the sweeps and remediation must act on one cluster; "
+            "leave the run's kubeconfig empty, or make the two the same file"
+        )
     if named is not None:
         return ClusterAccess(named, context, "the fleet file's kubernetes.kubeconfig")
+    if given:
+        return ClusterAccess(given, context, "this run's kubeconfig parameter")
     if environ.get(KUBECONFIG_ENV):
         return ClusterAccess(environ[KUBECONFIG_ENV], context, f"${KUBECONFIG_ENV}")
     return ClusterAccess(None, context, "the Kubernetes client's default: $KUBECONFIG, else ~/.kube/config")
