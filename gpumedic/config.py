@@ -104,7 +104,11 @@ def cluster_access(
             "leave the run's kubeconfig empty, or make the two the same file"
         )
     if named is not None:
-        return ClusterAccess(named, context, "the fleet file's kubernetes.kubeconfig")
+        why = "the fleet file's kubernetes.kubeconfig"
+        from_env = environ.get(KUBECONFIG_ENV)
+        if from_env and not _same_file(from_env, named):  # said, so a stale environment is seen in the log
+            why += f"; ${KUBECONFIG_ENV} ({from_env}) is not used"
+        return ClusterAccess(named, context, why)
     if given:
         return ClusterAccess(given, context, "this run's kubeconfig parameter")
     if environ.get(KUBECONFIG_ENV):

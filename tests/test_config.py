@@ -81,6 +81,9 @@ def test_the_cluster_is_the_one_the_fleet_file_names_with_its_context(tmp_path: 
     cluster = cluster_access(kubernetes, {"GPUMEDIC_KUBECONFIG": "/elsewhere"})
     assert (cluster.kubeconfig, cluster.context) == (str(tmp_path / "kube" / "prod.yaml"), "prod")
     assert "fleet file" in cluster.chosen_by and str(tmp_path / "kube" / "prod.yaml") in str(cluster)
+    assert "$GPUMEDIC_KUBECONFIG (/elsewhere) is not used" in str(cluster)  # the run's log says what lost
+    same = cluster_access(kubernetes, {"GPUMEDIC_KUBECONFIG": str(tmp_path / "kube" / "prod.yaml")})
+    assert same.chosen_by == "the fleet file's kubernetes.kubeconfig"
 
 
 def test_without_a_kubeconfig_in_the_fleet_file_the_environment_then_the_clients_default_decide(
