@@ -18,6 +18,7 @@ from tasks.forecast import (
     publish_forecast,
     record_forecasts,
     score_gpus,
+    set_aside_silent_gpus,
 )
 
 # The longest window the forecaster reads prior incidents over (a GPU's own: 180 days).
@@ -30,9 +31,10 @@ PRIOR_INCIDENT_DAYS = 180
       "requests.")
 def failure_forecast(
     fleet_file: str, horizon_days: float = 7.0, lookback_days: float = 30.0, emit_events: bool = True,
+    silent_after_hours: float = 48.0,
 ) -> dict[str, Any]:
     """Returns `{computed_at, horizon_days, window_starts_after_hours, gpus, model, alarms: [{node, gpu, risk,
-    factors}], requested}`.
+    factors}], silent: [{node, gpu, last_sample}], requested}`.
 
     Args:
         fleet_file: Path of the fleet YAML file on the worker: its telemetry store and forecast model.
@@ -43,20 +45,26 @@ def failure_forecast(
         lookback_days: Days of telemetry history to read (prior incidents: always the last 180 days).
         emit_events: Raise `gpumedic.gpu.failure_predicted` for each new alarm, which starts a
             proactive-maintenance run (a human approves before anything is ordered). Off: report only.
+        silent_after_hours: A GPU with no reading for this long is not scored but listed as silent: empty
+            recent windows would read as a healthy GPU exactly when nobody can see it. Sweeps keep a reading of
+            every live series at least daily, so the default is two missed days.
     """
     logger = get_run_logger()
     fleet = load_fleet_settings(fleet_file)
     now = datetime.now(UTC)
-    history = load_history(fleet.store_url, now - timedelta(days=lookback_days))
+    history, silent = set_aside_silent_gpus(
+        load_history(fleet.store_url, now - timedelta(days=lookback_days)), now, silent_after_hours
+    )
     incidents = load_prior_incidents(fleet.store_url, now - timedelta(days=PRIOR_INCIDENT_DAYS))
     model = load_forecast_model(fleet.forecast_model)
     forecasts = score_gpus(history, incidents, now, horizon_days, model)
     window = model.risk_window(horizon_days * HOURS_PER_DAY)
     new_alarms = record_forecasts(fleet.store_url, forecasts, now, window)
-    publish_forecast(fleet.store_url, forecasts, now, window, model.note)
+    publish_forecast(fleet.store_url, forecasts, now, window, model.note, silent)
     requested = emit_failure_predicted(new_alarms) if emit_events else []
-    logger.info("scored %d GPUs from %d samples and %d prior incidents: %d alarms (%d new)", len(forecasts),
-                len(history), len(incidents), sum(f.alarm for f in forecasts), len(new_alarms))
+    logger.info("scored %d GPUs from %d samples and %d prior incidents: %d alarms (%d new); %d silent, not scored",
+                len(forecasts), len(history), len(incidents), sum(f.alarm for f in forecasts), len(new_alarms),
+                len(silent))
     return {
         "computed_at": now.isoformat(),
         "horizon_days": horizon_days,
@@ -65,5 +73,6 @@ def failure_forecast(
         "model": model.note,
         "alarms": [{"node": f.node, "gpu": f.gpu, "risk": f.risk, "factors": list(f.factors)}
                    for f in forecasts if f.alarm],
+        "silent": [{"node": s.node, "gpu": s.gpu, "last_sample": s.last_sample.isoformat()} for s in silent],
         "requested": requested,
     }

@@ -18,7 +18,7 @@ from gpumedic.domain.risk_window import UNRECORDED, RiskWindow
 from gpumedic.domain.verdict import Action, NodeAssessment, Verdict
 
 if TYPE_CHECKING:
-    from gpumedic.domain.forecast import HazardModel
+    from gpumedic.domain.forecast import HazardModel, SilentGpu
     from gpumedic.refit import RefitOutcome
 
 
@@ -253,8 +253,11 @@ def daily_increments(samples: Sequence[Sample], field: str, *, now: datetime, da
     return per_day
 
 
-def forecast_rows(forecasts: Sequence[Any], limit: int = 50) -> list[dict[str, str]]:
-    return [
+def forecast_rows(
+    forecasts: Sequence[Any], silent: Sequence[SilentGpu] = (), *, now: datetime | None = None, limit: int = 50
+) -> list[dict[str, str]]:
+    """The riskiest scored GPUs, then the silent ones (risk unknown), at most `limit` of each."""
+    rows = [
         {
             "node": f.node,
             "gpu": "-" if f.gpu is None else str(f.gpu),
@@ -265,11 +268,25 @@ def forecast_rows(forecasts: Sequence[Any], limit: int = 50) -> list[dict[str, s
         }
         for f in forecasts[:limit]
     ]
+    return rows + [
+        {"node": s.node, "gpu": "-" if s.gpu is None else str(s.gpu), "risk": "unknown", "alarm": "",
+         "lead time": "-", "evidence": silent_text(s, now)}
+        for s in silent[:limit]
+    ]
+
+
+# A rack that went dark is hundreds of GPUs; the report shows the longest-silent and counts the rest.
+SILENT_ROWS = 100
+
+
+def silent_text(gpu: SilentGpu, now: datetime | None) -> str:
+    ago = "" if now is None else f", {age_text(gpu.silent_for(now))} ago"
+    return f"not scored: no telemetry since {gpu.last_sample:%Y-%m-%d %H:%M} UTC{ago}"
 
 
 def forecast_markdown(
     forecasts: Sequence[Any], charts: dict[tuple[str, int | None], dict[str, list[float]]], *, now: datetime,
-    window: RiskWindow, chart_days: int, model_note: str = "",
+    window: RiskWindow, chart_days: int, model_note: str = "", silent: Sequence[SilentGpu] = (),
 ) -> str:
     alarms = [f for f in forecasts if f.alarm]
     lines = [
@@ -279,6 +296,9 @@ def forecast_markdown(
         f"(probability of failure {window}).",
         "",
     ]
+    if silent:
+        lines += [f"{len(silent)} GPUs not scored: no telemetry lately, and a GPU nobody can read is not a healthy "
+                  "one. Their risk is unknown until a sweep reads them again (see the end of this report).", ""]
     if model_note:
         lines += [f"Model: {model_note}.", ""]
     if forecasts:
@@ -300,6 +320,13 @@ def forecast_markdown(
     if alarms:
         lines.append("Each alarm raises a proactive-maintenance request: a human approves or rejects an "
                      "\"Order Replacement\" ticket in the Prefect UI.")
+    if silent:
+        lines += ["", "## Not scored: no telemetry lately", "", "| node | gpu | last reading | silent for |",
+                  "| --- | --- | --- | --- |"]
+        lines += [f"| {s.node} | {'node' if s.gpu is None else s.gpu} | {s.last_sample:%Y-%m-%d %H:%M} UTC | "
+                  f"{age_text(s.silent_for(now))} |" for s in silent[:SILENT_ROWS]]
+        if len(silent) > SILENT_ROWS:
+            lines += ["", f"... and {len(silent) - SILENT_ROWS} more (the run's result names them all)."]
     return "\n".join(lines) + "\n"
 
 

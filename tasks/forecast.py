@@ -17,7 +17,15 @@ from gpumedic.adapters.model_file import load_model
 from gpumedic.adapters.store import StoredForecast, TelemetryStore
 from gpumedic.adapters.ticket_outbox import file_through_outbox
 from gpumedic.config import load_fleet_settings
-from gpumedic.domain.forecast import Failure, GpuForecast, HazardModel, HistoryFrame, forecast_frame
+from gpumedic.domain.forecast import (
+    Failure,
+    GpuForecast,
+    HazardModel,
+    HistoryFrame,
+    SilentGpu,
+    forecast_frame,
+    set_aside_silent,
+)
 from gpumedic.domain.risk_window import UNRECORDED, RiskWindow
 from gpumedic.reporting import CHART_FIELDS, daily_increments, forecast_markdown, forecast_rows
 from tasks.remediation import jira_for_fleet, retry_if_transient
@@ -45,6 +53,22 @@ def load_forecast_model(path: Path | None) -> HazardModel:
     model = load_model(path, missing_is_shipped=True)
     get_run_logger().info("forecast model: %s", model.note or path)
     return model
+
+
+@task(name="set-aside-silent-gpus", cache_policy=NO_CACHE)
+def set_aside_silent_gpus(
+    history: HistoryFrame, now: datetime, silent_after_hours: float
+) -> tuple[HistoryFrame, list[SilentGpu]]:
+    """The history of the GPUs heard from lately, and the GPUs that went silent (not scored: silence is not
+    health)."""
+    live, silent = set_aside_silent(history, now, timedelta(hours=silent_after_hours))
+    if silent:
+        shown = ", ".join(f"{s.node}/{'node' if s.gpu is None else s.gpu} (last {s.last_sample:%Y-%m-%d %H:%M})"
+                          for s in silent[:10])
+        more = f" and {len(silent) - 10} more" if len(silent) > 10 else ""
+        get_run_logger().warning("%d GPUs without telemetry for %g h or more are not scored: %s%s", len(silent),
+                                 silent_after_hours, shown, more)
+    return live, silent
 
 
 @task(name="score-gpus", cache_policy=NO_CACHE)
@@ -77,7 +101,7 @@ _NO_ALARM = StoredForecast("", None, 0.0, None, False, (), datetime.min, UNRECOR
 @task(name="publish-forecast", cache_policy=NO_CACHE)
 def publish_forecast(
     store_url: str | None, forecasts: Sequence[GpuForecast], now: datetime, window: RiskWindow,
-    model_note: str, chart_gpus: int = 5, chart_days: int = 14,
+    model_note: str, silent: Sequence[SilentGpu] = (), chart_gpus: int = 5, chart_days: int = 14,
 ) -> None:
     riskiest = list(forecasts[:chart_gpus])
     since = now - timedelta(days=chart_days)
@@ -88,14 +112,14 @@ def publish_forecast(
     }
     create_table_artifact(
         key="gpu-failure-risk",
-        table=forecast_rows(forecasts) or [{"node": "-", "gpu": "-", "risk": "-", "alarm": "",
-                                            "lead time": "-", "evidence": "no telemetry history yet"}],
+        table=forecast_rows(forecasts, silent, now=now) or [{"node": "-", "gpu": "-", "risk": "-", "alarm": "",
+                                                             "lead time": "-", "evidence": "no telemetry history yet"}],
         description=f"Riskiest GPUs: probability of failure {window}",
     )
     create_markdown_artifact(
         key="gpu-failure-forecast",
         markdown=forecast_markdown(forecasts, charts, now=now, window=window, chart_days=chart_days,
-                                   model_note=model_note),
+                                   model_note=model_note, silent=silent),
         description="Failure forecast with the evidence behind the riskiest GPUs",
     )
 

@@ -508,6 +508,8 @@ class TelemetryStore:
                     conn.execute(observations.insert(), [values[n] for n in names])
 
     def record_forecasts(self, rows: Iterable[StoredForecast]) -> int:
+        """Replace the latest forecast with `rows`, even with none (every GPU silent): a risk the latest run
+        could not compute is not shown as if it were current."""
         values = [
             {"node": r.node, "gpu": -1 if r.gpu is None else r.gpu, "risk": r.risk, "lead_time_h": r.lead_time_h,
              "alarm": int(r.alarm), "factors": json.dumps(list(r.factors)), "computed_at": _epoch(r.computed_at),
@@ -515,8 +517,8 @@ class TelemetryStore:
             for r in rows
         ]
         with self.engine.begin() as conn:
+            conn.execute(forecasts.delete())
             if values:
-                conn.execute(forecasts.delete())
                 conn.execute(forecasts.insert(), values)
         return len(values)
 

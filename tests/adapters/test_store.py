@@ -199,6 +199,16 @@ def test_forecasts_keep_the_window_their_risk_is_over(db_url: str) -> None:
     assert shared_window([]) == UNRECORDED
 
 
+def test_each_forecast_run_replaces_the_last_even_when_it_scored_nothing(db_url: str) -> None:
+    store = TelemetryStore(db_url)
+    store.record_forecasts([StoredForecast("n1", 0, 0.4, 30.0, True, (), T0, RiskWindow(7.0, 24.0)),
+                            StoredForecast("n2", 0, 0.1, None, False, (), T0, RiskWindow(7.0, 24.0))])
+    store.record_forecasts([StoredForecast("n2", 0, 0.2, None, False, (), T0, RiskWindow(7.0, 24.0))])
+    assert set(store.latest_forecasts(["n1", "n2"])) == {("n2", 0)}
+    assert store.record_forecasts([]) == 0
+    assert store.latest_forecasts(["n1", "n2"]) == {} and store.forecast_counts() == (0, 0)
+
+
 # The forecasts table as gpumedic created it before it recorded the window (SQLAlchemy's DDL).
 OLD_FORECASTS_DDL = (
     "CREATE TABLE forecasts (node VARCHAR(253) NOT NULL, gpu INTEGER NOT NULL, risk FLOAT NOT NULL, "

@@ -62,6 +62,41 @@ def test_forecast_alarms_once_on_the_degrading_gpu_and_reports_its_evidence(tmp_
 
 
 @pytest.mark.usefixtures("prefect_harness")
+def test_gpus_without_telemetry_lately_are_listed_as_silent_never_scored_or_requested(tmp_path: Path) -> None:
+    from prefect.artifacts import Artifact
+
+    from flows.forecast import failure_forecast
+
+    now = datetime.now(UTC)
+    url = f"sqlite:///{tmp_path / 'store.db'}"
+    store = TelemetryStore(url)
+    # n2 is n1's degrading history, stopped five days ago (the node was taken out, or cannot be reached):
+    # scored, its stale remap flags would head the list and request a replacement nobody can check.
+    gone = now - timedelta(days=5)
+    store.append_samples(Sample(s.time, "n2", s.gpu, s.field, s.value) for s in _degrading_history(gone))
+    store.append_samples(s for s in _degrading_history(now) if s.gpu != 3)  # n1's GPUs 0-2: quiet, still read
+    fleet = tmp_path / "fleet.yaml"
+    fleet.write_text(f"fleet:\n  source: exporter\n  nodes: [{{name: n1}}, {{name: n2}}]\n  store_url: {url}\n")
+
+    result = failure_forecast(fleet_file=str(fleet))
+    assert result["gpus"] == 3 and result["alarms"] == [] and result["requested"] == []
+    assert [(s["node"], s["gpu"]) for s in result["silent"]] == [("n2", 0), ("n2", 1), ("n2", 2), ("n2", 3)]
+    assert datetime.fromisoformat(result["silent"][0]["last_sample"]) <= gone
+    assert store.latest_forecasts(["n2"]) == {}  # no risk is shown for it anywhere (sweep, approval form)
+    table = Artifact.get("gpu-failure-risk")
+    assert table is not None and "unknown" in str(table.data) and "no telemetry since" in str(table.data)
+    report = Artifact.get("gpu-failure-forecast")
+    assert report is not None and "## Not scored: no telemetry lately" in str(report.data)
+    assert "| n2 | 3 |" in str(report.data)
+
+    # Heard from again, it is scored again; a shorter `silent_after_hours` sets n1 aside too.
+    assert failure_forecast(fleet_file=str(fleet), silent_after_hours=24 * 6)["gpus"] == 7
+    none_scored = failure_forecast(fleet_file=str(fleet), silent_after_hours=0.5, emit_events=False)
+    assert none_scored["gpus"] == 0 and len(none_scored["silent"]) == 7
+    assert store.latest_forecasts(["n1", "n2"]) == {}  # an empty run leaves no earlier risk standing
+
+
+@pytest.mark.usefixtures("prefect_harness")
 def test_prior_incidents_from_remediation_raise_the_risk_and_are_named(tmp_path: Path) -> None:
     from flows.forecast import failure_forecast
 

@@ -22,6 +22,7 @@ from gpumedic.domain.forecast.frame import (
     to_epoch,
 )
 from gpumedic.domain.forecast.hazard import HazardModel, fit_hazard
+from gpumedic.domain.forecast.silence import SilentGpu, set_aside_silent
 
 __all__ = [
     "DEFAULT_BASELINE",
@@ -36,6 +37,7 @@ __all__ = [
     "HazardModel",
     "HistoryFrame",
     "LogLinearBaseline",
+    "SilentGpu",
     "chunk_features",
     "fit_hazard",
     "forecast_fleet",
@@ -43,5 +45,6 @@ __all__ = [
     "from_epoch",
     "poisson_cusum",
     "prepare",
+    "set_aside_silent",
     "to_epoch",
 ]

@@ -136,6 +136,20 @@ class HistoryFrame:
         end = int(np.searchsorted(self.time, t, side="right"))
         return HistoryFrame(self.keys, self.time[:end], self.key[:end], self.field[:end], self.value[:end])
 
+    def restricted_to(self, keep: npt.NDArray[np.bool_]) -> HistoryFrame:
+        """The rows of the keys `keep` marks (one flag per key), with only those keys."""
+        if len(keep) != len(self.keys):
+            raise ValueError("need one flag per key")
+        index = (np.cumsum(keep) - 1).astype(np.int32)
+        rows = keep[self.key]
+        return HistoryFrame(
+            tuple(k for k, kept in zip(self.keys, keep.tolist(), strict=True) if kept),
+            self.time[rows],
+            index[self.key[rows]],
+            self.field[rows],
+            self.value[rows],
+        )
+
     def since(self, t: int) -> HistoryFrame:
         start = int(np.searchsorted(self.time, t, side="left"))
         return HistoryFrame(self.keys, self.time[start:], self.key[start:], self.field[start:], self.value[start:])
