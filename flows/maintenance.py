@@ -51,8 +51,8 @@ def proactive_maintenance(
     node: str, gpu: int | None, fleet_file: str, auto_approve: bool = False, approval_timeout_s: int = 86400,
     dry_run: bool = False,
 ) -> dict[str, Any]:
-    """Returns `{node, gpu, outcome, ticket}`; outcome: ticketed, rejected, no decision, no longer at risk, or
-    dry run (then also `would_file`: the ticket's summary).
+    """Returns `{node, gpu, outcome, ticket}`; outcome: ticketed, rejected, no decision, no longer at risk, not in
+    the latest forecast, or dry run (then also `would_file`: the ticket's summary).
 
     Args:
         node: The node whose GPU the forecast alarmed on.
@@ -68,7 +68,11 @@ def proactive_maintenance(
         raise ConfigError(f"{fleet_file}: proactive maintenance needs a fleet file with a `jira:` block")
     store = TelemetryStore(fleet.store_url)
     forecast = store.latest_forecasts([node]).get((node, gpu))
-    if forecast is None or not forecast.alarm:
+    if forecast is None:
+        logger.warning("node=%s gpu=%s not in the latest forecast (no telemetry lately, or not in the fleet): "
+                       "nothing to order on a risk nobody can compute now", node, gpu)
+        return {"node": node, "gpu": gpu, "outcome": "not in the latest forecast", "ticket": None}
+    if not forecast.alarm:
         logger.info("node=%s gpu=%s no longer above the alarm threshold: nothing to order", node, gpu)
         return {"node": node, "gpu": gpu, "outcome": "no longer at risk", "ticket": None}
     snapshot = store.last_snapshots([node]).get(node)

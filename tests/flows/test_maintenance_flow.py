@@ -58,6 +58,10 @@ def test_a_gpu_below_the_alarm_threshold_orders_nothing(tmp_path: Path, jira: Ji
     result = proactive_maintenance(node="n1", gpu=0, fleet_file=fleet, auto_approve=True)
     assert result["outcome"] == "no longer at risk"
     assert jira.issues() == []
+    # A GPU the latest forecast did not score (silent since, or gone from the fleet) is not ordered either.
+    gone = proactive_maintenance(node="n1", gpu=7, fleet_file=fleet, auto_approve=True)
+    assert gone["outcome"] == "not in the latest forecast"
+    assert jira.issues() == []
 
 
 @pytest.mark.usefixtures("prefect_harness")
