@@ -114,7 +114,8 @@ def publish_forecast(
         key="gpu-failure-risk",
         table=forecast_rows(forecasts, silent, now=now) or [{"node": "-", "gpu": "-", "risk": "-", "alarm": "",
                                                              "lead time": "-", "evidence": "no telemetry history yet"}],
-        description=f"Riskiest GPUs: probability of failure {window}",
+        description=f"Riskiest GPUs: probability of failure {window}"
+        + (f"; then {len(silent)} GPUs without telemetry lately, not scored (risk unknown)" if silent else ""),
     )
     create_markdown_artifact(
         key="gpu-failure-forecast",
