@@ -47,8 +47,15 @@ def test_a_node_level_series_is_heard_from_while_its_node_is() -> None:
     gone = HistoryFrame.from_samples([xid, *gauges("n1", 0, until_hours_ago=72)])
     live, silent = set_aside_silent(gone, NOW, TWO_DAYS)
     assert live.keys == ()
-    # The node-level series is as silent as its node: its last reading is the node's newest.
-    assert silent == [SilentGpu("n1", None, NOW - timedelta(hours=72)), SilentGpu("n1", 0, NOW - timedelta(hours=72))]
+    # The node-level series goes silent with its node, and is not listed apart from the node's
+    # GPUs: the forecaster scores a node's events on its GPUs.
+    assert silent == [SilentGpu("n1", 0, NOW - timedelta(hours=72))]
+
+    # A node with no GPU series (a server-level log) is listed by its node-level series alone.
+    server = HistoryFrame.from_samples([xid, Sample(NOW - timedelta(hours=72), "n2", None, "ecc_sbe_volatile", 3.0)])
+    live, silent = set_aside_silent(server, NOW, TWO_DAYS)
+    assert live.keys == ()
+    assert silent == [SilentGpu("n1", None, NOW - timedelta(days=9)), SilentGpu("n2", None, NOW - timedelta(hours=72))]
 
 
 def test_readings_after_now_neither_keep_a_gpu_alive_nor_make_it_known() -> None:

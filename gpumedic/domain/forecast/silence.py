@@ -33,8 +33,10 @@ def set_aside_silent(
     """Split `frame` (read up to `now`) into the history of GPUs heard from within `silent_after`, and the rest.
 
     A node-level series holds only events, which are rare on a healthy node: it counts as heard
-    from while any series of its node is. Keys with no reading up to `now` are dropped: nothing
-    was known of them yet. Silent GPUs come back longest-silent first.
+    from while any series of its node is, and is listed as silent only on a node without GPU
+    series: the forecaster scores a node's events on its GPUs, so a silent node with GPUs is
+    already listed once per GPU. Keys with no reading up to `now` are dropped: nothing was known
+    of them yet. Silent GPUs come back longest-silent first.
     """
     if silent_after <= timedelta(0):
         raise ValueError("silent_after must be positive")
@@ -53,10 +55,11 @@ def set_aside_silent(
     cutoff = now_s - int(silent_after.total_seconds())
     seen = newest > never
     live = seen & (heard >= cutoff)
+    with_gpus = {node for node, gpu in frame.keys if gpu is not None}
     silent = [
         SilentGpu(node, gpu, from_epoch(int(t)))
         for (node, gpu), t, quiet in zip(frame.keys, heard.tolist(), (seen & ~live).tolist(), strict=True)
-        if quiet
+        if quiet and (gpu is not None or node not in with_gpus)
     ]
     silent.sort(key=lambda s: (s.last_sample, s.node, -1 if s.gpu is None else s.gpu))
     return frame.restricted_to(live), silent
