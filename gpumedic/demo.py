@@ -442,9 +442,10 @@ def _print_remediation_status(fleet: SimulatedFleet, cluster: DemoCluster) -> di
 
     _step(f"gpumedic remediation status --fleet {fleet.inventory_file}")
     settings = load_fleet_settings(fleet.inventory_file)
-    status = remediation_status_now(cluster_access(settings.kubernetes, os.environ), settings.remediation_policy(),
-                                    include_closed=True, breaker_override=read_breaker_override())
-    for line in render(status):
+    access = cluster_access(settings.kubernetes, os.environ)
+    status = remediation_status_now(access, settings.remediation_policy(), include_closed=True,
+                                    breaker_override=read_breaker_override())
+    for line in [*render(status), f"read from: {access}"]:
         print(f"    {line}" if line else "")
     return to_json(status)
 

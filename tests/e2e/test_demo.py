@@ -193,6 +193,7 @@ def test_the_remediation_status_agrees_with_the_cluster_and_jira(demo: dict[str,
             work = "inspection" if n["node"] == INSPECTED else "replacement"
             assert n["needs"] == f"the {work}: {ticket}", n
     assert "out of service by gpumedic:" in demo["_stdout"]
+    assert "read from: " in demo["_stdout"]  # which cluster the status was read from, as the command says
 
 
 def test_the_served_resume_deployment_runs_and_finds_every_incident_settled(demo: dict[str, Any]) -> None:
