@@ -92,9 +92,22 @@ class PostgresServer:
     def stop(self) -> None:
         try:
             if (self.data / "postmaster.pid").exists():
-                self._run("pg_ctl", "-D", str(self.data), "-m", "immediate", "-w", "stop")
+                try:
+                    self._run("pg_ctl", "-D", str(self.data), "-m", "immediate", "-w", "stop")
+                except RuntimeError:
+                    # A server that died without removing its pid file (killed, or gone with a machine
+                    # restored from a snapshot) makes pg_ctl fail with "No such process": it is stopped.
+                    if self._postmaster_alive():
+                        raise
         finally:
             shutil.rmtree(self.root, ignore_errors=True)
+
+    def _postmaster_alive(self) -> bool:
+        try:
+            pid = int((self.data / "postmaster.pid").read_text().split("\n", 1)[0])
+        except (OSError, ValueError):
+            return False
+        return _alive(pid)
 
     def url(self, database: str = "postgres") -> str:
         return f"postgresql+psycopg://{DB_USER}@127.0.0.1:{self.port}/{database}"
