@@ -8,7 +8,12 @@ Jira is told about it at least once, and the ticket adapter makes "at least once
 - `enqueue` is idempotent by (dedup_key, incident id): a workflow step that re-runs after a
   crash keeps one row.
 - `flush` claims a row (a lease in the row itself, so two flushes running side by side do not
-  both file it), files it, then records the issue key. On a `TransientError` the row stays
+  both file it), files it, then records the issue key. **One GPU's tickets are filed one at a
+  time**: a row is not claimed while another row with its dedup label is being filed. Jira's
+  search-then-create is not atomic, so two incidents of one GPU filed at once (a forecast's order
+  and a remediation's replacement, say) would otherwise both find no open ticket and both create
+  one. The row left behind stays pending ("waiting behind ..."), and the next flush (the task's
+  retry, seconds later) finds the ticket just filed and comments on it. On a `TransientError` the row stays
   pending with `attempts + 1` and the error; on a `PermanentError` it is parked as `failed`
   (visible, never dropped; `retry_failed` puts it back once the cause is fixed).
 - **A crash after Jira created the issue but before `mark_filed`** leaves the row pending with
@@ -238,15 +243,39 @@ class TicketOutbox:
         with self.engine.begin() as conn:
             return int(conn.execute(query.values(status="pending", updated_at=self.clock())).rowcount)
 
-    def _claim(self, entry_id: int) -> bool:
+    def _claim(self, entry: OutboxEntry) -> bool:
+        """Lease `entry` for filing, unless its lease is held or another row of its GPU is being filed."""
         now = self.clock()
+        same_gpu = ticket_outbox.alias("same_gpu")
+        gpu_busy = (
+            select(same_gpu.c.id)
+            .where(
+                same_gpu.c.dedup_key == entry.request.dedup_key,
+                same_gpu.c.id != entry.id,
+                same_gpu.c.status == "pending",
+                same_gpu.c.claimed_until > now,
+            )
+            .exists()
+        )
         with self.engine.begin() as conn:
+            if conn.dialect.name == "postgresql":
+                # Under READ COMMITTED two claims on two rows of one GPU would each miss the other's
+                # uncommitted lease: lock the GPU's rows first, so the second claim is decided after the
+                # first commits (its UPDATE then reads the lease). SQLite takes its write lock at the
+                # UPDATE, which serialises the claims already.
+                conn.execute(
+                    select(ticket_outbox.c.id)
+                    .where(ticket_outbox.c.dedup_key == entry.request.dedup_key)
+                    .order_by(ticket_outbox.c.id)
+                    .with_for_update()
+                )
             claimed = conn.execute(
                 update(ticket_outbox)
                 .where(
-                    ticket_outbox.c.id == entry_id,
+                    ticket_outbox.c.id == entry.id,
                     ticket_outbox.c.status == "pending",
                     or_(ticket_outbox.c.claimed_until.is_(None), ticket_outbox.c.claimed_until <= now),
+                    ~gpu_busy,
                 )
                 .values(claimed_until=now + self.lease_s, updated_at=now)
             ).rowcount
@@ -263,7 +292,7 @@ class TicketOutbox:
         report = FlushReport()
         queue = self.pending()
         for position, entry in enumerate(queue):
-            if not self._claim(entry.id):
+            if not self._claim(entry):
                 report.not_attempted.append(entry.id)
                 continue
             try:
@@ -314,7 +343,7 @@ class OutboxDesk:
         what = f"ticket for incident {request.incident_id} ({request.dedup_key})"
         if entry.status == "failed":
             raise PermanentError(f"{what}: Jira refused it: {entry.last_error}; parked in the outbox as failed")
-        reason = entry.last_error or "waiting behind older tickets"
+        reason = entry.last_error or "waiting behind older tickets, or another ticket for this GPU being filed"
         raise TransientError(f"{what}: queued in the outbox after {entry.attempts} attempt(s): {reason}")
 
 

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import replace
+from typing import Any
 
 import pytest
 
@@ -15,7 +16,7 @@ from gpumedic.adapters.jira_tickets import (
     TicketRequest,
     gpu_dedup_key,
 )
-from gpumedic.adapters.ticket_outbox import TicketOutbox
+from gpumedic.adapters.ticket_outbox import FlushReport, TicketOutbox
 from gpumedic.sim.jira_api import JiraEmulator
 
 UUID = "GPU-8D1C2B3A-0000-4E2A-9C1E-7B4D4E2A9C1E"
@@ -233,3 +234,42 @@ def test_the_desk_queues_while_jira_is_down_and_returns_the_key_once_filed(
     assert jira.request_log == [] and len(jira.issues("GPU")) == 1
     with pytest.raises(PermanentError, match="parked in the outbox"):
         desk.file(request("inc-7", project="NOPE"))
+
+
+
+class SearchThenPause(JiraTickets):
+    """The real adapter, and another worker that runs once between this one's search and its create."""
+
+    def __init__(self, settings: JiraSettings, meanwhile: Callable[[], object]) -> None:
+        super().__init__(settings)
+        self.meanwhile: Callable[[], object] | None = meanwhile
+
+    def find_open(self, project: str, dedup_key: str) -> list[dict[str, Any]]:
+        found = super().find_open(project, dedup_key)
+        if self.meanwhile is not None:
+            other, self.meanwhile = self.meanwhile, None
+            other()
+        return found
+
+
+def test_two_incidents_of_one_gpu_filed_at_once_by_two_workers_give_one_ticket_and_a_comment(
+    jira: JiraEmulator, tickets: JiraTickets, db_url: str
+) -> None:
+    """A forecast's order and a remediation's replacement for one GPU, filed at the same moment by two
+    workers: Jira's search-then-create is not atomic, so the outbox files one GPU's tickets one at a time."""
+    settings = JiraSettings(server=jira.url, user=jira.username, api_token=jira.password, timeout_s=5)
+    with TicketOutbox(db_url) as first_worker, TicketOutbox(db_url) as second_worker:
+        first_worker.enqueue(request("forecast-1"))
+        second = second_worker.enqueue(request("sweep-1"))
+        meanwhile: list[FlushReport] = []
+        with SearchThenPause(settings, lambda: meanwhile.append(second_worker.flush(tickets))) as pausing:
+            first = first_worker.flush(pausing)
+
+        # The second worker found the GPU's first ticket being filed and left its own waiting; the first
+        # worker's flush then took it up too, and found the ticket it had just created.
+        [during] = meanwhile
+        assert during.filed == {} and second in during.not_attempted
+        outcomes = {first_worker.get(i).request.incident_id: (o.created, o.commented) for i, o in first.filed.items()}
+        assert outcomes == {"forecast-1": (True, False), "sweep-1": (False, True)}
+    [issue] = jira.issues("GPU")
+    assert len(issue["fields"]["comment"]["comments"]) == 1
