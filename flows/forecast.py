@@ -12,6 +12,7 @@ from gpumedic.domain.risk_window import HOURS_PER_DAY
 from gpumedic.run_names import flow_run_named
 from tasks.forecast import (
     emit_failure_predicted,
+    hold_alarms_of_condemned_gpus,
     load_forecast_model,
     load_history,
     load_prior_incidents,
@@ -34,7 +35,8 @@ def failure_forecast(
     silent_after_hours: float = 48.0,
 ) -> dict[str, Any]:
     """Returns `{computed_at, horizon_days, window_starts_after_hours, gpus, model, alarms: [{node, gpu, risk,
-    factors}], silent: [{node, gpu, last_sample}], requested}`.
+    factors, held}], silent: [{node, gpu, last_sample}], requested}`. An alarm on a GPU the latest sweep sends to a
+    human (replace, inspect) is `held` (why, in words): remediation asks about that GPU, so no order is requested.
 
     Args:
         fleet_file: Path of the fleet YAML file on the worker: its telemetry store and forecast model.
@@ -59,19 +61,21 @@ def failure_forecast(
     model = load_forecast_model(fleet.forecast_model)
     forecasts = score_gpus(history, incidents, now, horizon_days, model)
     window = model.risk_window(horizon_days * HOURS_PER_DAY)
-    new_alarms = record_forecasts(fleet.store_url, forecasts, now, window)
-    publish_forecast(fleet.store_url, forecasts, now, window, model.note, silent)
+    held = hold_alarms_of_condemned_gpus(fleet.store_url, forecasts)
+    new_alarms = record_forecasts(fleet.store_url, forecasts, now, window, held)
+    publish_forecast(fleet.store_url, forecasts, now, window, model.note, silent, held=held)
     requested = emit_failure_predicted(new_alarms) if emit_events else []
-    logger.info("scored %d GPUs from %d samples and %d prior incidents: %d alarms (%d new); %d silent, not scored",
-                len(forecasts), len(history), len(incidents), sum(f.alarm for f in forecasts), len(new_alarms),
-                len(silent))
+    logger.info("scored %d GPUs from %d samples and %d prior incidents: %d alarms (%d new, %d held for "
+                "remediation); %d silent, not scored", len(forecasts), len(history), len(incidents),
+                sum(f.alarm for f in forecasts), len(new_alarms), len(held), len(silent))
     return {
         "computed_at": now.isoformat(),
         "horizon_days": horizon_days,
         "window_starts_after_hours": window.starts_after_hours,
         "gpus": len(forecasts),
         "model": model.note,
-        "alarms": [{"node": f.node, "gpu": f.gpu, "risk": f.risk, "factors": list(f.factors)}
+        "alarms": [{"node": f.node, "gpu": f.gpu, "risk": f.risk, "factors": list(f.factors),
+                    "held": held[(f.node, f.gpu)].why_held() if (f.node, f.gpu) in held else None}
                    for f in forecasts if f.alarm],
         "silent": [{"node": s.node, "gpu": s.gpu, "last_sample": s.last_sample.isoformat()} for s in silent],
         "requested": requested,

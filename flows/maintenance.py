@@ -52,7 +52,8 @@ def proactive_maintenance(
     dry_run: bool = False,
 ) -> dict[str, Any]:
     """Returns `{node, gpu, outcome, ticket}`; outcome: ticketed, rejected, no decision, no longer at risk, not in
-    the latest forecast, or dry run (then also `would_file`: the ticket's summary).
+    the latest forecast, left to remediation (the latest sweep sends the GPU to a human, whose remediation
+    asks about it), or dry run (then also `would_file`: the ticket's summary).
 
     Args:
         node: The node whose GPU the forecast alarmed on.
@@ -75,6 +76,9 @@ def proactive_maintenance(
     if not forecast.alarm:
         logger.info("node=%s gpu=%s no longer above the alarm threshold: nothing to order", node, gpu)
         return {"node": node, "gpu": gpu, "outcome": "no longer at risk", "ticket": None}
+    if forecast.held is not None:
+        logger.info("node=%s gpu=%s %s", node, gpu, forecast.held)
+        return {"node": node, "gpu": gpu, "outcome": "left to remediation", "ticket": None}
     snapshot = store.last_snapshots([node]).get(node)
     identity = snapshot.gpu(gpu) if snapshot is not None and gpu is not None else None
     uuid, serial = (identity.uuid, identity.serial) if identity is not None else (None, None)

@@ -20,6 +20,7 @@ from gpumedic.adapters.targets import NodeTarget
 from gpumedic.collection import Depth
 from gpumedic.config import cluster_access
 from gpumedic.domain.deep_readings import quick_sweep_note, without_full_readings
+from gpumedic.domain.forecast import condemned_by
 from gpumedic.domain.observation import newly_unseen, observe_fleet, seen_again, without_unannounced
 from gpumedic.domain.telemetry import NodeTelemetry
 from gpumedic.inventory import resolve_fleet
@@ -110,7 +111,8 @@ def fleet_sweep(fleet_file: str, depth: Depth = "full", emit_events: bool = True
     recorded = observations if emit_events else without_unannounced(previous.observations, observations,
                                                                      unseen_alert_after)
     record_telemetry(fleet.store_url, telemetry, evidence, recorded, sweep_id, started,
-                     {"summary": summary_line(assessments)})
+                     {"summary": summary_line(assessments),
+                      "condemned": [c.to_json() for c in condemned_by(assessments, sweep_id)]})
     if depth == "full":
         prune_history(fleet.store_url, started - timedelta(days=fleet.history_retention_days))
     depth_note = ""

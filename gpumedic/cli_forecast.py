@@ -140,15 +140,16 @@ def _warn_if_other_window(model: HazardModel, protocol: BacktestProtocol) -> Non
 
 
 def _print_risk_table(
-    rows: Iterable[tuple[str, int | None, float, bool, float | None, Sequence[str]]],
+    rows: Iterable[tuple[str, int | None, float, str, float | None, Sequence[str]]],
 ) -> None:
-    """One line per GPU: node, gpu, risk, alarm, lead hours, evidence (`score` and `show` print the same table)."""
+    """One line per GPU: node, gpu, risk, alarm ("yes", "held" or ""), lead hours, evidence (`score` and `show`
+    print the same table)."""
     print(f"{'node':<16} {'gpu':>3} {'risk':>7} {'alarm':>5} {'lead_h':>6}  evidence")
     for node, gpu, risk, alarm, lead_h, factors in rows:
         lead = "" if lead_h is None else f"{lead_h:.0f}"
         slot = "-" if gpu is None else str(gpu)
         print(
-            f"{node:<16} {slot:>3} {risk:>7.4f} {'yes' if alarm else '':>5} {lead:>6}  "
+            f"{node:<16} {slot:>3} {risk:>7.4f} {alarm:>5} {lead:>6}  "
             + ("; ".join(factors) or "no evidence above the fleet's")
         )
 
@@ -164,7 +165,8 @@ def _score(args: argparse.Namespace) -> int:
     )
     print(f"risk of failure {model.risk_window(args.horizon_days * HOURS_PER_DAY)}, as of {at.isoformat()}")
     _print_risk_table(
-        (fc.node, fc.gpu, fc.risk, fc.alarm, fc.lead_time_hours, fc.factors) for fc in forecasts[: args.top]
+        (fc.node, fc.gpu, fc.risk, "yes" if fc.alarm else "", fc.lead_time_hours, fc.factors)
+        for fc in forecasts[: args.top]
     )
     if forecasts:
         cannot = ", ".join(f"{c.value} ({c.why_unpredictable})" for c in forecasts[0].unpredictable_classes)
@@ -215,7 +217,11 @@ def _show(args: argparse.Namespace) -> int:
     computed = max(f.computed_at for f in riskiest)
     print(f"latest failure forecast, {computed:%Y-%m-%d %H:%M} UTC: {gpus} GPUs, {alarms} above the alarm "
           f"threshold; risk of failure {shared_window(riskiest)}")
-    _print_risk_table((f.node, f.gpu, f.risk, f.alarm, f.lead_time_h, f.factors) for f in riskiest)
+    _print_risk_table(
+        (f.node, f.gpu, f.risk, "" if not f.alarm else "yes" if f.held is None else "held", f.lead_time_h,
+         f.factors if f.held is None else (f.held, *f.factors))
+        for f in riskiest
+    )
     return 0
 
 

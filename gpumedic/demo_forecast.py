@@ -173,13 +173,16 @@ def forecast_demo_fleet(
             f"  ALARM {a['node']} GPU {a['gpu']}: {a['risk']:.1%} probability of failure "
             f"{RiskWindow(result['horizon_days'], result['window_starts_after_hours'])}: {'; '.join(a['factors'][:3])}"
         )
-    if alarms:
+        if a["held"]:
+            print(f"{'':8}{a['held']}")
+    ordered = [a for a in alarms if not a["held"]]
+    if ordered:
         print(
-            "  each new alarm raised gpumedic.gpu.failure_predicted; the proactive-maintenance deployment's "
-            "trigger asks for approval, then files an Order Replacement ticket"
+            "  each new alarm on a GPU in service raised gpumedic.gpu.failure_predicted; the proactive-maintenance "
+            "deployment's trigger asks for approval, then files an Order Replacement ticket"
             + (" (auto-approved: --auto-approve)" if auto_approve else "")
         )
-    wanted = [(str(a["node"]), str(a["gpu"])) for a in alarms]
+    wanted = [(str(a["node"]), str(a["gpu"])) for a in ordered]
     with get_client(sync_client=True) as client:
         runs = wait_for_orders(client, wanted, ui_url=ui_url, settled=_final if auto_approve else _asked)
     orders = order_entries(wanted, runs, jira=jira, ui_url=ui_url)

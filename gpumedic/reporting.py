@@ -18,7 +18,7 @@ from gpumedic.domain.risk_window import UNRECORDED, RiskWindow
 from gpumedic.domain.verdict import Action, NodeAssessment, Verdict
 
 if TYPE_CHECKING:
-    from gpumedic.domain.forecast import HazardModel, SilentGpu
+    from gpumedic.domain.forecast import CondemnedGpu, HazardModel, SilentGpu
     from gpumedic.refit import RefitOutcome
 
 
@@ -254,17 +254,20 @@ def daily_increments(samples: Sequence[Sample], field: str, *, now: datetime, da
 
 
 def forecast_rows(
-    forecasts: Sequence[Any], silent: Sequence[SilentGpu] = (), *, now: datetime | None = None, limit: int = 50
+    forecasts: Sequence[Any], silent: Sequence[SilentGpu] = (), *, now: datetime | None = None, limit: int = 50,
+    held: Mapping[tuple[str, int | None], CondemnedGpu] | None = None,
 ) -> list[dict[str, str]]:
-    """The riskiest scored GPUs, then the silent ones (risk unknown), at most `limit` of each."""
+    """The riskiest scored GPUs, then the silent ones (risk unknown), at most `limit` of each. A `held` alarm
+    (its GPU is remediation's) says so, and why, before its evidence."""
+    held = held or {}
     rows = [
         {
             "node": f.node,
             "gpu": "-" if f.gpu is None else str(f.gpu),
             "risk": f"{f.risk:.1%}",
-            "alarm": "yes" if f.alarm else "",
+            "alarm": ("held" if (f.node, f.gpu) in held else "yes") if f.alarm else "",
             "lead time": f"~{f.lead_time_hours:.0f} h" if f.lead_time_hours else "-",
-            "evidence": "; ".join(f.factors) or "-",
+            "evidence": "; ".join(_held_first(f, held)) or "-",
         }
         for f in forecasts[:limit]
     ]
@@ -284,16 +287,26 @@ def silent_text(gpu: SilentGpu, now: datetime | None) -> str:
     return f"not scored: no telemetry since {gpu.last_sample:%Y-%m-%d %H:%M} UTC{ago}"
 
 
+def _held_first(f: Any, held: Mapping[tuple[str, int | None], CondemnedGpu]) -> list[str]:
+    reason = held.get((f.node, f.gpu))
+    return ([reason.why_held()] if f.alarm and reason is not None else []) + list(f.factors)
+
+
 def forecast_markdown(
     forecasts: Sequence[Any], charts: dict[tuple[str, int | None], dict[str, list[float]]], *, now: datetime,
     window: RiskWindow, chart_days: int, model_note: str = "", silent: Sequence[SilentGpu] = (),
+    held: Mapping[tuple[str, int | None], CondemnedGpu] | None = None,
 ) -> str:
+    held = held or {}
     alarms = [f for f in forecasts if f.alarm]
+    on_hold = sum((f.node, f.gpu) in held for f in alarms)
     lines = [
         f"# GPU failure forecast, {now:%Y-%m-%d %H:%M} UTC",
         "",
         f"{len(forecasts)} GPUs scored; {len(alarms)} above the alarm threshold "
-        f"(probability of failure {window}).",
+        f"(probability of failure {window})"
+        + (f", {on_hold} of them on GPUs the latest sweep already sends to a human: no order for those."
+           if on_hold else "."),
         "",
     ]
     if silent:
@@ -306,8 +319,9 @@ def forecast_markdown(
         lines += [f"Not predictable from telemetry, so never in these risks: {unseen}.", ""]
     for f in forecasts[: len(charts)]:
         gpu = "node" if f.gpu is None else f"GPU {f.gpu}"
-        lines += [f"## {f.node} {gpu}: {f.risk:.1%}{' (alarm)' if f.alarm else ''}", ""]
-        lines += [f"- {factor}" for factor in f.factors] or ["- no single factor stands out"]
+        alarm = (" (alarm, held)" if (f.node, f.gpu) in held else " (alarm)") if f.alarm else ""
+        lines += [f"## {f.node} {gpu}: {f.risk:.1%}{alarm}", ""]
+        lines += [f"- {factor}" for factor in _held_first(f, held)] or ["- no single factor stands out"]
         series = charts.get((f.node, f.gpu), {})
         if series:
             lines += ["", f"Last {chart_days} days, oldest first:", "", "```"]
@@ -319,7 +333,8 @@ def forecast_markdown(
         lines.append("")
     if alarms:
         lines.append("Each alarm raises a proactive-maintenance request: a human approves or rejects an "
-                     "\"Order Replacement\" ticket in the Prefect UI.")
+                     "\"Order Replacement\" ticket in the Prefect UI"
+                     + (" (not a held one: its GPU's remediation asks the human instead)." if on_hold else "."))
     if silent:
         lines += ["", "## Not scored: no telemetry lately", "", "| node | gpu | last reading | silent for |",
                   "| --- | --- | --- | --- |"]

@@ -13,7 +13,8 @@ Tables:
   (`HistoryThinning`) without reading the samples back;
 - `incidents`: the GPUs (or nodes) remediation took out of service, for the forecaster's
   "prior incidents" (the strongest predictor in every field study);
-- `sweeps`: one row per sweep with its summary;
+- `sweeps`: one row per sweep with its summary and the GPUs it sent to a human (`CondemnedGpu`),
+  which the forecast reads so as not to order a part remediation is already asking about;
 - `observations`: per node, when a sweep last looked, last saw it (any verdict but unknown) and
   first looked: how long a node has been a blind spot;
 - `forecasts`: the latest risk per GPU, with the horizon it is a probability over.
@@ -55,6 +56,7 @@ from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import DBAPIError
 
 from gpumedic.adapters.telemetry_codec import telemetry_from_json, telemetry_to_json
+from gpumedic.domain.forecast.condemned import CondemnedGpu
 from gpumedic.domain.forecast.frame import FIELD_INDEX, Failure, HistoryFrame
 from gpumedic.domain.history import HISTORY_FIELDS, HistoryThinning, Sample, samples_from_telemetry
 from gpumedic.domain.observation import Observation
@@ -129,6 +131,8 @@ forecasts = Table(
     # The window the risk is a probability over (RiskWindow); null in rows written before each was recorded.
     Column("horizon_days", Float, nullable=True),
     Column("window_starts_after_h", Float, nullable=True),
+    # Why an alarm raised no proactive-maintenance request (the sweep sends the GPU to a human); null otherwise.
+    Column("held", Text, nullable=True),
 )
 
 # One row per GPU a remediation incident opened for (gpu -1: the node as a whole).
@@ -479,6 +483,14 @@ class TelemetryStore:
             conn.execute(sweeps.insert(), [{"sweep_id": sweep_id, "started": _epoch(started),
                                             "summary": json.dumps(summary)}])
 
+    def latest_condemned(self) -> list[CondemnedGpu]:
+        """The GPUs the newest sweep sent to a human; none when no sweep is stored (or it predates the list)."""
+        with self.engine.connect() as conn:
+            summary = conn.execute(select(sweeps.c.summary).order_by(sweeps.c.started.desc()).limit(1)).scalar()
+        if summary is None:
+            return []
+        return [CondemnedGpu.from_json(doc) for doc in json.loads(summary).get("condemned", [])]
+
     def last_observations(self, nodes: Iterable[str]) -> dict[str, Observation]:
         out: dict[str, Observation] = {}
         with self.engine.connect() as conn:
@@ -513,7 +525,7 @@ class TelemetryStore:
         values = [
             {"node": r.node, "gpu": -1 if r.gpu is None else r.gpu, "risk": r.risk, "lead_time_h": r.lead_time_h,
              "alarm": int(r.alarm), "factors": json.dumps(list(r.factors)), "computed_at": _epoch(r.computed_at),
-             "horizon_days": r.window.days, "window_starts_after_h": r.window.starts_after_hours}
+             "horizon_days": r.window.days, "window_starts_after_h": r.window.starts_after_hours, "held": r.held}
             for r in rows
         ]
         with self.engine.begin() as conn:
@@ -554,6 +566,12 @@ class StoredForecast:
     factors: tuple[str, ...]
     computed_at: datetime
     window: RiskWindow  # what `risk` is a probability over
+    held: str | None = None  # an alarm that raised no request, and why (`CondemnedGpu.why_held`)
+
+    @property
+    def requested(self) -> bool:
+        """An alarm handed to proactive maintenance."""
+        return self.alarm and self.held is None
 
 
 def _stored_forecast(row: Any) -> StoredForecast:
@@ -561,7 +579,7 @@ def _stored_forecast(row: Any) -> StoredForecast:
         node=row.node, gpu=None if row.gpu < 0 else int(row.gpu), risk=row.risk, lead_time_h=row.lead_time_h,
         alarm=bool(row.alarm), factors=tuple(json.loads(row.factors)),
         computed_at=datetime.fromtimestamp(row.computed_at, UTC),
-        window=RiskWindow(row.horizon_days, row.window_starts_after_h),
+        window=RiskWindow(row.horizon_days, row.window_starts_after_h), held=row.held,
     )
 
 

@@ -23,11 +23,12 @@ from gpumedic.adapters.store import (
     store_engine,
 )
 from gpumedic.adapters.ticket_outbox import TicketOutbox
-from gpumedic.domain.forecast import HistoryFrame, forecast_fleet
+from gpumedic.domain.forecast import CondemnedGpu, HistoryFrame, forecast_fleet
 from gpumedic.domain.history import HistoryThinning
 from gpumedic.domain.observation import Observation
 from gpumedic.domain.risk_window import UNRECORDED, RiskWindow
 from gpumedic.domain.telemetry import GpuTelemetry, NodeTelemetry, RowRemapBanks, XidEvent
+from gpumedic.domain.verdict import Action
 
 T0 = datetime(2026, 11, 1, 12, tzinfo=UTC)
 
@@ -234,6 +235,7 @@ def test_a_store_from_before_the_window_gains_it_and_keeps_its_rows(db_url: str)
     old = store.latest_forecasts(["n1"])[("n1", 0)]
     assert (old.risk, old.alarm, old.factors, old.window) == (0.6, True, ("a burst",), UNRECORDED)
     assert shared_window([old]) == UNRECORDED
+    assert old.held is None and old.requested  # an alarm from before alarms were held was requested
 
     TelemetryStore(db_url)  # opening it again changes nothing and does not fail
     assert add_missing_columns(store.engine, metadata) == []
@@ -246,6 +248,21 @@ def test_a_store_that_recorded_the_horizon_but_not_the_window_start_gains_the_st
              "INSERT INTO forecasts VALUES ('n1', 0, 0.6, 20.0, 1, '[]', :t, 7.0)", t=T0.timestamp())
     store = TelemetryStore(db_url)
     assert store.latest_forecasts(["n1"])[("n1", 0)].window == RiskWindow(7.0, None)
+
+
+def test_the_gpus_the_newest_sweep_sent_to_a_human_are_read_back(db_url: str) -> None:
+    store = TelemetryStore(db_url)
+    assert store.latest_condemned() == []  # no sweep yet
+    store.record_sweep("sweep-old", T0, {"summary": "1 failed"})  # written before sweeps listed them
+    assert store.latest_condemned() == []
+    gpu = CondemnedGpu("n1", 2, Action.REPLACE, "sweep-b")
+    node = CondemnedGpu("n2", None, Action.INSPECT, "sweep-b")
+    store.record_sweep("sweep-b", T0 + timedelta(minutes=15), {"summary": "2 failed",
+                                                                "condemned": [gpu.to_json(), node.to_json()]})
+    store.record_sweep("sweep-a", T0 + timedelta(minutes=5), {"summary": "1 failed", "condemned": []})
+    assert store.latest_condemned() == [gpu, node]  # the newest sweep's word, whatever order they were written
+    store.record_sweep("sweep-c", T0 + timedelta(minutes=30), {"summary": "12 healthy", "condemned": []})
+    assert store.latest_condemned() == []
 
 
 def test_a_missing_column_that_old_rows_cannot_fill_is_refused_by_name(db_url: str) -> None:

@@ -8,7 +8,9 @@ from pathlib import Path
 import pytest
 
 from gpumedic.adapters.store import TelemetryStore
+from gpumedic.domain.forecast import CondemnedGpu
 from gpumedic.domain.history import Sample
+from gpumedic.domain.verdict import Action
 
 
 def _degrading_history(now: datetime) -> list[Sample]:
@@ -94,6 +96,51 @@ def test_gpus_without_telemetry_lately_are_listed_as_silent_never_scored_or_requ
     none_scored = failure_forecast(fleet_file=str(fleet), silent_after_hours=0.5, emit_events=False)
     assert none_scored["gpus"] == 0 and len(none_scored["silent"]) == 7
     assert store.latest_forecasts(["n1", "n2"]) == {}  # an empty run leaves no earlier risk standing
+
+
+def _sweep_condemning(store: TelemetryStore, at: datetime, *condemned: CondemnedGpu) -> None:
+    """What a sweep records: its summary and the GPUs it sent to a human."""
+    sweep_id = condemned[0].sweep_id if condemned else f"sweep-{at:%H%M%S}"
+    store.record_sweep(sweep_id, at, {"summary": "...", "condemned": [c.to_json() for c in condemned]})
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_an_alarm_on_a_gpu_the_sweep_sends_to_a_human_is_held_until_it_is_back(
+    tmp_path: Path, db_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The sweep already said `replace`: remediation asks about that GPU, so the forecast orders nothing."""
+    from prefect.artifacts import Artifact
+
+    from flows.forecast import failure_forecast
+    from gpumedic.cli_forecast import main as forecast_cli
+
+    now = datetime.now(UTC)
+    store = TelemetryStore(db_url)
+    store.append_samples(_degrading_history(now))
+    fleet = tmp_path / "fleet.yaml"
+    fleet.write_text(f"fleet:\n  source: exporter\n  nodes: [{{name: n1}}]\n  store_url: {db_url}\n")
+    _sweep_condemning(store, now - timedelta(hours=2))  # an earlier sweep, which condemned nothing
+    _sweep_condemning(store, now - timedelta(minutes=5), CondemnedGpu("n1", 3, Action.REPLACE, "sweep-b"))
+
+    held = failure_forecast(fleet_file=str(fleet))
+    [alarm] = held["alarms"]
+    assert (alarm["node"], alarm["gpu"]) == ("n1", 3) and "sweep-b" in alarm["held"]
+    assert held["requested"] == []
+    stored = store.latest_forecasts(["n1"])[("n1", 3)]
+    assert stored.alarm and not stored.requested and "replace" in (stored.held or "")
+    table = Artifact.get("gpu-failure-risk")
+    assert table is not None and '"alarm": "held"' in str(table.data)
+    report = Artifact.get("gpu-failure-forecast")
+    assert report is not None and "n1 GPU 3: " in str(report.data) and "(alarm, held)" in str(report.data)
+    assert forecast_cli(["forecast", "show", "--fleet", str(fleet), "--top", "1"]) == 0
+    [shown] = capsys.readouterr().out.splitlines()[2:]
+    assert shown.split()[:2] == ["n1", "3"] and " held " in shown and "sweep sweep-b sends GPU 3" in shown
+
+    # The GPU came back (the part was swapped, or the inspection found nothing) and still alarms: requested now.
+    _sweep_condemning(store, now - timedelta(minutes=1))
+    back = failure_forecast(fleet_file=str(fleet))
+    assert back["alarms"][0]["held"] is None and back["requested"] == ["n1/3"]
+    assert store.latest_forecasts(["n1"])[("n1", 3)].requested
 
 
 @pytest.mark.usefixtures("prefect_harness")

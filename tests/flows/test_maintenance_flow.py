@@ -8,7 +8,9 @@ from pathlib import Path
 import pytest
 
 from gpumedic.adapters.store import TelemetryStore
+from gpumedic.domain.forecast import CondemnedGpu
 from gpumedic.domain.telemetry import GpuTelemetry, NodeTelemetry
+from gpumedic.domain.verdict import Action
 from gpumedic.sim.jira_api import JiraEmulator
 from tests.flows.test_forecast_flow import _degrading_history
 
@@ -61,6 +63,22 @@ def test_a_gpu_below_the_alarm_threshold_orders_nothing(tmp_path: Path, jira: Ji
     # A GPU the latest forecast did not score (silent since, or gone from the fleet) is not ordered either.
     gone = proactive_maintenance(node="n1", gpu=7, fleet_file=fleet, auto_approve=True)
     assert gone["outcome"] == "not in the latest forecast"
+    assert jira.issues() == []
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_a_gpu_the_latest_sweep_sends_to_a_human_is_left_to_remediation(tmp_path: Path, jira: JiraEmulator) -> None:
+    from flows.forecast import failure_forecast
+    from flows.maintenance import proactive_maintenance
+
+    fleet = _fleet(tmp_path, jira)
+    store = TelemetryStore(f"sqlite:///{tmp_path / 'store.db'}")
+    store.record_sweep("sweep-a", datetime.now(UTC), {"summary": "1 failed", "condemned": [
+        CondemnedGpu("n1", 3, Action.REPLACE, "sweep-a").to_json()]})
+    assert failure_forecast(fleet_file=fleet, emit_events=False)["alarms"][0]["held"]
+    # Started by hand, or by an event raised before the sweep condemned the GPU: no second approval, no order.
+    result = proactive_maintenance(node="n1", gpu=3, fleet_file=fleet, auto_approve=True)
+    assert result["outcome"] == "left to remediation" and result["ticket"] is None
     assert jira.issues() == []
 
 

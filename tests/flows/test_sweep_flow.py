@@ -105,6 +105,16 @@ def test_sweep_of_the_reference_fleet_gives_the_catalog_verdicts(example_fleet: 
     report = Artifact.get("fleet-health-report")
     assert report is not None and "gpu-node-05" in str(report.data)
     assert Artifact.get("fleet-unhealthy-nodes") is not None
+    # The GPUs it sends to a human are stored, so the forecast does not order their parts a second time.
+    from gpumedic.adapters.store import TelemetryStore
+
+    condemned = TelemetryStore(f"sqlite:///{tmp_path / 'store.db'}").latest_condemned()
+    to_a_human = {n["node"]: n["action"] for n in document["nodes"] if n["action"] in ("inspect", "replace")}
+    assert {c.node: str(c.action) for c in condemned} == to_a_human and to_a_human
+    assert all(c.sweep_id == document["sweep_id"] for c in condemned)
+    for c in condemned:
+        [entry] = [n for n in document["nodes"] if n["node"] == c.node]
+        assert [g["action"] for g in entry["gpus"] if g["index"] == c.gpu] == [str(c.action)]
 
 
 @pytest.mark.usefixtures("prefect_harness")

@@ -9,6 +9,7 @@ Pure domain code: numpy only, no I/O, no clock (`now` is passed), no randomness.
 """
 
 from gpumedic.domain.forecast.baseline import DEFAULT_BASELINE, LogLinearBaseline
+from gpumedic.domain.forecast.condemned import CondemnedGpu, condemned_by, held_alarms
 from gpumedic.domain.forecast.cusum import poisson_cusum
 from gpumedic.domain.forecast.default_model import DEFAULT_MODEL
 from gpumedic.domain.forecast.features import FEATURES, Entities, Grid, chunk_features, prepare
@@ -29,6 +30,7 @@ __all__ = [
     "DEFAULT_MODEL",
     "FEATURES",
     "UNPREDICTABLE_CLASSES",
+    "CondemnedGpu",
     "Entities",
     "Failure",
     "FailureClass",
@@ -39,10 +41,12 @@ __all__ = [
     "LogLinearBaseline",
     "SilentGpu",
     "chunk_features",
+    "condemned_by",
     "fit_hazard",
     "forecast_fleet",
     "forecast_frame",
     "from_epoch",
+    "held_alarms",
     "poisson_cusum",
     "prepare",
     "set_aside_silent",
