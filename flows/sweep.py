@@ -112,7 +112,7 @@ def fleet_sweep(fleet_file: str, depth: Depth = "full", emit_events: bool = True
                                                                      unseen_alert_after)
     record_telemetry(fleet.store_url, telemetry, evidence, recorded, sweep_id, started,
                      {"summary": summary_line(assessments),
-                      "condemned": [c.to_json() for c in condemned_by(assessments, sweep_id)]})
+                      "condemned": [c.to_json() for c in condemned_by(assessments, sweep_id, previous.condemned)]})
     if depth == "full":
         prune_history(fleet.store_url, started - timedelta(days=fleet.history_retention_days))
     depth_note = ""

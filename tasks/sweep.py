@@ -19,6 +19,7 @@ from gpumedic.collection import Depth, collect_nodes
 from gpumedic.config import ClusterAccess, FleetSettings, KubernetesSettings
 from gpumedic.domain.assess import assess_node
 from gpumedic.domain.budget import FleetView
+from gpumedic.domain.forecast import CondemnedGpu
 from gpumedic.domain.observation import Observation
 from gpumedic.domain.policy import HealthPolicy
 from gpumedic.domain.telemetry import NodeTelemetry
@@ -54,6 +55,7 @@ class Previous(NamedTuple):
     before_full_snapshots: dict[str, NodeTelemetry]  # the full one before: the link rates the last one measured
     prior_xids: dict[str, dict[str, set[int]]]  # repeat-offender rules
     observations: dict[str, Observation]  # when each node was last seen: blind spots
+    condemned: list[CondemnedGpu]  # the GPUs the last sweep sent to a human: kept for nodes this one cannot assess
 
 
 @task(name="load-previous-telemetry", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2)
@@ -64,7 +66,8 @@ def load_previous(
     # Only a quick sweep states the link rates the last full sweep measured; a full one measures its own.
     return Previous(store.last_snapshots(nodes), store.last_snapshots(nodes, full=True),
                     store.last_snapshots(nodes, before_last_full=True) if depth == "quick" else {},
-                    store.prior_xids(nodes, before, timedelta(hours=xid_window_h)), store.last_observations(nodes))
+                    store.prior_xids(nodes, before, timedelta(hours=xid_window_h)), store.last_observations(nodes),
+                    store.latest_condemned())
 
 
 @task(name="assess-fleet", cache_policy=NO_CACHE)

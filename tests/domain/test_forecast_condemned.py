@@ -58,3 +58,13 @@ def test_the_reason_names_the_sweep_and_what_it_decided_and_survives_json() -> N
     why = gpu.why_held()
     assert "sweep-20261208T000924Z-8befa7" in why and "GPU 2" in why and "replace" in why
     assert "the node" in node.why_held()
+
+
+def test_a_node_the_sweep_cannot_assess_keeps_the_earlier_sweeps_word() -> None:
+    """Powered off while its part is swapped, it is still condemned; assessed again, it says for itself."""
+    earlier = [CondemnedGpu("a", 1, Action.REPLACE, "s1"), CondemnedGpu("b", 0, Action.INSPECT, "s1"),
+               CondemnedGpu("gone", 3, Action.REPLACE, "s1")]
+    dark = NodeAssessment(node="a", verdict=Verdict.UNKNOWN, action=Action.NONE, reasons=("unreachable",), gpus=())
+    now = condemned_by([dark, _node("b", Action.NONE), _node("c", Action.REPLACE)], "s2", earlier)
+    assert now == [CondemnedGpu("a", 1, Action.REPLACE, "s1"), CondemnedGpu("c", 0, Action.REPLACE, "s2")]
+    assert "sweep s1" in now[0].why_held()  # the sweep that decided, not the one that could not look

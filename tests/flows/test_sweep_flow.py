@@ -118,6 +118,29 @@ def test_sweep_of_the_reference_fleet_gives_the_catalog_verdicts(example_fleet: 
 
 
 @pytest.mark.usefixtures("prefect_harness")
+def test_a_condemned_node_that_goes_dark_stays_condemned(example_fleet: SimulatedFleet, tmp_path: Path) -> None:
+    """Powered off for its part swap, gpu-node-05 is unknown to the next sweep, not a GPU to order again."""
+    from flows.sweep import fleet_sweep
+    from gpumedic.adapters.store import TelemetryStore
+
+    inventory = _inventory_with_store(example_fleet, tmp_path)
+    first = fleet_sweep(fleet_file=inventory, emit_events=False)
+    store = TelemetryStore(f"sqlite:///{tmp_path / 'store.db'}")
+    before = [c for c in store.latest_condemned() if c.node == "gpu-node-05"]
+    assert before and all(c.sweep_id == first["sweep_id"] for c in before)
+
+    data = yaml.safe_load(Path(inventory).read_text())
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        [node] = [n for n in data["fleet"]["nodes"] if n["name"] == "gpu-node-05"]
+        node["port"] = probe.getsockname()[1]
+    Path(inventory).write_text(yaml.safe_dump(data))
+    second = fleet_sweep(fleet_file=inventory, emit_events=False)
+    assert {n["node"]: n["verdict"] for n in second["nodes"]}["gpu-node-05"] == "unknown"
+    assert [c for c in store.latest_condemned() if c.node == "gpu-node-05"] == before
+
+
+@pytest.mark.usefixtures("prefect_harness")
 def test_each_verdict_lands_on_its_node_as_a_condition_with_the_shipped_rbac(
     example_fleet: SimulatedFleet, tmp_path: Path
 ) -> None:

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from gpumedic.domain.forecast.forecaster import GpuForecast
-from gpumedic.domain.verdict import Action, NodeAssessment
+from gpumedic.domain.verdict import Action, NodeAssessment, Verdict
 
 # From `inspect` up, a sweep takes the GPU out of service and to a human (see `Action`).
 TO_A_HUMAN = Action.INSPECT
@@ -45,10 +45,23 @@ class CondemnedGpu:
         return cls(str(doc["node"]), None if gpu is None else int(gpu), Action(doc["action"]), str(doc["sweep_id"]))
 
 
-def condemned_by(assessments: Iterable[NodeAssessment], sweep_id: str) -> list[CondemnedGpu]:
-    """The GPUs (or whole nodes) a sweep's assessments send to a human, in assessment order."""
+def condemned_by(
+    assessments: Iterable[NodeAssessment], sweep_id: str, earlier: Sequence[CondemnedGpu] = ()
+) -> list[CondemnedGpu]:
+    """The GPUs (or whole nodes) a sweep's assessments send to a human, in assessment order.
+
+    A node this sweep could not assess (`unknown`) keeps what the sweeps before said of it (`earlier`, the
+    previous sweep's list, naming the sweep that decided): a node powered off while its part is swapped is
+    still condemned, not a GPU to order again. A node no longer in the fleet is dropped.
+    """
+    carried: dict[str, list[CondemnedGpu]] = {}
+    for c in earlier:
+        carried.setdefault(c.node, []).append(c)
     condemned: list[CondemnedGpu] = []
     for node in assessments:
+        if node.verdict is Verdict.UNKNOWN:
+            condemned += carried.get(node.node, [])
+            continue
         gpus = [CondemnedGpu(node.node, g.index, g.action, sweep_id) for g in node.gpus
                 if g.action.rank >= TO_A_HUMAN.rank]
         if node.action.rank >= TO_A_HUMAN.rank and not gpus:
