@@ -61,13 +61,14 @@ def failure_forecast(
     model = load_forecast_model(fleet.forecast_model)
     forecasts = score_gpus(history, incidents, now, horizon_days, model)
     window = model.risk_window(horizon_days * HOURS_PER_DAY)
-    held = hold_alarms_of_condemned_gpus(fleet.store_url, forecasts)
-    new_alarms = record_forecasts(fleet.store_url, forecasts, now, window, held)
-    publish_forecast(fleet.store_url, forecasts, now, window, model.note, silent, held=held)
+    forecasts = hold_alarms_of_condemned_gpus(fleet.store_url, forecasts)
+    new_alarms = record_forecasts(fleet.store_url, forecasts, now, window)
+    publish_forecast(fleet.store_url, forecasts, now, window, model.note, silent)
     requested = emit_failure_predicted(new_alarms) if emit_events else []
     logger.info("scored %d GPUs from %d samples and %d prior incidents: %d alarms (%d new, %d held for "
                 "remediation); %d silent, not scored", len(forecasts), len(history), len(incidents),
-                sum(f.alarm for f in forecasts), len(new_alarms), len(held), len(silent))
+                sum(f.alarm for f in forecasts), len(new_alarms), sum(f.held is not None for f in forecasts),
+                len(silent))
     return {
         "computed_at": now.isoformat(),
         "horizon_days": horizon_days,
@@ -75,7 +76,7 @@ def failure_forecast(
         "gpus": len(forecasts),
         "model": model.note,
         "alarms": [{"node": f.node, "gpu": f.gpu, "risk": f.risk, "factors": list(f.factors),
-                    "held": held[(f.node, f.gpu)].why_held() if (f.node, f.gpu) in held else None}
+                    "held": f.held}
                    for f in forecasts if f.alarm],
         "silent": [{"node": s.node, "gpu": s.gpu, "last_sample": s.last_sample.isoformat()} for s in silent],
         "requested": requested,

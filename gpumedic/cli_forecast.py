@@ -41,7 +41,7 @@ from gpumedic.domain.forecast import HazardModel, forecast_frame, from_epoch
 from gpumedic.domain.remediation import UNNAMED_CAUSE_PREFIX
 from gpumedic.domain.risk_window import HOURS_PER_DAY
 from gpumedic.refit import fit_note
-from gpumedic.reporting import largest_moves
+from gpumedic.reporting import alarm_label, evidence, largest_moves
 
 _MODEL_HELP = "model file written by `forecast fit` (default: the shipped model)"
 _WALK_FORWARD_PRIOR_PRECISION = BacktestProtocol().prior_precision
@@ -165,8 +165,7 @@ def _score(args: argparse.Namespace) -> int:
     )
     print(f"risk of failure {model.risk_window(args.horizon_days * HOURS_PER_DAY)}, as of {at.isoformat()}")
     _print_risk_table(
-        (fc.node, fc.gpu, fc.risk, "yes" if fc.alarm else "", fc.lead_time_hours, fc.factors)
-        for fc in forecasts[: args.top]
+        (fc.node, fc.gpu, fc.risk, alarm_label(fc), fc.lead_time_hours, fc.factors) for fc in forecasts[: args.top]
     )
     if forecasts:
         cannot = ", ".join(f"{c.value} ({c.why_unpredictable})" for c in forecasts[0].unpredictable_classes)
@@ -217,11 +216,7 @@ def _show(args: argparse.Namespace) -> int:
     computed = max(f.computed_at for f in riskiest)
     print(f"latest failure forecast, {computed:%Y-%m-%d %H:%M} UTC: {gpus} GPUs, {alarms} above the alarm "
           f"threshold; risk of failure {shared_window(riskiest)}")
-    _print_risk_table(
-        (f.node, f.gpu, f.risk, "" if not f.alarm else "yes" if f.held is None else "held", f.lead_time_h,
-         f.factors if f.held is None else (f.held, *f.factors))
-        for f in riskiest
-    )
+    _print_risk_table((f.node, f.gpu, f.risk, alarm_label(f), f.lead_time_h, evidence(f)) for f in riskiest)
     return 0
 
 

@@ -18,7 +18,7 @@ from gpumedic.domain.risk_window import UNRECORDED, RiskWindow
 from gpumedic.domain.verdict import Action, NodeAssessment, Verdict
 
 if TYPE_CHECKING:
-    from gpumedic.domain.forecast import CondemnedGpu, HazardModel, SilentGpu
+    from gpumedic.domain.forecast import HazardModel, SilentGpu
     from gpumedic.refit import RefitOutcome
 
 
@@ -253,21 +253,30 @@ def daily_increments(samples: Sequence[Sample], field: str, *, now: datetime, da
     return per_day
 
 
+def alarm_label(forecast: Any) -> str:
+    """"yes", "held" (an alarm that raised no request: its GPU is remediation's) or "" (a `GpuForecast` or a
+    stored one)."""
+    return ("yes" if forecast.held is None else "held") if forecast.alarm else ""
+
+
+def evidence(forecast: Any) -> list[str]:
+    """Why a held alarm raised no request, then the evidence behind the risk."""
+    return ([forecast.held] if forecast.held is not None else []) + list(forecast.factors)
+
+
 def forecast_rows(
-    forecasts: Sequence[Any], silent: Sequence[SilentGpu] = (), *, now: datetime | None = None, limit: int = 50,
-    held: Mapping[tuple[str, int | None], CondemnedGpu] | None = None,
+    forecasts: Sequence[Any], silent: Sequence[SilentGpu] = (), *, now: datetime | None = None, limit: int = 50
 ) -> list[dict[str, str]]:
-    """The riskiest scored GPUs, then the silent ones (risk unknown), at most `limit` of each. A `held` alarm
+    """The riskiest scored GPUs, then the silent ones (risk unknown), at most `limit` of each. A held alarm
     (its GPU is remediation's) says so, and why, before its evidence."""
-    held = held or {}
     rows = [
         {
             "node": f.node,
             "gpu": "-" if f.gpu is None else str(f.gpu),
             "risk": f"{f.risk:.1%}",
-            "alarm": ("held" if (f.node, f.gpu) in held else "yes") if f.alarm else "",
+            "alarm": alarm_label(f),
             "lead time": f"~{f.lead_time_hours:.0f} h" if f.lead_time_hours else "-",
-            "evidence": "; ".join(_held_first(f, held)) or "-",
+            "evidence": "; ".join(evidence(f)) or "-",
         }
         for f in forecasts[:limit]
     ]
@@ -287,19 +296,12 @@ def silent_text(gpu: SilentGpu, now: datetime | None) -> str:
     return f"not scored: no telemetry since {gpu.last_sample:%Y-%m-%d %H:%M} UTC{ago}"
 
 
-def _held_first(f: Any, held: Mapping[tuple[str, int | None], CondemnedGpu]) -> list[str]:
-    reason = held.get((f.node, f.gpu))
-    return ([reason.why_held()] if f.alarm and reason is not None else []) + list(f.factors)
-
-
 def forecast_markdown(
     forecasts: Sequence[Any], charts: dict[tuple[str, int | None], dict[str, list[float]]], *, now: datetime,
     window: RiskWindow, chart_days: int, model_note: str = "", silent: Sequence[SilentGpu] = (),
-    held: Mapping[tuple[str, int | None], CondemnedGpu] | None = None,
 ) -> str:
-    held = held or {}
     alarms = [f for f in forecasts if f.alarm]
-    on_hold = sum((f.node, f.gpu) in held for f in alarms)
+    on_hold = sum(f.held is not None for f in alarms)
     lines = [
         f"# GPU failure forecast, {now:%Y-%m-%d %H:%M} UTC",
         "",
@@ -319,9 +321,9 @@ def forecast_markdown(
         lines += [f"Not predictable from telemetry, so never in these risks: {unseen}.", ""]
     for f in forecasts[: len(charts)]:
         gpu = "node" if f.gpu is None else f"GPU {f.gpu}"
-        alarm = (" (alarm, held)" if (f.node, f.gpu) in held else " (alarm)") if f.alarm else ""
+        alarm = {"yes": " (alarm)", "held": " (alarm, held)"}.get(alarm_label(f), "")
         lines += [f"## {f.node} {gpu}: {f.risk:.1%}{alarm}", ""]
-        lines += [f"- {factor}" for factor in _held_first(f, held)] or ["- no single factor stands out"]
+        lines += [f"- {factor}" for factor in evidence(f)] or ["- no single factor stands out"]
         series = charts.get((f.node, f.gpu), {})
         if series:
             lines += ["", f"Last {chart_days} days, oldest first:", "", "```"]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -18,15 +18,14 @@ from gpumedic.adapters.store import StoredForecast, TelemetryStore
 from gpumedic.adapters.ticket_outbox import file_through_outbox
 from gpumedic.config import load_fleet_settings
 from gpumedic.domain.forecast import (
-    CondemnedGpu,
     Failure,
     GpuForecast,
     HazardModel,
     HistoryFrame,
     SilentGpu,
     forecast_frame,
-    held_alarms,
     set_aside_silent,
+    with_holds,
 )
 from gpumedic.domain.risk_window import UNRECORDED, RiskWindow
 from gpumedic.reporting import CHART_FIELDS, daily_increments, forecast_markdown, forecast_rows
@@ -83,39 +82,31 @@ def score_gpus(
 
 
 @task(name="hold-alarms-of-condemned-gpus", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5)
-def hold_alarms_of_condemned_gpus(
-    store_url: str | None, forecasts: Sequence[GpuForecast]
-) -> dict[tuple[str, int | None], CondemnedGpu]:
-    """The alarms on GPUs the latest sweep sends to a human: remediation asks about those, so no order is
-    requested (`gpumedic.domain.forecast.condemned`)."""
-    held = held_alarms(forecasts, TelemetryStore(store_url).latest_condemned())
+def hold_alarms_of_condemned_gpus(store_url: str | None, forecasts: Sequence[GpuForecast]) -> list[GpuForecast]:
+    """`forecasts`, the alarms on GPUs the latest sweep sends to a human held: remediation asks about those, so
+    no order is requested (`gpumedic.domain.forecast.condemned`)."""
+    forecasts = with_holds(forecasts, TelemetryStore(store_url).latest_condemned())
+    held = [f for f in forecasts if f.held is not None]
     if held:
         get_run_logger().info("%d alarms raise no proactive-maintenance request, as the latest sweep sends their "
                               "GPUs to a human: %s", len(held),
-                              "; ".join(f"{node}/{'node' if gpu is None else gpu}: {c.action} in {c.sweep_id}"
-                                        for (node, gpu), c in held.items()))
-    return held
+                              "; ".join(f"{f.node}/{'node' if f.gpu is None else f.gpu}: {f.held}" for f in held))
+    return forecasts
 
 
 @task(name="record-forecasts", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5)
 def record_forecasts(
-    store_url: str | None, forecasts: Sequence[GpuForecast], now: datetime, window: RiskWindow,
-    held: Mapping[tuple[str, int | None], CondemnedGpu] | None = None,
+    store_url: str | None, forecasts: Sequence[GpuForecast], now: datetime, window: RiskWindow
 ) -> list[GpuForecast]:
     """Store the latest risk per GPU (a probability of failure in `window`); returns the alarms to request:
-    those not `held`, and not requested by the previous forecast already."""
-    held = held or {}
+    those not held, and not requested by the previous forecast already."""
     store = TelemetryStore(store_url)
     before = store.latest_forecasts({f.node for f in forecasts})
     store.record_forecasts(
-        StoredForecast(f.node, f.gpu, f.risk, f.lead_time_hours, f.alarm, f.factors, now, window,
-                       held=held[(f.node, f.gpu)].why_held() if (f.node, f.gpu) in held else None)
+        StoredForecast(f.node, f.gpu, f.risk, f.lead_time_hours, f.alarm, f.factors, now, window, f.held)
         for f in forecasts
     )
-    return [
-        f for f in forecasts
-        if f.alarm and (f.node, f.gpu) not in held and not (before.get((f.node, f.gpu)) or _NO_ALARM).requested
-    ]
+    return [f for f in forecasts if f.requested and not (before.get((f.node, f.gpu)) or _NO_ALARM).requested]
 
 
 _NO_ALARM = StoredForecast("", None, 0.0, None, False, (), datetime.min, UNRECORDED)
@@ -125,7 +116,6 @@ _NO_ALARM = StoredForecast("", None, 0.0, None, False, (), datetime.min, UNRECOR
 def publish_forecast(
     store_url: str | None, forecasts: Sequence[GpuForecast], now: datetime, window: RiskWindow,
     model_note: str, silent: Sequence[SilentGpu] = (), chart_gpus: int = 5, chart_days: int = 14,
-    held: Mapping[tuple[str, int | None], CondemnedGpu] | None = None,
 ) -> None:
     riskiest = list(forecasts[:chart_gpus])
     since = now - timedelta(days=chart_days)
@@ -136,7 +126,7 @@ def publish_forecast(
     }
     create_table_artifact(
         key="gpu-failure-risk",
-        table=forecast_rows(forecasts, silent, now=now, held=held)
+        table=forecast_rows(forecasts, silent, now=now)
         or [{"node": "-", "gpu": "-", "risk": "-", "alarm": "", "lead time": "-",
              "evidence": "no telemetry history yet"}],
         description=f"Riskiest GPUs: probability of failure {window}"
@@ -145,7 +135,7 @@ def publish_forecast(
     create_markdown_artifact(
         key="gpu-failure-forecast",
         markdown=forecast_markdown(forecasts, charts, now=now, window=window, chart_days=chart_days,
-                                   model_note=model_note, silent=silent, held=held),
+                                   model_note=model_note, silent=silent),
         description="Failure forecast with the evidence behind the riskiest GPUs",
     )
 

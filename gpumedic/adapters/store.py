@@ -566,7 +566,7 @@ class StoredForecast:
     factors: tuple[str, ...]
     computed_at: datetime
     window: RiskWindow  # what `risk` is a probability over
-    held: str | None = None  # an alarm that raised no request, and why (`CondemnedGpu.why_held`)
+    held: str | None = None  # an alarm that raised no request, and why (`GpuForecast.held`)
 
     @property
     def requested(self) -> bool:

@@ -9,7 +9,7 @@ Pure domain code: numpy only, no I/O, no clock (`now` is passed), no randomness.
 """
 
 from gpumedic.domain.forecast.baseline import DEFAULT_BASELINE, LogLinearBaseline
-from gpumedic.domain.forecast.condemned import CondemnedGpu, condemned_by, held_alarms
+from gpumedic.domain.forecast.condemned import CondemnedGpu, condemned_by, held_alarms, with_holds
 from gpumedic.domain.forecast.cusum import poisson_cusum
 from gpumedic.domain.forecast.default_model import DEFAULT_MODEL
 from gpumedic.domain.forecast.features import FEATURES, Entities, Grid, chunk_features, prepare
@@ -51,4 +51,5 @@ __all__ = [
     "prepare",
     "set_aside_silent",
     "to_epoch",
+    "with_holds",
 ]

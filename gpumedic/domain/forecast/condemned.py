@@ -14,7 +14,7 @@ Pure: no I/O, no Prefect.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from gpumedic.domain.forecast.forecaster import GpuForecast
@@ -81,3 +81,9 @@ def held_alarms(
         if f.alarm and reason is not None:
             held[(f.node, f.gpu)] = reason
     return held
+
+
+def with_holds(forecasts: Sequence[GpuForecast], condemned: Sequence[CondemnedGpu]) -> list[GpuForecast]:
+    """`forecasts`, each held alarm saying why (`GpuForecast.held`), in the same order."""
+    held = held_alarms(forecasts, condemned)
+    return [replace(f, held=held[(f.node, f.gpu)].why_held()) if (f.node, f.gpu) in held else f for f in forecasts]

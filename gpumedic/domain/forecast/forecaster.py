@@ -47,6 +47,12 @@ class GpuForecast:
     factors: tuple[str, ...]  # top contributing evidence, in words, strongest first
     unpredictable_classes: tuple[FailureClass, ...]  # failure classes this risk cannot see coming
     alarm: bool = False  # risk at or above the model's alarm threshold
+    held: str | None = None  # an alarm that raises no request, and why (`condemned.with_holds`)
+
+    @property
+    def requested(self) -> bool:
+        """An alarm handed to proactive maintenance."""
+        return self.alarm and self.held is None
 
 
 def _explain(model: HazardModel, x: npt.NDArray[np.floating]) -> tuple[tuple[str, ...], float | None]:
