@@ -236,7 +236,6 @@ def test_the_desk_queues_while_jira_is_down_and_returns_the_key_once_filed(
         desk.file(request("inc-7", project="NOPE"))
 
 
-
 class SearchThenPause(JiraTickets):
     """The real adapter, and another worker that runs once between this one's search and its create."""
 
