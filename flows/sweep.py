@@ -23,7 +23,6 @@ from gpumedic.domain.deep_readings import quick_sweep_note, without_full_reading
 from gpumedic.domain.forecast import condemned_by
 from gpumedic.domain.observation import newly_unseen, observe_fleet, seen_again, without_unannounced
 from gpumedic.domain.telemetry import NodeTelemetry
-from gpumedic.inventory import resolve_fleet
 from gpumedic.remediation_status import sweep_requests
 from gpumedic.reporting import summary_line, sweep_document
 from gpumedic.run_names import flow_run_named
@@ -33,6 +32,7 @@ from tasks.sweep import (
     assess_fleet,
     collect_shard,
     emit_unhealthy_events,
+    list_fleet_nodes,
     load_previous,
     prune_history,
     publish_reports,
@@ -80,7 +80,7 @@ def fleet_sweep(fleet_file: str, depth: Depth = "full", emit_events: bool = True
     started = datetime.now(UTC)
     clock = time.monotonic()
     sweep_id = f"sweep-{started:%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:6]}"
-    fleet, targets = resolve_fleet(fleet_file)
+    fleet, targets = list_fleet_nodes(fleet_file)
     logger.info("sweep %s: %d nodes (%s, %s sweep)", sweep_id, len(targets), fleet.source, depth)
 
     policy = fleet.health_policy()

@@ -357,6 +357,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     from sqlalchemy.exc import OperationalError
 
+    from gpumedic.adapters.errors import AdapterError
     from gpumedic.config import ConfigError
 
     args = build_parser().parse_args(argv)
@@ -365,6 +366,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         print(f"gpumedic: {err}", file=sys.stderr)
         return 2
+    except AdapterError as err:  # a system the command needed could not be used: the adapter's words say which
+        print(f"gpumedic: {err}", file=sys.stderr)
+        return 1
     except OperationalError as err:  # the driver's own words; never the URL, which may hold a password
         reason = str(err.orig).strip().splitlines()[0] if err.orig else "no reason given"
         print(f"gpumedic: the telemetry store (the fleet file's store_url) cannot be used: {reason}", file=sys.stderr)

@@ -70,7 +70,7 @@ from gpumedic.domain.remediation import (
     incident_kinds,
 )
 from gpumedic.domain.verdict import GpuAssessment, NodeAssessment
-from gpumedic.inventory import resolve_fleet
+from gpumedic.inventory import resolve_node
 from gpumedic.remediation_status import FleetStatus, fleet_status
 from gpumedic.run_names import REMEDIATION_RUN, run_name
 
@@ -100,11 +100,10 @@ def _nodes(cluster: ClusterAccess) -> KubeNodes:
 
 
 def _actions(fleet_file: str, node: str) -> NodeActions:
-    fleet, targets = resolve_fleet(fleet_file)
-    target = next((t for t in targets if t.name == node), None)
+    fleet, target = resolve_node(fleet_file, node)
     settings = ssh_settings(fleet)
-    if target is None or target.ssh is None or settings is None:
-        raise PermanentError(f"{node}: not in {fleet_file}, or the fleet has no SSH settings")
+    if target.ssh is None or settings is None:
+        raise PermanentError(f"{node}: the fleet of {fleet_file} has no SSH settings")
     return NodeActions(node, target.ssh, settings)
 
 
@@ -251,14 +250,15 @@ def remember_incident(fleet_file: str, record: NodeRecord, assessment: NodeAsses
     )
 
 
-@task(name="assess-node-now", task_run_name="assess-{node}", cache_policy=NO_CACHE, timeout_seconds=300)
+@task(name="assess-node-now", task_run_name="assess-{node}", cache_policy=NO_CACHE, timeout_seconds=300,
+      retries=3, retry_delay_seconds=RETRY_DELAYS, retry_condition_fn=retry_if_transient)
 def assess_node_now(fleet_file: str, node: str) -> FreshEvidence:
-    """Collect the node again and assess it: no destructive step without a fresh, parsed reason."""
-    fleet, targets = resolve_fleet(fleet_file)
-    target = [t for t in targets if t.name == node]
-    if not target:
-        raise PermanentError(f"{node} is not in the fleet file {fleet_file}")
-    (telemetry,) = collect_nodes(fleet, target, depth="full", concurrency=1)
+    """Collect the node again and assess it: no destructive step without a fresh, parsed reason.
+
+    A node that cannot be reached is assessed `unknown` (no retry: that is the answer); the retries are for
+    a fleet whose nodes come from Kubernetes, while its API server cannot be read."""
+    fleet, target = resolve_node(fleet_file, node)
+    (telemetry,) = collect_nodes(fleet, [target], depth="full", concurrency=1)
     assessment = assess_node(telemetry, fleet.health_policy())
     bus_ids = {g.uuid: g.pci_bus_id for g in telemetry.gpus if g.uuid and g.pci_bus_id}
     _log().info("node=%s evidence=%s/%s", node, assessment.verdict, assessment.action)

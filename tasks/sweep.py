@@ -24,14 +24,25 @@ from gpumedic.domain.observation import Observation
 from gpumedic.domain.policy import HealthPolicy
 from gpumedic.domain.telemetry import NodeTelemetry
 from gpumedic.domain.verdict import NodeAssessment
+from gpumedic.inventory import resolve_fleet
 from gpumedic.remediation_status import SweepRequest
 from gpumedic.reporting import age_text, markdown_report, table_rows, unseen_text
 from gpumedic.run_names import shard_run_name
-from tasks.remediation import fleet_view_from
+from tasks.remediation import RETRY_DELAYS, fleet_view_from, retry_if_transient
 
 UNHEALTHY_EVENT = "gpumedic.node.unhealthy"
 UNSEEN_EVENT = "gpumedic.node.unseen"
 SEEN_AGAIN_EVENT = "gpumedic.node.seen-again"
+
+
+@task(name="list-fleet-nodes", cache_policy=NO_CACHE, retries=3, retry_delay_seconds=RETRY_DELAYS,
+      retry_condition_fn=retry_if_transient, timeout_seconds=300)
+def list_fleet_nodes(fleet_file: str) -> tuple[FleetSettings, list[NodeTarget]]:
+    """The fleet file and the nodes to sweep: those it lists, or the Nodes its label selector matches.
+
+    A cluster that cannot be read is retried, then fails the sweep: a sweep of no nodes would report a
+    healthy fleet."""
+    return resolve_fleet(fleet_file)
 
 
 @task(name="collect-shard", task_run_name=shard_run_name, cache_policy=NO_CACHE, retries=0)

@@ -91,7 +91,7 @@ class Taint:
 
 @dataclass(frozen=True, slots=True)
 class NodeView:
-    """What remediation needs to know about one Node, as the API server has it now."""
+    """What a sweep and remediation need to know about one Node, as the API server has it now."""
 
     name: str
     unschedulable: bool
@@ -103,6 +103,7 @@ class NodeView:
     gpu_capacity: int
     resource_version: str
     conditions: Mapping[str, NodeCondition] = field(default_factory=dict)  # by type
+    internal_ip: str | None = None  # where its SSH and dcgm-exporter are reached, when the fleet file lists no nodes
 
     def taint(self, key: str = TAINT_KEY) -> Taint | None:
         return next((t for t in self.taints if t.key == key), None)
@@ -164,6 +165,7 @@ def _node_view(node: client.V1Node) -> NodeView:
         gpu_capacity=gpus,
         resource_version=meta.resource_version or "",
         conditions={c.type: _condition(c) for c in status.conditions or [] if c.type},
+        internal_ip=next((a.address for a in status.addresses or [] if a.type == "InternalIP"), None),
     )
 
 
@@ -353,11 +355,15 @@ class KubeNodes:
     def get_node(self, name: str) -> NodeView:
         return _node_view(self._read(name))
 
-    def list_nodes(self, label_selector: str | None = None) -> list[NodeView]:
+    def list_nodes(self, label_selector: str | None = None, *, name: str | None = None) -> list[NodeView]:
+        """The Nodes matching `label_selector`; with `name`, only that one (none: it does not match)."""
+        fields = f"metadata.name={name}" if name is not None else None
         try:
-            nodes = self.core.list_node(label_selector=label_selector, _request_timeout=self._timeout)
+            nodes = self.core.list_node(label_selector=label_selector, field_selector=fields,
+                                        _request_timeout=self._timeout)
         except (ApiException, urllib3.exceptions.HTTPError, OSError) as err:
-            raise _translate(err, f"listing nodes (selector {label_selector!r})") from err
+            which = f"node {name}" if name is not None else "nodes"
+            raise _translate(err, f"listing {which} (selector {label_selector!r})") from err
         return [_node_view(n) for n in nodes.items]
 
     def read_annotations(self, name: str, prefix: str = ANNOTATION_PREFIX) -> dict[str, str]:

@@ -286,6 +286,58 @@ def test_a_cluster_that_cannot_take_the_conditions_does_not_fail_the_sweep(
 
 
 @pytest.mark.usefixtures("prefect_harness")
+def test_a_fleet_taken_from_kubernetes_is_swept_at_its_nodes_internal_ips(
+    small_fleet: SimulatedFleet, tmp_path: Path
+) -> None:
+    from flows.sweep import fleet_sweep
+    from gpumedic.sim.kube_api import KubeApiEmulator
+
+    path = Path(_inventory_with_store(small_fleet, tmp_path))
+    data = yaml.safe_load(path.read_text())
+    [first] = [n for n in data["fleet"].pop("nodes") if n["name"] == "gpu-node-00"]
+    data["fleet"]["ssh"]["port"] = first["port"]  # one SSH port for every node, as in a real fleet
+    gpu = {"nvidia.com/gpu.present": "true"}
+    with KubeApiEmulator(seed=2) as kube:
+        kube.add_node("gpu-node-00", gpus=4, labels=gpu, internal_ip=first["host"])
+        kube.add_node("gpu-node-01", gpus=4, labels=gpu, internal_ip="127.0.0.2")  # no sshd listens there
+        kube.add_node("cpu-node-00", gpus=0, internal_ip=first["host"])  # outside the label selector
+        data["fleet"]["kubernetes"] = {"kubeconfig": str(kube.write_kubeconfig(tmp_path / "kubeconfig")),
+                                       "node_conditions": False}
+        path.write_text(yaml.safe_dump(data))
+        document = fleet_sweep(fleet_file=str(path), emit_events=False)
+    verdicts = {n["node"]: n for n in document["nodes"]}
+    assert set(verdicts) == {"gpu-node-00", "gpu-node-01"}
+    assert verdicts["gpu-node-00"]["verdict"] == "healthy"
+    assert verdicts["gpu-node-01"]["verdict"] == "unknown"
+    assert f"127.0.0.2:{first['port']}" in verdicts["gpu-node-01"]["reasons"][0]
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_a_fleet_whose_cluster_cannot_be_read_fails_the_sweep_saying_so(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Not a sweep of no nodes, which would report a healthy fleet; the command says why, without a traceback."""
+    from flows.sweep import fleet_sweep
+    from gpumedic.adapters.errors import TransientError
+    from gpumedic.cli import main
+    from gpumedic.sim.kube_api import KubeApiEmulator
+
+    with KubeApiEmulator() as kube:
+        kubeconfig = kube.write_kubeconfig(tmp_path / "kubeconfig")
+    path = tmp_path / "fleet.yaml"
+    path.write_text(yaml.safe_dump({"fleet": {
+        "name": "t", "source": "ssh", "ssh": {"user": "u", "key_file": "k", "known_hosts": "kh"},
+        "kubernetes": {"kubeconfig": str(kubeconfig)}, "store_url": f"sqlite:///{tmp_path / 'store.db'}"}}))
+    with pytest.raises(TransientError, match="the fleet's nodes cannot be read from Kubernetes"):
+        fleet_sweep(fleet_file=str(path), emit_events=False)
+    capsys.readouterr()
+    assert main(["sweep", "--fleet", str(path)]) == 1
+    said = capsys.readouterr().err.strip().splitlines()[-1]
+    assert said.startswith(f"gpumedic: the fleet's nodes cannot be read from Kubernetes ({kubeconfig}")
+    assert "cannot reach the API server" in said
+
+
+@pytest.mark.usefixtures("prefect_harness")
 def test_second_sweep_uses_rates_not_totals(small_fleet: SimulatedFleet, tmp_path: Path) -> None:
     from flows.sweep import fleet_sweep
 
