@@ -13,6 +13,7 @@ from gpumedic.inventory import resolve_fleet, resolve_node
 from gpumedic.sim.kube_api import KubeApiEmulator
 
 GPU_LABEL = {"nvidia.com/gpu.present": "true"}
+RBAC = Path(__file__).resolve().parents[1] / "deploy" / "rbac.yaml"
 
 
 @pytest.fixture
@@ -34,6 +35,12 @@ def _fleet_file(tmp_path: Path, kubeconfig: Path, **fleet: object) -> str:
     return str(path)
 
 
+def _kubeconfig_with_the_shipped_role(kube: KubeApiEmulator, tmp_path: Path) -> Path:
+    role = next(d for d in yaml.safe_load_all(RBAC.read_text()) if d["kind"] == "ClusterRole")
+    token = kube.service_account("gpumedic", "gpumedic", role["rules"])
+    return kube.write_kubeconfig(tmp_path / "kubeconfig", token=token)
+
+
 def _kubeconfig_of_a_cluster_gone(tmp_path: Path) -> Path:
     with KubeApiEmulator() as kube:
         return kube.write_kubeconfig(tmp_path / "gone.kubeconfig")
@@ -42,7 +49,7 @@ def _kubeconfig_of_a_cluster_gone(tmp_path: Path) -> Path:
 def test_a_fleet_file_without_nodes_sweeps_the_nodes_its_selector_matches_at_their_internal_ip(
     cluster: KubeApiEmulator, tmp_path: Path
 ) -> None:
-    fleet, targets = resolve_fleet(_fleet_file(tmp_path, cluster.write_kubeconfig(tmp_path / "kubeconfig")))
+    fleet, targets = resolve_fleet(_fleet_file(tmp_path, _kubeconfig_with_the_shipped_role(cluster, tmp_path)))
     assert [(t.name, t.ssh and (t.ssh.host, t.ssh.port), t.expected_gpus) for t in targets] == [
         ("gpu-a", ("10.20.0.11", 2222), 8), ("gpu-b", ("10.20.0.12", 2222), 8)]
     assert [n.name for n in fleet.nodes] == ["gpu-a", "gpu-b"]  # what the sweep's tasks are handed
@@ -52,7 +59,7 @@ def test_a_fleet_file_without_nodes_sweeps_the_nodes_its_selector_matches_at_the
 def test_one_node_is_read_alone_and_a_node_outside_the_selector_is_not_in_the_fleet(
     cluster: KubeApiEmulator, tmp_path: Path
 ) -> None:
-    fleet_file = _fleet_file(tmp_path, cluster.write_kubeconfig(tmp_path / "kubeconfig"))
+    fleet_file = _fleet_file(tmp_path, _kubeconfig_with_the_shipped_role(cluster, tmp_path))
     cluster.clear_logs()
     _, target = resolve_node(fleet_file, "gpu-b")
     assert target.ssh is not None and target.ssh.host == "10.20.0.12"
@@ -78,7 +85,7 @@ def test_a_cluster_that_cannot_be_reached_is_a_transient_error_naming_it(tmp_pat
 def test_a_selector_that_matches_nothing_is_an_error_not_an_empty_healthy_fleet(
     cluster: KubeApiEmulator, tmp_path: Path
 ) -> None:
-    kubeconfig = cluster.write_kubeconfig(tmp_path / "kubeconfig")
+    kubeconfig = _kubeconfig_with_the_shipped_role(cluster, tmp_path)
     fleet_file = _fleet_file(tmp_path, kubeconfig)
     data = yaml.safe_load(Path(fleet_file).read_text())
     data["fleet"]["kubernetes"]["label_selector"] = "gpumedic.io/pool=b300"
