@@ -19,6 +19,7 @@ from tasks.forecast import (
     publish_forecast,
     record_forecasts,
     score_gpus,
+    set_aside_departed_nodes,
     set_aside_silent_gpus,
 )
 
@@ -35,11 +36,13 @@ def failure_forecast(
     silent_after_hours: float = 48.0,
 ) -> dict[str, Any]:
     """Returns `{computed_at, horizon_days, window_starts_after_hours, gpus, model, alarms: [{node, gpu, risk,
-    factors, held}], silent: [{node, gpu, last_sample}], requested}`. An alarm on a GPU the latest sweep sends to a
-    human (replace, inspect) is `held` (why, in words): remediation asks about that GPU, so no order is requested.
+    factors, held}], silent: [{node, gpu, last_sample}], departed: [node], requested}`. An alarm on a GPU the
+    latest sweep sends to a human (replace, inspect) is `held` (why, in words): remediation asks about that GPU, so
+    no order is requested.
 
     Args:
-        fleet_file: Path of the fleet YAML file on the worker: its telemetry store and forecast model.
+        fleet_file: Path of the fleet YAML file on the worker: its telemetry store, forecast model and nodes (a
+            node in the store that is no longer in the fleet is not scored; `departed` names it).
         horizon_days: The risk's horizon after the model's lead: each GPU's risk is its probability of
             failure within lead + this many days (24 h + 7 days for the shipped model: "within 8 days");
             reports, approval forms and order tickets state it. Alarms do not move with it: they compare
@@ -54,21 +57,21 @@ def failure_forecast(
     logger = get_run_logger()
     fleet = load_fleet_settings(fleet_file)
     now = datetime.now(UTC)
-    history, silent = set_aside_silent_gpus(
-        load_history(fleet.store_url, now - timedelta(days=lookback_days)), now, silent_after_hours
-    )
+    history, departed = set_aside_departed_nodes(load_history(fleet.store_url, now - timedelta(days=lookback_days)),
+                                                 fleet_file)
+    history, silent = set_aside_silent_gpus(history, now, silent_after_hours)
     incidents = load_prior_incidents(fleet.store_url, now - timedelta(days=PRIOR_INCIDENT_DAYS))
     model = load_forecast_model(fleet.forecast_model)
     forecasts = score_gpus(history, incidents, now, horizon_days, model)
     window = model.risk_window(horizon_days * HOURS_PER_DAY)
     forecasts = hold_alarms_of_condemned_gpus(fleet.store_url, forecasts)
     new_alarms = record_forecasts(fleet.store_url, forecasts, now, window)
-    publish_forecast(fleet.store_url, forecasts, now, window, model.note, silent)
+    publish_forecast(fleet.store_url, forecasts, now, window, model.note, silent, departed)
     requested = emit_failure_predicted(new_alarms) if emit_events else []
     logger.info("scored %d GPUs from %d samples and %d prior incidents: %d alarms (%d new, %d held for "
-                "remediation); %d silent, not scored", len(forecasts), len(history), len(incidents),
-                sum(f.alarm for f in forecasts), len(new_alarms), sum(f.held is not None for f in forecasts),
-                len(silent))
+                "remediation); %d silent and %d nodes out of the fleet, not scored", len(forecasts), len(history),
+                len(incidents), sum(f.alarm for f in forecasts), len(new_alarms),
+                sum(f.held is not None for f in forecasts), len(silent), len(departed))
     return {
         "computed_at": now.isoformat(),
         "horizon_days": horizon_days,
@@ -79,5 +82,6 @@ def failure_forecast(
                     "held": f.held}
                    for f in forecasts if f.alarm],
         "silent": [{"node": s.node, "gpu": s.gpu, "last_sample": s.last_sample.isoformat()} for s in silent],
+        "departed": departed,
         "requested": requested,
     }

@@ -299,6 +299,7 @@ def silent_text(gpu: SilentGpu, now: datetime | None) -> str:
 def forecast_markdown(
     forecasts: Sequence[Any], charts: dict[tuple[str, int | None], dict[str, list[float]]], *, now: datetime,
     window: RiskWindow, chart_days: int, model_note: str = "", silent: Sequence[SilentGpu] = (),
+    departed: Sequence[str] = (),
 ) -> str:
     alarms = [f for f in forecasts if f.alarm]
     on_hold = sum(f.held is not None for f in alarms)
@@ -314,6 +315,13 @@ def forecast_markdown(
     if silent:
         lines += [f"{len(silent)} GPUs not scored: no telemetry lately, and a GPU nobody can read is not a healthy "
                   "one. Their risk is unknown until a sweep reads them again (see the end of this report).", ""]
+    if departed:
+        shown = ", ".join(departed[:SILENT_ROWS]) + (f" and {len(departed) - SILENT_ROWS} more"
+                                                     if len(departed) > SILENT_ROWS else "")
+        one = len(departed) == 1
+        lines += [f"{len(departed)} {'node' if one else 'nodes'} with history in the store {'is' if one else 'are'} "
+                  "no longer in the fleet (its file's list, or the Nodes its label selector matches), so not scored: "
+                  f"{shown}.", ""]
     if model_note:
         lines += [f"Model: {model_note}.", ""]
     if forecasts:

@@ -12,6 +12,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.events import emit_event
 
+from gpumedic.adapters.errors import AdapterError
 from gpumedic.adapters.jira_tickets import TicketRequest
 from gpumedic.adapters.model_file import load_model
 from gpumedic.adapters.store import StoredForecast, TelemetryStore
@@ -24,10 +25,12 @@ from gpumedic.domain.forecast import (
     HistoryFrame,
     SilentGpu,
     forecast_frame,
+    set_aside_departed,
     set_aside_silent,
     with_holds,
 )
 from gpumedic.domain.risk_window import UNRECORDED, RiskWindow
+from gpumedic.inventory import resolve_fleet
 from gpumedic.reporting import CHART_FIELDS, daily_increments, forecast_markdown, forecast_rows
 from tasks.remediation import jira_for_fleet, retry_if_transient
 
@@ -54,6 +57,27 @@ def load_forecast_model(path: Path | None) -> HazardModel:
     model = load_model(path, missing_is_shipped=True)
     get_run_logger().info("forecast model: %s", model.note or path)
     return model
+
+
+@task(name="set-aside-departed-nodes", cache_policy=NO_CACHE)
+def set_aside_departed_nodes(history: HistoryFrame, fleet_file: str) -> tuple[HistoryFrame, list[str]]:
+    """The history of the nodes in the fleet now (its file's list, or the Nodes its label selector matches),
+    and the names of the nodes in the store that left it (not scored, not listed as silent).
+
+    A fleet whose Kubernetes cluster cannot be read now keeps every node: the forecast does not wait on the
+    API server, and a node it cannot place is scored (or listed as silent) as before."""
+    logger = get_run_logger()
+    try:
+        _, targets = resolve_fleet(fleet_file)
+    except AdapterError as err:
+        logger.warning("every node in the store is scored: which nodes are in the fleet cannot be told: %s", err)
+        return history, []
+    history, departed = set_aside_departed(history, [t.name for t in targets])
+    if departed:
+        more = f" and {len(departed) - 10} more" if len(departed) > 10 else ""
+        logger.info("%d nodes in the store are no longer in the fleet, not scored: %s%s", len(departed),
+                    ", ".join(departed[:10]), more)
+    return history, departed
 
 
 @task(name="set-aside-silent-gpus", cache_policy=NO_CACHE)
@@ -115,7 +139,8 @@ _NO_ALARM = StoredForecast("", None, 0.0, None, False, (), datetime.min, UNRECOR
 @task(name="publish-forecast", cache_policy=NO_CACHE)
 def publish_forecast(
     store_url: str | None, forecasts: Sequence[GpuForecast], now: datetime, window: RiskWindow,
-    model_note: str, silent: Sequence[SilentGpu] = (), chart_gpus: int = 5, chart_days: int = 14,
+    model_note: str, silent: Sequence[SilentGpu] = (), departed: Sequence[str] = (), chart_gpus: int = 5,
+    chart_days: int = 14,
 ) -> None:
     riskiest = list(forecasts[:chart_gpus])
     since = now - timedelta(days=chart_days)
@@ -135,7 +160,7 @@ def publish_forecast(
     create_markdown_artifact(
         key="gpu-failure-forecast",
         markdown=forecast_markdown(forecasts, charts, now=now, window=window, chart_days=chart_days,
-                                   model_note=model_note, silent=silent),
+                                   model_note=model_note, silent=silent, departed=departed),
         description="Failure forecast with the evidence behind the riskiest GPUs",
     )
 

@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 import numpy as np
 import pytest
 
-from gpumedic.domain.forecast import HistoryFrame, SilentGpu, forecast_frame, set_aside_silent
+from gpumedic.domain.forecast import HistoryFrame, SilentGpu, forecast_frame, set_aside_departed, set_aside_silent
 from gpumedic.domain.history import Sample
 
 NOW = datetime(2025, 6, 1, tzinfo=UTC)
@@ -112,3 +112,16 @@ def test_silent_after_must_be_positive() -> None:
 def test_an_empty_history_has_nothing_live_and_nothing_silent() -> None:
     live, silent = set_aside_silent(HistoryFrame.empty(), NOW, TWO_DAYS)
     assert len(live) == 0 and live.keys == () and silent == []
+
+
+def test_nodes_no_longer_in_the_fleet_are_set_aside_by_name_with_their_node_level_rows() -> None:
+    xid = Sample(NOW - timedelta(hours=3), "n2", None, "xid", 79.0)  # an Xid that names no GPU
+    frame = HistoryFrame.from_samples(
+        gauges("n1", 0, until_hours_ago=1) + gauges("n2", 0, until_hours_ago=1) + gauges("n3", 1, until_hours_ago=1)
+        + [xid]
+    )
+    kept, departed = set_aside_departed(frame, ["n1", "n4"])  # n4: in the fleet, nothing in the store yet
+    assert kept.keys == (("n1", 0),) and len(kept) == 24 * 10
+    assert departed == ["n2", "n3"]
+    everyone, none = set_aside_departed(frame, ["n1", "n2", "n3"])
+    assert none == [] and everyone.keys == frame.keys and len(everyone) == len(frame)

@@ -98,6 +98,37 @@ def test_gpus_without_telemetry_lately_are_listed_as_silent_never_scored_or_requ
     assert store.latest_forecasts(["n1", "n2"]) == {}  # an empty run leaves no earlier risk standing
 
 
+@pytest.mark.usefixtures("prefect_harness")
+def test_a_node_taken_out_of_the_fleet_is_neither_scored_nor_listed_as_silent(tmp_path: Path) -> None:
+    from prefect.artifacts import Artifact
+
+    from flows.forecast import failure_forecast
+
+    url = f"sqlite:///{tmp_path / 'store.db'}"
+    store = TelemetryStore(url)
+    now = datetime.now(UTC)
+    # n2 degrades as n1 did and is still read: scored, it would alarm and order a part. But the fleet no longer
+    # holds it (decommissioned, or moved to another fleet): that board is not this fleet's to maintain.
+    store.append_samples(Sample(s.time, "n2", s.gpu, s.field, s.value) for s in _degrading_history(now))
+    store.append_samples(s for s in _degrading_history(now) if s.gpu != 3)
+    fleet = tmp_path / "fleet.yaml"
+    fleet.write_text(f"fleet:\n  source: exporter\n  nodes: [{{name: n1}}]\n  store_url: {url}\n")
+
+    result = failure_forecast(fleet_file=str(fleet))
+    assert result["gpus"] == 3 and result["alarms"] == [] and result["requested"] == []
+    assert result["departed"] == ["n2"] and result["silent"] == []
+    assert store.latest_forecasts(["n2"]) == {}
+    report = Artifact.get("gpu-failure-forecast")
+    assert report is not None and "1 node with history in the store is no longer in the fleet" in str(report.data)
+    assert "| n2 |" not in str(report.data)
+
+    # Back in the fleet file, it is scored on the history the store kept.
+    fleet.write_text(f"fleet:\n  source: exporter\n  nodes: [{{name: n1}}, {{name: n2}}]\n  store_url: {url}\n")
+    back = failure_forecast(fleet_file=str(fleet))
+    assert back["departed"] == [] and back["gpus"] == 7
+    assert [(a["node"], a["gpu"]) for a in back["alarms"]] == [("n2", 3)] and back["requested"] == ["n2/3"]
+
+
 def _sweep_condemning(store: TelemetryStore, at: datetime, *condemned: CondemnedGpu) -> None:
     """What a sweep records: its summary and the GPUs it sent to a human."""
     sweep_id = condemned[0].sweep_id if condemned else f"sweep-{at:%H%M%S}"

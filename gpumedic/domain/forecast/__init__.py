@@ -23,7 +23,7 @@ from gpumedic.domain.forecast.frame import (
     to_epoch,
 )
 from gpumedic.domain.forecast.hazard import HazardModel, fit_hazard
-from gpumedic.domain.forecast.silence import SilentGpu, set_aside_silent
+from gpumedic.domain.forecast.silence import SilentGpu, set_aside_departed, set_aside_silent
 
 __all__ = [
     "DEFAULT_BASELINE",
@@ -49,6 +49,7 @@ __all__ = [
     "held_alarms",
     "poisson_cusum",
     "prepare",
+    "set_aside_departed",
     "set_aside_silent",
     "to_epoch",
     "with_holds",

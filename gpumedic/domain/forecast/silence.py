@@ -9,6 +9,7 @@ with the time of its last reading.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -63,3 +64,17 @@ def set_aside_silent(
     ]
     silent.sort(key=lambda s: (s.last_sample, s.node, -1 if s.gpu is None else s.gpu))
     return frame.restricted_to(live), silent
+
+
+def set_aside_departed(frame: HistoryFrame, members: Collection[str]) -> tuple[HistoryFrame, list[str]]:
+    """Split `frame` into the history of the fleet's nodes (`members`) and the names of the nodes it no longer
+    holds (taken out of the fleet file, or no longer matched by its label selector), sorted.
+
+    A departed node's hardware is not the fleet's to maintain: scored, its last days could order a part for a
+    board that was decommissioned; listed as silent, it would stand among the blind spots for as long as its
+    history lasts. Its history stays in the store (a node that comes back is scored on it again).
+    """
+    members = set(members)
+    keep = np.array([node in members for node, _ in frame.keys], dtype=bool)
+    departed = sorted({node for node, _ in frame.keys} - members)
+    return (frame.restricted_to(keep) if departed else frame), departed
