@@ -292,6 +292,29 @@ def test_reset_then_passing_diagnostics_readmits_the_node(dbe_rig: Rig) -> None:
     assert [f.node for f in store.prior_incidents(datetime.now(UTC) - timedelta(days=1))] == ["gpu-node-00"]
 
 
+def test_a_fleet_taken_from_kubernetes_is_remediated_at_its_nodes_internal_ip(dbe_rig: Rig) -> None:
+    """No `nodes:` in the fleet file: each step that needs the node's address reads that one Node."""
+    from kubernetes import client, config
+
+    document = yaml.safe_load(Path(dbe_rig.fleet_file).read_text())
+    [entry] = [n for n in document["fleet"].pop("nodes") if n["name"] == "gpu-node-00"]
+    document["fleet"]["ssh"]["port"] = entry["port"]  # one SSH port for every node, as in a real fleet
+    document["fleet"]["kubernetes"] = {"kubeconfig": dbe_rig.kubeconfig, "label_selector": "kubernetes.io/os=linux"}
+    Path(dbe_rig.fleet_file).write_text(yaml.safe_dump(document, sort_keys=False))
+    with config.new_client_from_config(dbe_rig.kubeconfig) as api_client:  # as the kubelet reports its address
+        client.CoreV1Api(api_client).patch_node_status(
+            "gpu-node-00", {"status": {"addresses": [{"type": "InternalIP", "address": entry["host"]}]}})
+    dbe_rig.kube.clear_logs()
+
+    result = dbe_rig.run("gpu-node-00", incident="inc-from-kubernetes")
+    assert result["final_state"] == "readmitted", result
+    assert [a.split(":")[0] for a in result["actions"]] == ["cordon", "drain", "reset", "diag", "readmit"]
+    actions = dbe_rig.actions("gpu-node-00")  # over SSH, at the address the Node gave
+    assert len(actions) == 2 and actions[0].startswith("reset_gpu:") and actions[1] == "diag:2"
+    inventory = [r for r in dbe_rig.kube.request_log if r.path == "/api/v1/nodes" and "labelSelector" in r.query]
+    assert inventory and all("fieldSelector=metadata.name%3Dgpu-node-00" in r.query for r in inventory)
+
+
 def test_the_run_and_its_steps_are_named_after_the_node_in_the_ui(dbe_rig: Rig) -> None:
     assert dbe_rig.run("gpu-node-00", incident="inc-named")["final_state"] == "readmitted"
     assert dbe_rig.run("gpu-node-01", dry_run=True)["incident"] is None  # healthy: nothing to simulate
