@@ -15,6 +15,7 @@ from prefect import serve
 from prefect.schedules import Cron, Interval
 
 from flows.sweep import fleet_sweep
+from gpumedic.config import ConfigError, load_fleet_settings
 
 NIGHTLY_CRON = "0 2 * * *"
 QUICK_SWEEP_SECONDS = 15 * 60
@@ -49,8 +50,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--fleet", required=True, help="fleet file (or a simulated fleet's inventory.yaml)")
     parser.add_argument("--timezone", default=None, help="timezone of the nightly cron (default UTC)")
     args = parser.parse_args(argv)
-    serve(*build_deployments(os.path.abspath(args.fleet), args.timezone))
+    fleet_file = os.path.abspath(args.fleet)
+    load_fleet_settings(fleet_file)  # every run reads it: a file it cannot read is refused before anything is served
+    serve(*build_deployments(fleet_file, args.timezone))
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except ConfigError as err:
+        raise SystemExit(f"deployments.serve: {err}") from None

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import importlib
 import inspect
+from pathlib import Path
 
+import pytest
 import yaml
 
 from tests.conftest import REPO
@@ -120,3 +122,15 @@ def test_tickets_jira_was_down_for_are_filed_every_quarter_hour_in_both_places()
     built = {d.name: d for d in build_deployments("/tmp/fleet.yaml")}["file-pending-tickets"]
     assert built.schedules[0].schedule.interval.total_seconds() == 900
     assert built.parameters == {"fleet_file": "/tmp/fleet.yaml"}
+
+
+def test_serve_refuses_a_fleet_file_every_run_would_fail_on_before_serving_anything(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from gpumedic.cli import main
+
+    missing = tmp_path / "typo.yaml"
+    assert main(["serve", "--fleet", str(missing)]) == 2
+    assert capsys.readouterr().err.endswith(f"{missing}: no such fleet file\n")
+    assert main(["serve", "--fleet", str(REPO / "examples" / "simulated-fleet.yaml")]) == 2
+    assert "describes a fleet to start, not one in service" in capsys.readouterr().err
