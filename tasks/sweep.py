@@ -35,8 +35,9 @@ UNSEEN_EVENT = "gpumedic.node.unseen"
 SEEN_AGAIN_EVENT = "gpumedic.node.seen-again"
 
 
-@task(name="list-fleet-nodes", cache_policy=NO_CACHE, retries=3, retry_delay_seconds=RETRY_DELAYS,
-      retry_condition_fn=retry_if_transient, timeout_seconds=300)
+# Never persisted: the settings carry store_url, which may hold the database's password.
+@task(name="list-fleet-nodes", cache_policy=NO_CACHE, persist_result=False, retries=3,
+      retry_delay_seconds=RETRY_DELAYS, retry_condition_fn=retry_if_transient, timeout_seconds=300)
 def list_fleet_nodes(fleet_file: str) -> tuple[FleetSettings, list[NodeTarget]]:
     """The fleet file and the nodes to sweep: those it lists, or the Nodes its label selector matches.
 
