@@ -57,6 +57,13 @@ class KubernetesSettings(_Strict):
         default=True,
         description="write each sweep's verdict to its Node as the GpuUnhealthy condition (RBAC: patch nodes/status)",
     )
+    expected_gpus_label: str | None = Field(
+        default=None,
+        description="with nodes taken from Kubernetes: a Node label holding the GPUs that node should have (set by "
+        "provisioning, e.g. per node pool), for fleets whose nodes differ; a Node without it expects gpus_per_node, "
+        "one whose value is not a count expects nothing. Not GPU Feature Discovery's nvidia.com/gpu.count nor the "
+        "device plugin's capacity: both drop with a GPU that fell off the bus, which would then go unseen",
+    )
 
 
 KUBECONFIG_ENV = "GPUMEDIC_KUBECONFIG"

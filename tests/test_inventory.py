@@ -104,3 +104,24 @@ def test_a_fleet_file_that_lists_its_nodes_never_asks_the_cluster(tmp_path: Path
     assert target.name == "gpu-x"
     with pytest.raises(PermanentError, match="gpu-y is not in the fleet"):
         resolve_node(fleet_file, "gpu-y")
+
+
+def test_each_node_expects_the_gpus_its_label_declares_and_one_whose_label_is_no_count_expects_none(
+    tmp_path: Path,
+) -> None:
+    """A 4-GPU node in a fleet of 8-GPU ones is not 'missing 4 GPUs' (a reboot); a garbled label is no figure."""
+    label = "example.com/gpus"
+    with KubeApiEmulator(seed=4) as kube:
+        kube.add_node("gpu-eight", gpus=8, labels={**GPU_LABEL, label: "8"}, internal_ip="10.40.0.1")
+        kube.add_node("gpu-four", gpus=4, labels={**GPU_LABEL, label: "4"}, internal_ip="10.40.0.2")
+        kube.add_node("gpu-unlabelled", gpus=8, labels=GPU_LABEL, internal_ip="10.40.0.3")
+        kube.add_node("gpu-garbled", gpus=4, labels={**GPU_LABEL, label: "four"}, internal_ip="10.40.0.4")
+        fleet_file = _fleet_file(tmp_path, _kubeconfig_with_the_shipped_role(kube, tmp_path))
+        data = yaml.safe_load(Path(fleet_file).read_text())
+        data["fleet"]["kubernetes"]["expected_gpus_label"] = label
+        Path(fleet_file).write_text(yaml.safe_dump(data))
+        _, targets = resolve_fleet(fleet_file)
+        _, garbled = resolve_node(fleet_file, "gpu-garbled")
+    assert {t.name: t.expected_gpus for t in targets} == {
+        "gpu-eight": 8, "gpu-four": 4, "gpu-unlabelled": 8, "gpu-garbled": None}  # unlabelled: gpus_per_node
+    assert garbled.expected_gpus is None
