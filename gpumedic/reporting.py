@@ -16,6 +16,7 @@ from gpumedic.domain.history import Sample
 from gpumedic.domain.observation import Observation, dark_spell_text, unseen
 from gpumedic.domain.risk_window import UNRECORDED, RiskWindow
 from gpumedic.domain.verdict import Action, NodeAssessment, Verdict
+from gpumedic.domain.wording import first_named
 
 if TYPE_CHECKING:
     from gpumedic.domain.forecast import HazardModel, SilentGpu
@@ -316,8 +317,7 @@ def forecast_markdown(
         lines += [f"{len(silent)} GPUs not scored: no telemetry lately, and a GPU nobody can read is not a healthy "
                   "one. Their risk is unknown until a sweep reads them again (see the end of this report).", ""]
     if departed:
-        shown = ", ".join(departed[:SILENT_ROWS]) + (f" and {len(departed) - SILENT_ROWS} more"
-                                                     if len(departed) > SILENT_ROWS else "")
+        shown = first_named(departed, SILENT_ROWS)
         one = len(departed) == 1
         lines += [f"{len(departed)} {'node' if one else 'nodes'} with history in the store {'is' if one else 'are'} "
                   "no longer in the fleet (its file's list, or the Nodes its label selector matches), so not scored: "

@@ -30,6 +30,7 @@ from gpumedic.domain.forecast import (
     with_holds,
 )
 from gpumedic.domain.risk_window import UNRECORDED, RiskWindow
+from gpumedic.domain.wording import first_named
 from gpumedic.inventory import resolve_fleet
 from gpumedic.reporting import CHART_FIELDS, daily_increments, forecast_markdown, forecast_rows
 from tasks.remediation import jira_for_fleet, retry_if_transient
@@ -74,9 +75,8 @@ def set_aside_departed_nodes(history: HistoryFrame, fleet_file: str) -> tuple[Hi
         return history, []
     history, departed = set_aside_departed(history, [t.name for t in targets])
     if departed:
-        more = f" and {len(departed) - 10} more" if len(departed) > 10 else ""
-        logger.info("%d nodes in the store are no longer in the fleet, not scored: %s%s", len(departed),
-                    ", ".join(departed[:10]), more)
+        logger.info("%d nodes in the store are no longer in the fleet, not scored: %s", len(departed),
+                    first_named(departed))
     return history, departed
 
 
@@ -88,11 +88,10 @@ def set_aside_silent_gpus(
     health)."""
     live, silent = set_aside_silent(history, now, timedelta(hours=silent_after_hours))
     if silent:
-        shown = ", ".join(f"{s.node}/{'node' if s.gpu is None else s.gpu} (last {s.last_sample:%Y-%m-%d %H:%M})"
-                          for s in silent[:10])
-        more = f" and {len(silent) - 10} more" if len(silent) > 10 else ""
-        get_run_logger().warning("%d GPUs without telemetry for %g h or more are not scored: %s%s", len(silent),
-                                 silent_after_hours, shown, more)
+        shown = first_named([f"{s.node}/{'node' if s.gpu is None else s.gpu} (last {s.last_sample:%Y-%m-%d %H:%M})"
+                             for s in silent])
+        get_run_logger().warning("%d GPUs without telemetry for %g h or more are not scored: %s", len(silent),
+                                 silent_after_hours, shown)
     return live, silent
 
 

@@ -26,6 +26,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import timedelta
 
 from gpumedic.domain.telemetry import GpuTelemetry, NodeTelemetry
+from gpumedic.domain.wording import first_named
 
 __all__ = [
     "CARRIED_FIELDS", "carried_note", "full_baseline", "quick_sweep_note", "readings_to_carry", "with_full_readings",
@@ -120,7 +121,7 @@ def quick_sweep_note(max_age_hours: float, without_full: Sequence[str] = ()) -> 
             f"sweep, where it is at most {max_age_hours:g} h old; a reason that rests on them says when "
             "they were read.")
     if without_full:
-        named = ", ".join(without_full[:10]) + (f" and {len(without_full) - 10} more" if len(without_full) > 10 else "")
+        named = first_named(without_full)
         note += (f" **{len(without_full)} node{'s' if len(without_full) != 1 else ''} had no clean full sweep "
                  f"in that time, so nothing of this is judged there:** {named}. Check that the nightly full "
                  "sweep runs and reaches them.")
